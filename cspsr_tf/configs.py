@@ -1,0 +1,132 @@
+"""Model configurations: presets (paper, small, tiny) and the ablation rows of Tables 3-4."""
+
+import dataclasses
+import json
+
+SUPPORTED_SCALES = (2, 3, 4, 8)
+ARCHITECTURES = ("dual", "single")
+SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
+
+
+@dataclasses.dataclass(frozen=True)
+class CSPSRConfig:
+    """Everything `build_cspsr` needs. Each field is one switch a researcher may flip.
+
+    Attributes:
+        scale: SR factor, one of 2, 3, 4, 8.
+        channels: feature width C of each SR branch (paper: 64).
+        num_modules: T, the number of DMF modules (paper: 15); for single-branch models the
+            number of residual blocks in the body.
+        kernel_size: k of the per-pixel dynamic kernels (paper: 3).
+        architecture: `dual` (CSPSR) or `single` (one VIS branch, Table 4 rows 1-3).
+        single_branch_input: `vis` (the baseline) or `vis_nir` (NIR concatenated to the input,
+            "w/ NIR"); only for `single`.
+        use_cvm: warp the NIR into the left view with the CVM (False: "w/o CVM"; in a
+            single-branch model with `vis_nir`, True is "w/ CVM").
+        use_csft: CSFT fusion (False: fusion by concatenation + 1x1 conv, "w/o CSFT").
+        use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
+        dmf_residual: residual connection around each DMF module (a documented choice).
+        global_skip: add the bicubic upsampling of the LR input to each SR output.
+        dynamic_conv_implementation: `shift` (fast, default) or `patches` (reference).
+        kernel_normalization: `softmax` over the k*k taps (default) or `none`.
+        cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
+        max_disparity: bound of the predicted disparity, in LR pixels.
+        initial_disparity: disparity the untrained CVM outputs, in LR pixels.
+        lambda_cssc: weight of L_CSSC in Eq. (3) (paper: 0.1; 0 is "w/o L_CSSC").
+    """
+
+    scale: int = 4
+    channels: int = 64
+    num_modules: int = 15
+    kernel_size: int = 3
+    architecture: str = "dual"
+    single_branch_input: str = "vis"
+    use_cvm: bool = True
+    use_csft: bool = True
+    use_dynamic_conv: bool = True
+    dmf_residual: bool = True
+    global_skip: bool = True
+    dynamic_conv_implementation: str = "shift"
+    kernel_normalization: str = "softmax"
+    cvm_base_channels: int = 16
+    cvm_depth: int = 3
+    max_disparity: float = 24.0
+    initial_disparity: float = 1.0
+    lambda_cssc: float = 0.1
+
+    def __post_init__(self):
+        if self.scale not in SUPPORTED_SCALES:
+            raise ValueError(f"scale must be one of {SUPPORTED_SCALES}. Received: scale={self.scale}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {ARCHITECTURES}. Received: {self.architecture!r}"
+            )
+        if self.single_branch_input not in SINGLE_BRANCH_INPUTS:
+            raise ValueError(
+                f"single_branch_input must be one of {SINGLE_BRANCH_INPUTS}. "
+                f"Received: {self.single_branch_input!r}"
+            )
+        if self.architecture == "single" and self.single_branch_input == "vis" and self.use_cvm:
+            raise ValueError(
+                "A single-branch model with single_branch_input='vis' has no NIR to match: "
+                "set use_cvm=False."
+            )
+        for name in ("channels", "num_modules", "kernel_size", "cvm_base_channels", "cvm_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd. Received: kernel_size={self.kernel_size}")
+        if self.lambda_cssc < 0:
+            raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
+
+    @property
+    def uses_nir(self):
+        return self.architecture == "dual" or self.single_branch_input == "vis_nir"
+
+    def replace(self, **overrides):
+        """A copy with some fields changed (validated again)."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"Unknown config fields: {sorted(unknown)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**values)
+
+
+PRESETS = {
+    # Sec. 4.5 of the paper: T = 15 DMF modules, C = 64, 3x3 kernels.
+    "paper": CSPSRConfig(channels=64, num_modules=15, kernel_size=3, cvm_base_channels=16, cvm_depth=4),
+    # Trains on a 2-core CPU in minutes.
+    "small": CSPSRConfig(channels=32, num_modules=4, kernel_size=3, cvm_base_channels=16, cvm_depth=3),
+    # For unit tests: a forward pass in milliseconds.
+    "tiny": CSPSRConfig(channels=8, num_modules=2, kernel_size=3, cvm_base_channels=4, cvm_depth=2),
+}
+
+# The rows of the paper's Table 4 (and "w/o L_CSSC"), as overrides of any preset.
+ABLATIONS = {
+    "baseline": dict(architecture="single", single_branch_input="vis", use_cvm=False),
+    "w_nir": dict(architecture="single", single_branch_input="vis_nir", use_cvm=False),
+    "w_cvm": dict(architecture="single", single_branch_input="vis_nir", use_cvm=True),
+    "wo_cvm": dict(use_cvm=False),
+    "wo_csft": dict(use_csft=False),
+    "wo_dyconv": dict(use_dynamic_conv=False),
+    "wo_cssc": dict(lambda_cssc=0.0),
+    "full": dict(),
+}
+
+
+def get_config(preset="paper", ablation="full", **overrides):
+    """The config of a preset, with an ablation row and field overrides applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}. Received: {preset!r}")
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}. Received: {ablation!r}")
+    return PRESETS[preset].replace(**{**ABLATIONS[ablation], **overrides})

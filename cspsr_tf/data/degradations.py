@@ -1,0 +1,139 @@
+"""Optional degradations of the LR visible input beyond bicubic downscaling.
+
+The paper's abstract claims robustness to "noise, high brightness, low light"; these
+degradations let a configuration test that claim. They act on the LR VIS input only, after
+`bicubic_downscale`: the NIR input and every HR target stay untouched, so the model learns
+(or is evaluated on) restoring a clean HR VIS image from a degraded LR one, with the NIR image
+as the clean guide.
+
+Names (the `degradation` field of a config), with their parameters and defaults:
+
+- `none` (default, the paper protocol): identity.
+- `noise`: additive white Gaussian sensor noise, `sigma` = 0.02 (on a [0, 1] scale), clipped.
+- `low_light`: the exposure is cut by `gain` = 0.25, then photon shot noise (a Poisson draw
+  with `photons_at_white` = 400 expected photons at a darkened value of 1.0, so the noise
+  variance is value / 400) and Gaussian read noise (`read_noise` = 0.005) are added, clipped.
+- `over_exposure`: the exposure is multiplied by `gain` = 2.0 and clipped at 1 (saturation);
+  deterministic.
+
+There is no brightening anywhere: the Zhi et al. stereo frames are dark (mean about 25/255)
+and stay as recorded. `low_light` on such frames makes them darker still (mean about 6/255 at
+the default gain), which is the intended stress test, not a bug.
+
+Random degradations are stateless: the same `seed` (a shape [2] integer tensor, as for
+`tf.random.stateless_*`) gives the same noise eagerly, inside `tf.function` and inside
+`tf.data.Dataset.map`.
+"""
+
+from collections.abc import Mapping
+
+import tensorflow as tf
+
+# Default parameters per name; the keys are also the parameters each name accepts.
+DEGRADATIONS = {
+    "none": {},
+    "noise": {"sigma": 0.02},
+    "low_light": {"gain": 0.25, "photons_at_white": 400.0, "read_noise": 0.005},
+    "over_exposure": {"gain": 2.0},
+}
+
+# Names that draw random numbers and therefore need a stateless seed.
+_RANDOM = ("noise", "low_light")
+
+
+def resolve_degradation(spec):
+    """Turns a config value into a validated `(name, params)` pair.
+
+    Args:
+        spec: None (the paper protocol, same as `"none"`), a name from `DEGRADATIONS`, or a
+            mapping with a `"name"` key and optional parameter overrides, e.g.
+            `{"name": "noise", "sigma": 0.05}`.
+
+    Returns:
+        (name, params) where params holds every parameter of that name, defaults filled in.
+
+    Raises:
+        ValueError: for an unknown name, an unknown parameter, or an out-of-range value.
+    """
+    if spec is None:
+        return "none", {}
+    if isinstance(spec, str):
+        name, overrides = spec, {}
+    elif isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise ValueError(f"A degradation mapping needs a 'name' key. Received: {dict(spec)}")
+        overrides = {k: v for k, v in spec.items() if k != "name"}
+        name = spec["name"]
+    else:
+        raise ValueError(
+            f"degradation must be None, a name or a mapping with a 'name'. Received: {spec!r}"
+        )
+    return name, _validated_params(name, overrides)
+
+
+def _validated_params(name, overrides):
+    """Fills in defaults for `name` and checks names and ranges of the overrides."""
+    if name not in DEGRADATIONS:
+        raise ValueError(
+            f"Unknown degradation {name!r}. Valid names: {sorted(DEGRADATIONS)}"
+        )
+    defaults = DEGRADATIONS[name]
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"Unknown parameters {unknown} for degradation {name!r}. "
+            f"Valid parameters: {sorted(defaults)}"
+        )
+    params = {**defaults, **overrides}
+    for key, value in params.items():
+        value = float(value)
+        # Noise levels may be zero; gains and photon counts must be positive to stay physical.
+        if key in ("sigma", "read_noise") and value < 0:
+            raise ValueError(f"{name}: {key} must be >= 0. Received: {key}={value}")
+        if key in ("gain", "photons_at_white") and value <= 0:
+            raise ValueError(f"{name}: {key} must be > 0. Received: {key}={value}")
+        params[key] = value
+    return params
+
+
+def apply_degradation(vis_lr, name="none", seed=None, **params):
+    """Degrades the LR visible image; deterministic for a given stateless seed.
+
+    Args:
+        vis_lr: float tensor with values in [0, 1], any shape ([h, w, 3] or [B, h, w, 3]).
+        name: one of `DEGRADATIONS` (`none`, `noise`, `low_light`, `over_exposure`).
+        seed: shape [2] int32/int64 tensor for the stateless random ops. Required by `noise`
+            and `low_light`, ignored by the others.
+        **params: overrides of the name's parameters (see the module docstring).
+
+    Returns:
+        float32 tensor of the same shape, clipped to [0, 1] (`none` returns the input as
+        float32, unchanged).
+
+    Raises:
+        ValueError: for an unknown name or parameter, or a missing seed where one is needed.
+    """
+    params = _validated_params(name, params)
+    vis_lr = tf.cast(tf.convert_to_tensor(vis_lr), tf.float32)
+    if name == "none":
+        return vis_lr
+    if name in _RANDOM and seed is None:
+        raise ValueError(f"Degradation {name!r} is random and needs a stateless seed, got None.")
+    shape = tf.shape(vis_lr)
+    if name == "noise":
+        noise = tf.random.stateless_normal(shape, seed=seed, stddev=params["sigma"])
+        return tf.clip_by_value(vis_lr + noise, 0.0, 1.0)
+    if name == "over_exposure":
+        return tf.clip_by_value(vis_lr * params["gain"], 0.0, 1.0)
+    # low_light: shot noise follows the photon count, so its variance grows with the signal;
+    # read noise is signal independent. Both act on the darkened exposure.
+    shot_seed, read_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    photons_at_white = params["photons_at_white"]
+    dark = vis_lr * params["gain"]
+    photons = tf.random.stateless_poisson(
+        shape, seed=shot_seed, lam=dark * photons_at_white, dtype=tf.float32
+    )
+    read = tf.random.stateless_normal(shape, seed=read_seed, stddev=params["read_noise"])
+    # Multiplying by the reciprocal (rather than dividing) keeps eager and graph results
+    # bit-identical: Grappler rewrites a division by a constant into this multiplication.
+    return tf.clip_by_value(photons * (1.0 / photons_at_white) + read, 0.0, 1.0)

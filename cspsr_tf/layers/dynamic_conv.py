@@ -1,0 +1,122 @@
+"""Per-pixel (dynamic) convolution of the NIR features, predicted from both modalities."""
+
+import keras
+import tensorflow as tf
+
+_IMPLEMENTATIONS = ("shift", "patches")
+_NORMALIZATIONS = ("softmax", "none")
+
+
+def apply_per_pixel_kernels(features, kernels, kernel_size, implementation="shift"):
+    """Filters `features` with one k x k kernel per pixel, shared by all channels.
+
+    out(i, j, c) = sum_{u, v} kernels(i, j, u * k + v) * features(i + u - k//2, j + v - k//2, c)
+    with zero padding outside the frame.
+
+    Args:
+        features: [B, H, W, C].
+        kernels: [B, H, W, k * k], taps in row-major (u, v) order.
+        kernel_size: odd int k.
+        implementation: `patches` (reference: tf.image.extract_patches, materialises
+            [B, H, W, k*k*C]) or `shift` (sums the k*k shifted copies of the zero-padded input;
+            same numbers, no k*k-times larger intermediate).
+    """
+    k = kernel_size
+    if implementation == "patches":
+        shape = tf.shape(features)
+        patches = tf.image.extract_patches(
+            features,
+            sizes=[1, k, k, 1],
+            strides=[1, 1, 1, 1],
+            rates=[1, 1, 1, 1],
+            padding="SAME",
+        )  # [B, H, W, k*k*C], ordered (u, v, c)
+        patches = tf.reshape(patches, [shape[0], shape[1], shape[2], k * k, shape[3]])
+        return tf.reduce_sum(patches * kernels[..., tf.newaxis], axis=3)
+    if implementation == "shift":
+        r = k // 2
+        height, width = tf.shape(features)[1], tf.shape(features)[2]
+        padded = tf.pad(features, [[0, 0], [r, r], [r, r], [0, 0]])
+        out = None
+        for u in range(k):
+            for v in range(k):
+                tap = u * k + v
+                shifted = padded[:, u : u + height, v : v + width, :]
+                term = shifted * kernels[..., tap : tap + 1]
+                out = term if out is None else out + term
+        return out
+    raise ValueError(
+        f"implementation must be one of {_IMPLEMENTATIONS}. Received: {implementation!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="cspsr_tf")
+class DynamicConv(keras.layers.Layer):
+    """Dynamic convolution of the DMF module (paper Sec. 4.3).
+
+    A 3x3 convolution over concat(F_vis, F_nir) predicts a k x k kernel per pixel
+    (K in R^{H x W x k^2}, shared by all channels at that pixel); F'_nir is F_nir filtered
+    position by position with K. Kernels are normalised with a softmax over the k^2 taps by
+    default, as in the dynamic upsampling filters the paper cites, so each output is a convex
+    combination of its neighbourhood.
+
+    Args:
+        kernel_size: int, default 3; the size k of the per-pixel kernels (odd).
+        normalization: `softmax` (default) or `none` (raw predicted taps).
+        implementation: `shift` (default, faster, shift-and-accumulate) or `patches`
+            (reference, tf.image.extract_patches). Both give the same numbers.
+
+    Call arguments:
+        inputs: a pair `(f_vis, f_nir)`, each [B, H, W, C].
+
+    Returns:
+        F'_nir, [B, H, W, C].
+
+    References:
+        Wei et al., CSPSR, Sec. 4.3; Jo et al., "Deep Video Super-Resolution Network Using
+        Dynamic Upsampling Filters", CVPR 2018.
+    """
+
+    def __init__(self, kernel_size=3, normalization="softmax", implementation="shift", **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int. Received: {kernel_size}")
+        if normalization not in _NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {_NORMALIZATIONS}. Received: {normalization!r}"
+            )
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {_IMPLEMENTATIONS}. Received: {implementation!r}"
+            )
+        self.kernel_size = kernel_size
+        self.normalization = normalization
+        self.implementation = implementation
+        self.kernel_predictor = keras.layers.Conv2D(
+            kernel_size * kernel_size, 3, padding="same", name="kernel_predictor", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        vis_shape, nir_shape = input_shape
+        self.kernel_predictor.build(tuple(vis_shape[:-1]) + (vis_shape[-1] + nir_shape[-1],))
+
+    def call(self, inputs):
+        f_vis, f_nir = inputs
+        kernels = self.kernel_predictor(tf.concat([f_vis, f_nir], axis=-1))
+        if self.normalization == "softmax":
+            kernels = tf.nn.softmax(kernels, axis=-1)
+        return apply_per_pixel_kernels(f_nir, kernels, self.kernel_size, self.implementation)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "kernel_size": self.kernel_size,
+                "normalization": self.normalization,
+                "implementation": self.implementation,
+            }
+        )
+        return config

@@ -1,0 +1,258 @@
+"""Helpers shared by the CSPSR dataset builders: reading, checking and converting images.
+
+Every builder yields the same common features (see `common_features`):
+
+* ``vis``: HR visible image, ``uint8`` RGB, shape ``(H, W, 3)``.
+* ``nir``: HR near-infrared image, ``uint8``, one channel, shape ``(H, W, 1)``, in the NIR
+  camera's own view (for stereo pairs it is the right view).
+* ``geometry``: ``"stereo"`` (RGB = left camera, NIR = right camera, rectified pair) or
+  ``"aligned"`` (registered pair, no parallax).
+* ``id``: ``"<video or category>/<frame key>"``.
+
+Pixel conversions (the same in every builder):
+
+* Files are read with OpenCV (``cv2.IMREAD_UNCHANGED``); colour images go BGR -> RGB and an
+  alpha channel is dropped.
+* 16-bit images become 8-bit by ``round(v / 257)`` (the full 16-bit range maps onto 0..255;
+  no per-image stretch). Float images in [0, 1] are scaled by 255, other floats are clipped to
+  0..255. Nothing is brightened or tone mapped.
+* A NIR image stored with 3 channels becomes one channel: the first channel when the three
+  are equal (a grey image saved as RGB), otherwise OpenCV's BGR -> GRAY (0.299 R + 0.587 G +
+  0.114 B). A one-channel visible image is repeated into 3 channels.
+* The visible image and the NIR image of a pair must have the same height and width.
+
+Errors: a file that is missing, unreadable, truncated (PNG without its ``IEND`` chunk, JPEG
+without an end-of-image marker after its last scan) or of an unsupported type raises
+`ImageReadError` naming the file; a pair of different sizes raises `PairMismatchError` naming
+both files; a manual directory that does not have the expected layout raises
+`ManualDirLayoutError` whose message prints that layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+STEREO = "stereo"
+ALIGNED = "aligned"
+GEOMETRIES = (STEREO, ALIGNED)
+
+# Suffixes accepted for image files (compared case-insensitively).
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+class ManualDirLayoutError(FileNotFoundError):
+    """The manual directory is missing, empty, or not laid out as the builder expects."""
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable, truncated or of an unsupported pixel type."""
+
+
+class PairMismatchError(ValueError):
+    """The visible and NIR images of one pair do not have the same height and width."""
+
+
+def common_features(*, with_disparity: bool = False) -> tfds.features.FeaturesDict:
+    """The features every builder yields (plus the disparity ones for synthetic data)."""
+    features = {
+        "vis": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+        "nir": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
+        "geometry": tfds.features.Text(),
+        "id": tfds.features.Text(),
+    }
+    if with_disparity:
+        features["disparity"] = tfds.features.Tensor(
+            shape=(None, None, 1), dtype=np.float32, encoding=tfds.features.Encoding.ZLIB
+        )
+        features["disparity_valid"] = tfds.features.Tensor(
+            shape=(None, None, 1), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+        )
+    return tfds.features.FeaturesDict(features)
+
+
+# ----------------------------------------------------------------------------------------------
+# Manual directory helpers
+
+
+def layout_error(manual_dir, layout: str, problem: str) -> ManualDirLayoutError:
+    """Builds the error raised when the manual directory does not have the expected layout."""
+    return ManualDirLayoutError(
+        f"{problem}\nManual directory: {manual_dir}\nExpected layout:\n{layout}"
+    )
+
+
+def require_nonempty_dir(manual_dir, layout: str) -> epath.Path:
+    """Returns `manual_dir` as a path; raises `ManualDirLayoutError` if missing or empty."""
+    if manual_dir is None:
+        raise layout_error(manual_dir, layout, "No manual directory was given.")
+    path = epath.Path(manual_dir)
+    if not path.exists():
+        raise layout_error(path, layout, "The manual directory does not exist.")
+    if not path.is_dir():
+        raise layout_error(path, layout, "The manual directory is not a directory.")
+    if not any(True for _ in path.iterdir()):
+        raise layout_error(path, layout, "The manual directory is empty.")
+    return path
+
+
+def subdirs(path: epath.Path) -> list[epath.Path]:
+    """Sub-directories of `path`, sorted by name (empty if `path` is not a directory)."""
+    if not path.is_dir():
+        return []
+    return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def image_files(path: epath.Path) -> list[epath.Path]:
+    """Image files directly in `path` (see `IMAGE_SUFFIXES`), sorted by name."""
+    if not path.is_dir():
+        return []
+    return sorted(
+        (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
+        key=lambda p: p.name,
+    )
+
+
+def find_child(path: epath.Path, names: Iterable[str]) -> epath.Path | None:
+    """The sub-directory of `path` whose name matches one of `names`, case-insensitively."""
+    wanted = {n.lower() for n in names}
+    for child in subdirs(path):
+        if child.name.lower() in wanted:
+            return child
+    return None
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders embedded numbers numerically ("2" < "10")."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Image reading
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8"
+
+
+def _check_complete(path, data: bytes) -> None:
+    """Raises `ImageReadError` if a PNG or JPEG file is visibly truncated.
+
+    OpenCV decodes a truncated JPEG into a partly grey image with only a warning, so the
+    end markers are checked here before decoding.
+    """
+    if not data:
+        raise ImageReadError(f"Image file is empty: {path}")
+    if data.startswith(_PNG_SIGNATURE):
+        if b"IEND" not in data[-64:]:
+            raise ImageReadError(f"Image file is truncated (PNG without IEND chunk): {path}")
+    elif data.startswith(_JPEG_SIGNATURE):
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0:
+            raise ImageReadError(
+                f"Image file is truncated (JPEG without end-of-image marker): {path}"
+            )
+
+
+def read_raw(path) -> np.ndarray:
+    """Reads an image file as OpenCV does with ``IMREAD_UNCHANGED`` (BGR order)."""
+    path = epath.Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ImageReadError(f"Image file not found: {path}") from e
+    except OSError as e:
+        raise ImageReadError(f"Cannot read image file {path}: {e}") from e
+    _check_complete(path, data)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageReadError(f"Cannot decode image file (corrupt or unsupported): {path}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ImageReadError(f"Unsupported image shape {image.shape}: {path}")
+    return image
+
+
+def to_uint8(image: np.ndarray, path="<array>") -> np.ndarray:
+    """Converts 8-bit, 16-bit or float pixels to uint8 (see the module docstring)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        values = np.nan_to_num(image.astype(np.float32))
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        return np.round(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+    raise ImageReadError(f"Unsupported pixel type {image.dtype}: {path}")
+
+
+def rgb_from_raw(image: np.ndarray, path="<array>") -> np.ndarray:
+    """OpenCV image (any depth, 1/3/4 channels, BGR) -> (H, W, 3) uint8 RGB."""
+    image = to_uint8(image, path)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels == 1:
+        return np.repeat(image, 3, axis=2)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def nir_from_raw(image: np.ndarray, path="<array>") -> np.ndarray:
+    """OpenCV image (any depth, 1/3/4 channels, BGR) -> (H, W, 1) uint8 single channel."""
+    image = to_uint8(image, path)
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(image)
+    if np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(
+        image[:, :, 0], image[:, :, 2]
+    ):
+        return np.ascontiguousarray(image[:, :, :1])
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2GRAY)[:, :, None]
+
+
+def read_rgb(path) -> np.ndarray:
+    """Reads a visible image as (H, W, 3) uint8 RGB."""
+    return rgb_from_raw(read_raw(path), path)
+
+
+def read_nir(path) -> np.ndarray:
+    """Reads a NIR image as (H, W, 1) uint8."""
+    return nir_from_raw(read_raw(path), path)
+
+
+def read_pair(rgb_path, nir_path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a (visible, NIR) pair and checks that both have the same height and width."""
+    vis = read_rgb(rgb_path)
+    nir = read_nir(nir_path)
+    if vis.shape[:2] != nir.shape[:2]:
+        raise PairMismatchError(
+            "The RGB and NIR images of a pair differ in size: "
+            f"{rgb_path} is {vis.shape[1]}x{vis.shape[0]} (WxH), "
+            f"{nir_path} is {nir.shape[1]}x{nir.shape[0]} (WxH)."
+        )
+    return vis, nir
+
+
+def example(vis: np.ndarray, nir: np.ndarray, geometry: str, example_id: str, **extra) -> dict:
+    """Assembles one example dict with the common features."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    return {"vis": vis, "nir": nir, "geometry": geometry, "id": example_id, **extra}
+
+
+def check_unique(ids: Sequence[str], what: str) -> None:
+    """Raises ValueError if `ids` has duplicates (example keys must be unique)."""
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"Duplicate example id {i!r} in {what}.")
+        seen.add(i)

@@ -1,0 +1,100 @@
+"""Tests of cspsr_tf.data.degradations: expected statistics are computed by hand."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cspsr_tf.data.degradations import (  # noqa: E402
+    DEGRADATIONS,
+    apply_degradation,
+    resolve_degradation,
+)
+
+_SEED = tf.constant([1, 2], tf.int64)
+
+
+def _constant(value, shape=(2, 64, 64, 3)):
+    return np.full(shape, value, np.float32)
+
+
+def test_none_is_identity():
+    image = np.random.default_rng(0).uniform(0, 0.1, (8, 9, 3)).astype(np.float32)
+    np.testing.assert_array_equal(apply_degradation(image, "none").numpy(), image)
+    np.testing.assert_array_equal(apply_degradation(image, "none", _SEED).numpy(), image)
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.05])
+def test_noise_has_the_requested_std(sigma):
+    params = {} if sigma == 0.02 else {"sigma": sigma}  # 0.02 is the documented default
+    out = apply_degradation(_constant(0.5), "noise", _SEED, **params).numpy()
+    assert out.dtype == np.float32 and out.shape == (2, 64, 64, 3)
+    assert abs(out.mean() - 0.5) < 0.1 * sigma
+    assert abs(out.std() - sigma) < 0.05 * sigma
+
+
+def test_low_light_darkens_with_signal_dependent_noise():
+    # Defaults: gain 0.25, 400 photons at white, read noise 0.005. For a flat 0.4 input the
+    # mean is 0.4 * 0.25 = 0.1 and the variance 0.1 / 400 + 0.005 ** 2.
+    out = apply_degradation(_constant(0.4), "low_light", _SEED).numpy()
+    assert abs(out.mean() - 0.1) < 0.002
+    expected_std = np.sqrt(0.1 / 400 + 0.005**2)
+    assert abs(out.std() - expected_std) < 0.05 * expected_std
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # Shot noise grows with the signal: a brighter flat input is noisier.
+    bright = apply_degradation(_constant(0.8), "low_light", _SEED).numpy()
+    assert bright.std() > 1.2 * out.std()
+    assert bright.mean() < 0.8
+
+
+def test_over_exposure_saturates():
+    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, 101, 1)
+    out = apply_degradation(ramp, "over_exposure").numpy()
+    np.testing.assert_allclose(out, np.minimum(2.0 * ramp, 1.0), atol=1e-7)
+    clipped_share = np.mean(out >= 1.0)
+    assert abs(clipped_share - 51 / 101) < 1e-6  # inputs 0.50 ... 1.00
+    out3 = apply_degradation(ramp, "over_exposure", gain=4.0).numpy()
+    assert np.mean(out3 >= 1.0) > clipped_share
+
+
+@pytest.mark.parametrize("name", ["noise", "low_light"])
+def test_random_degradations_are_deterministic_per_seed(name):
+    image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    first = apply_degradation(image, name, _SEED).numpy()
+    again = apply_degradation(image, name, tf.constant([1, 2], tf.int64)).numpy()
+    other = apply_degradation(image, name, tf.constant([1, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    mapped = next(
+        iter(tf.data.Dataset.from_tensors(image).map(lambda x: apply_degradation(x, name, _SEED)))
+    )
+    # Graph optimisations may reorder float arithmetic: allow float32 rounding, no more.
+    np.testing.assert_allclose(mapped.numpy(), first, rtol=0, atol=1e-6)
+    traced = tf.function(lambda x: apply_degradation(x, name, _SEED))
+    np.testing.assert_allclose(traced(image).numpy(), first, rtol=0, atol=1e-6)
+
+
+def test_errors_name_the_valid_choices():
+    image = _constant(0.5, (4, 4, 3))
+    with pytest.raises(ValueError, match=r"Valid names: \['low_light', 'noise', 'none'"):
+        apply_degradation(image, "fog", _SEED)
+    with pytest.raises(ValueError, match=r"Valid parameters: \['sigma'\]"):
+        apply_degradation(image, "noise", _SEED, gain=2.0)
+    with pytest.raises(ValueError, match="needs a stateless seed"):
+        apply_degradation(image, "noise")
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        apply_degradation(image, "noise", _SEED, sigma=-0.1)
+    with pytest.raises(ValueError, match="gain must be > 0"):
+        apply_degradation(image, "over_exposure", gain=0)
+
+
+def test_resolve_degradation_accepts_none_names_and_mappings():
+    assert resolve_degradation(None) == ("none", {})
+    assert resolve_degradation("over_exposure") == ("over_exposure", {"gain": 2.0})
+    assert resolve_degradation({"name": "noise", "sigma": 0.1}) == ("noise", {"sigma": 0.1})
+    assert set(DEGRADATIONS) == {"none", "noise", "low_light", "over_exposure"}
+    with pytest.raises(ValueError, match="'name'"):
+        resolve_degradation({"sigma": 0.1})
