@@ -11,6 +11,7 @@ the SR network.
 """
 
 import json
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -64,7 +65,14 @@ def count_flops(model, lr_size, batch=1):
     graph = convert_variables_to_constants_v2(concrete).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
+    # The v1 profiler logs deprecation warnings that say nothing to a user of this tool.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
+    finally:
+        tf_logger.setLevel(level)
 
 
 def model_info(preset="paper", ablation="full", scale=4, lr_size=(107, 145)):

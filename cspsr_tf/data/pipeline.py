@@ -29,6 +29,10 @@ position in the (shuffled, repeated) stream, so a dataset built twice with the s
 yields identical batches and a different seed yields different ones. `Dataset.shuffle`
 takes the op seed `seed`; it also depends on the global seed when one is set with
 `tf.random.set_seed`, so set the same global seed (or none) in runs to be compared.
+Iterating the same dataset object a second time reshuffles the frames (a new epoch order,
+still reproducible) while the per-element seeds restart from position 0; with `repeat=True`
+and `steps_per_epoch`, Keras keeps one iterator, so positions keep counting across epochs.
+With `shuffle_buffer=0` and `repeat=False`, every iteration yields the same patches.
 """
 
 import math
@@ -215,7 +219,7 @@ def random_vertical_flip_frame(frame, seed, probability=0.5):
     def maybe_flip(value):
         return tf.cond(flip, lambda: tf.reverse(value, axis=[0]), lambda: value)
 
-    return {key: (maybe_flip(value) if key == "vis" else value) for key, value in frame.items()}
+    return {key: maybe_flip(value) for key, value in frame.items()}
 
 
 def crop_to_multiple(frame, multiple, frame_id=None):

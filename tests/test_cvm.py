@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from cspsr_tf.layers.cvm import CrossViewMatching
+from cspsr_tf.layers.disparity_warp import warp_by_disparity
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (16, 16), (33, 50)])
+def test_any_input_size_and_bounded_disparity(size):
+    h, w = size
+    layer = CrossViewMatching(base_channels=4, depth=3, max_disparity=6.0, initial_disparity=1.0)
+    vis = np.random.rand(2, h, w, 3).astype(np.float32)
+    nir = np.random.rand(2, h, w, 1).astype(np.float32)
+    out = layer((vis, nir))
+    for key in ("nir_l", "valid_l", "disp_l", "disp_r"):
+        assert out[key].shape == (2, h, w, 1), key
+    for key in ("disp_l", "disp_r"):
+        d = out[key].numpy()
+        assert (d >= 0).all() and (d <= 6.0).all()
+    # Untrained heads start near the configured initial disparity.
+    np.testing.assert_allclose(out["disp_l"].numpy(), 1.0, atol=0.1)
+    # The warped NIR is Eq. (1) applied with the predicted disparity.
+    expected, _ = warp_by_disparity(nir, out["disp_l"], "right_to_left")
+    np.testing.assert_allclose(out["nir_l"].numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_bounded_by_activation_even_for_huge_logits():
+    layer = CrossViewMatching(base_channels=4, depth=2, max_disparity=5.0)
+    vis = np.random.rand(1, 8, 8, 3).astype(np.float32)
+    nir = np.random.rand(1, 8, 8, 1).astype(np.float32)
+    layer((vis, nir))
+    layer.heads[-1].bias.assign([1e4, -1e4])
+    out = layer((vis, nir))
+    np.testing.assert_allclose(out["disp_l"].numpy(), 5.0)
+    np.testing.assert_allclose(out["disp_r"].numpy(), 0.0, atol=1e-6)
+
+
+def test_pyramid_and_config_round_trip():
+    layer = CrossViewMatching(base_channels=4, depth=2, max_disparity=8.0, return_pyramid=True)
+    out = layer((np.random.rand(1, 9, 10, 3).astype(np.float32), np.random.rand(1, 9, 10, 1).astype(np.float32)))
+    # Padded to 12x12 (multiple of 4); one head per decoder level, coarse to fine.
+    assert [tuple(p.shape) for p in out["pyramid"]] == [(1, 6, 6, 2), (1, 12, 12, 2)]
+    config = layer.get_config()
+    assert CrossViewMatching.from_config(config).get_config() == config
+    for key in ("base_channels", "depth", "max_disparity", "initial_disparity", "return_pyramid"):
+        assert key in config
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="initial_disparity"):
+        CrossViewMatching(max_disparity=2.0, initial_disparity=3.0)
+    with pytest.raises(ValueError, match="depth"):
+        CrossViewMatching(depth=0)

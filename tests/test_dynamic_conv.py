@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cspsr_tf.layers.dynamic_conv import DynamicConv, apply_per_pixel_kernels
+from tests.layer_test_utils import run_layer_checks
+
+
+def naive_per_pixel_filter(features, kernels, k):
+    """Double loop over pixels: out(i,j,c) = sum_uv K(i,j,u*k+v) * F(i+u-r, j+v-r, c)."""
+    b, h, w, c = features.shape
+    r = k // 2
+    out = np.zeros_like(features, dtype=np.float64)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                acc = np.zeros(c)
+                for u in range(k):
+                    for v in range(k):
+                        y, x = i + u - r, j + v - r
+                        if 0 <= y < h and 0 <= x < w:
+                            acc += kernels[n, i, j, u * k + v] * features[n, y, x]
+                out[n, i, j] = acc
+    return out
+
+
+@pytest.mark.parametrize("implementation", ["patches", "shift"])
+@pytest.mark.parametrize("k", [3, 5])
+def test_matches_naive_double_loop(implementation, k):
+    rng = np.random.default_rng(k)
+    features = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)
+    kernels = rng.standard_normal((2, 6, 7, k * k)).astype(np.float32)
+    got = apply_per_pixel_kernels(features, kernels, k, implementation).numpy()
+    np.testing.assert_allclose(got, naive_per_pixel_filter(features, kernels, k), atol=1e-5)
+
+
+def test_fast_path_equals_reference_inside_the_layer():
+    rng = np.random.default_rng(0)
+    f_vis = rng.standard_normal((2, 9, 11, 8)).astype(np.float32)
+    f_nir = rng.standard_normal((2, 9, 11, 8)).astype(np.float32)
+    reference = DynamicConv(3, implementation="patches")
+    fast = DynamicConv(3, implementation="shift")
+    reference.build((f_vis.shape, f_nir.shape))
+    fast.build((f_vis.shape, f_nir.shape))
+    fast.set_weights(reference.get_weights())
+    np.testing.assert_allclose(
+        fast((f_vis, f_nir)).numpy(), reference((f_vis, f_nir)).numpy(), atol=1e-5
+    )
+    # Gradients agree too (the training path).
+    x = tf.Variable(f_nir)
+    grads = []
+    for layer in (reference, fast):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer((f_vis, x))))
+        grads.append(tape.gradient(loss, x).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
+
+
+def test_softmax_kernels_make_a_convex_combination():
+    # A constant feature map stays constant away from the zero-padded border.
+    layer = DynamicConv(3)
+    f_vis = np.random.rand(1, 6, 6, 4).astype(np.float32)
+    f_nir = np.full((1, 6, 6, 4), 2.5, np.float32)
+    out = layer((f_vis, f_nir)).numpy()
+    np.testing.assert_allclose(out[:, 1:-1, 1:-1], 2.5, rtol=1e-5)
+
+
+def test_layer_checks_and_argument_errors():
+    f = np.random.rand(2, 5, 6, 4).astype(np.float32)
+    run_layer_checks(
+        DynamicConv,
+        {"kernel_size": 3, "normalization": "softmax", "implementation": "patches"},
+        (f, f),
+        expected_output_shapes=(2, 5, 6, 4),
+    )
+    with pytest.raises(ValueError, match="odd"):
+        DynamicConv(4)
+    with pytest.raises(ValueError, match="implementation"):
+        DynamicConv(3, implementation="magic")

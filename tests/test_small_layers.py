@@ -1,0 +1,72 @@
+"""PixelShuffle, BicubicUpsample, ResidualBlock and DMF."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
+from cspsr_tf.layers.dmf import DMF
+from cspsr_tf.layers.pixel_shuffle import PixelShuffle
+from cspsr_tf.layers.residual_block import ResidualBlock
+from tests.layer_test_utils import run_layer_checks
+
+
+def test_pixel_shuffle_matches_numpy_rearrangement():
+    s, c = 2, 3
+    x = np.random.rand(1, 4, 5, c * s * s).astype(np.float32)
+    out = PixelShuffle(s)(x).numpy()
+    # depth_to_space: out[i*s + a, j*s + b, ch] = x[i, j, (a*s + b)*C + ch]
+    expected = np.zeros((1, 8, 10, c), np.float32)
+    for i in range(4):
+        for j in range(5):
+            for a in range(s):
+                for b in range(s):
+                    expected[0, i * s + a, j * s + b] = x[0, i, j, (a * s + b) * c : (a * s + b + 1) * c]
+    np.testing.assert_array_equal(out, expected)
+    run_layer_checks(PixelShuffle, {"scale": 3}, np.random.rand(1, 3, 4, 18).astype(np.float32))
+
+
+def test_bicubic_upsample_keeps_constants_and_shapes():
+    x = np.full((2, 5, 7, 3), 0.3, np.float32)
+    out = BicubicUpsample(4)(x).numpy()
+    assert out.shape == (2, 20, 28, 3)
+    np.testing.assert_allclose(out, 0.3, atol=1e-6)
+    run_layer_checks(BicubicUpsample, {"scale": 2}, x, expected_output_shapes=(2, 10, 14, 3))
+
+
+def test_residual_block_is_identity_plus_branch():
+    layer = ResidualBlock(4)
+    x = np.random.rand(1, 5, 5, 4).astype(np.float32)
+    layer(x)
+    for w in layer.conv2.weights:
+        w.assign(tf.zeros_like(w))
+    np.testing.assert_allclose(layer(x).numpy(), x, atol=1e-7)
+    run_layer_checks(ResidualBlock, {"channels": 4}, x, expected_output_shapes=(1, 5, 5, 4))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"use_dynamic_conv": False},
+        {"use_csft": False},
+        {"residual": False, "dynamic_conv_implementation": "patches", "kernel_normalization": "none"},
+    ],
+)
+def test_dmf_variants(kwargs):
+    f = np.random.rand(2, 6, 5, 8).astype(np.float32)
+    init = {"channels": 8, "kernel_size": 3, **kwargs}
+    run_layer_checks(DMF, init, (f, f), expected_output_shapes=((2, 6, 5, 8), (2, 6, 5, 8)))
+
+
+def test_dmf_residual_adds_inputs():
+    f_vis = np.random.rand(1, 4, 4, 4).astype(np.float32)
+    f_nir = np.random.rand(1, 4, 4, 4).astype(np.float32)
+    layer = DMF(4)
+    layer((f_vis, f_nir))
+    for conv in (layer.conv_vis, layer.conv_nir):
+        for w in conv.weights:
+            w.assign(tf.zeros_like(w))
+    out_vis, out_nir = layer((f_vis, f_nir))
+    np.testing.assert_allclose(out_vis.numpy(), f_vis, atol=1e-7)
+    np.testing.assert_allclose(out_nir.numpy(), f_nir, atol=1e-7)
