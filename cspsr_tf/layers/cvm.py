@@ -112,6 +112,27 @@ class CrossViewMatching(keras.layers.Layer):
                 )
             )
 
+    def build(self, input_shape):
+        vis_shape, nir_shape = input_shape
+
+        def build_stack(stack, channels_in):
+            for layer in stack:
+                if isinstance(layer, keras.layers.Conv2D):
+                    layer.build((None, None, None, channels_in))
+                    channels_in = layer.filters
+                elif isinstance(layer, keras.layers.BatchNormalization):
+                    layer.build((None, None, None, channels_in))
+            return channels_in
+
+        skip_channels = [build_stack(self.stem, vis_shape[-1] + nir_shape[-1])]
+        for stage in self.encoder:
+            skip_channels.append(build_stack(stage, skip_channels[-1]))
+        incoming = skip_channels[-1]
+        for step, (block, head) in enumerate(zip(self.decoder, self.heads, strict=True)):
+            level = self.depth - 1 - step
+            incoming = build_stack(block, incoming + skip_channels[level] + (2 if step else 0))
+            head.build((None, None, None, incoming))
+
     @staticmethod
     def _run(stack, x, training):
         for layer in stack:
