@@ -82,3 +82,81 @@ def cspsr_loss(outputs, targets, scale, lambda_cssc=0.1):
     """Eq. (3) averaged over the batch: a dict of scalars `total`, `vis_mse`, `cssc`."""
     per_example = cspsr_loss_per_example(outputs, targets, scale, lambda_cssc)
     return {name: tf.reduce_mean(value) for name, value in per_example.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Unsupervised loss of the CVM pre-training stage (`train.py --stage=cvm`).
+# Raw intensities differ between the spectra (vegetation is bright in NIR, dark in VIS), so
+# the photometric term compares normalised gradient magnitudes, which survive the spectral
+# gap far better; edge-aware smoothness and left-right consistency follow the stereo
+# networks the paper builds on (Monodepth, Zhi et al. 2018).
+
+
+def _luminance(image):
+    image = tf.cast(image, tf.float32)
+    if image.shape[-1] == 3:
+        return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    return image
+
+
+def gradient_structure(image):
+    """|grad I| of the luminance, divided by its per-image mean: [B, H, W, 1]."""
+    lum = _luminance(image)
+    gx = lum[:, :, 1:, :] - lum[:, :, :-1, :]
+    gy = lum[:, 1:, :, :] - lum[:, :-1, :, :]
+    gx = tf.pad(gx, [[0, 0], [0, 0], [0, 1], [0, 0]])
+    gy = tf.pad(gy, [[0, 0], [0, 1], [0, 0], [0, 0]])
+    magnitude = tf.sqrt(gx * gx + gy * gy + 1e-8)
+    return magnitude / (tf.reduce_mean(magnitude, axis=[1, 2, 3], keepdims=True) + 1e-3)
+
+
+def edge_aware_smoothness_per_example(disparity, image):
+    """Mean |grad d| / mean(d), down-weighted where the image has edges: [B]."""
+    disparity = tf.cast(disparity, tf.float32)
+    d = disparity / (tf.reduce_mean(disparity, axis=[1, 2, 3], keepdims=True) + 1e-3)
+    lum = _luminance(image)
+    dx = tf.abs(d[:, :, 1:] - d[:, :, :-1]) * tf.exp(-10.0 * tf.abs(lum[:, :, 1:] - lum[:, :, :-1]))
+    dy = tf.abs(d[:, 1:] - d[:, :-1]) * tf.exp(-10.0 * tf.abs(lum[:, 1:] - lum[:, :-1]))
+    return tf.reduce_mean(dx, axis=[1, 2, 3]) + tf.reduce_mean(dy, axis=[1, 2, 3])
+
+
+def cvm_unsupervised_loss_per_example(
+    cvm_outputs, vis, nir, smoothness_weight=0.1, consistency_weight=0.1
+):
+    """Label-free loss for the CVM at the resolution of its input: a dict of [B] tensors.
+
+    photometric: L1 between the gradient structure of the left VIS and the right NIR warped to
+        the left with disp_l, plus the symmetric right-view term with disp_r (masked).
+    smoothness: edge-aware smoothness of both disparities.
+    consistency: |disp_l - disp_r warped to the left| and the symmetric term (masked).
+
+    Args:
+        cvm_outputs: the CrossViewMatching dict (`disp_l`, `disp_r` [B, h, w, 1]).
+        vis: the left VIS [B, h, w, 3]; nir: the right NIR [B, h, w, 1] (same size).
+    """
+    disp_l = tf.cast(cvm_outputs["disp_l"], tf.float32)
+    disp_r = tf.cast(cvm_outputs["disp_r"], tf.float32)
+    g_vis, g_nir = gradient_structure(vis), gradient_structure(nir)
+    g_nir_l, valid_l = warp_by_disparity(g_nir, disp_l, "right_to_left")
+    g_vis_r, valid_r = warp_by_disparity(g_vis, disp_r, "left_to_right")
+
+    def masked_l1(a, b, mask):
+        total = tf.reduce_sum(tf.abs(a - b) * mask, axis=[1, 2, 3])
+        return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2, 3]))
+
+    photometric = masked_l1(g_vis, g_nir_l, valid_l) + masked_l1(g_nir, g_vis_r, valid_r)
+    smoothness = edge_aware_smoothness_per_example(disp_l, vis) + edge_aware_smoothness_per_example(
+        disp_r, nir
+    )
+    disp_r_in_left, _ = warp_by_disparity(disp_r, disp_l, "right_to_left")
+    disp_l_in_right, _ = warp_by_disparity(disp_l, disp_r, "left_to_right")
+    consistency = masked_l1(disp_l, disp_r_in_left, valid_l) + masked_l1(
+        disp_r, disp_l_in_right, valid_r
+    )
+    total = photometric + smoothness_weight * smoothness + consistency_weight * consistency
+    return {
+        "total": total,
+        "photometric": photometric,
+        "smoothness": smoothness,
+        "consistency": consistency,
+    }

@@ -22,7 +22,13 @@ def _shallow_features(x, channels, prefix):
 def _reconstruct(features, lr_image, out_channels, config, prefix):
     """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip."""
     s = config.scale
-    x = keras.layers.Conv2D(out_channels * s * s, 3, padding="same", name=f"{prefix}_recon_conv")(features)
+    # With the bicubic skip, a zero-initialised last conv makes the untrained model output
+    # exactly the bicubic image, so training starts from the baseline instead of below it.
+    initializer = "zeros" if config.global_skip else "glorot_uniform"
+    x = keras.layers.Conv2D(
+        out_channels * s * s, 3, padding="same", kernel_initializer=initializer,
+        name=f"{prefix}_recon_conv",
+    )(features)
     x = PixelShuffle(s, name=f"{prefix}_pixel_shuffle")(x)
     if config.global_skip:
         x = keras.layers.Add(name=f"{prefix}_global_skip")(

@@ -14,6 +14,8 @@ class CSFT(keras.layers.Layer):
         w_c = sigmoid(conv1x1(GAP(concat(N_nir, N_vis))) -> 2C);  w_c1, w_c2 = split(w_c)
         w_s2 = sigmoid(conv3x3(concat(N_nir, N_vis)) -> 1 channel)
         F'_vis = F'_nir * w_s1 * w_c2 + F_vis * w_s1 * w_s2 * w_c1
+    The batch norms are synchronised across replicas under tf.distribute, so a run on several
+    devices computes the same statistics as one device with the same global batch.
     The normalised features only drive the weights; the weighted sum uses F'_nir and F_vis
     as Eq. (2) writes them.
 
@@ -38,10 +40,10 @@ class CSFT(keras.layers.Layer):
         policy = self.dtype_policy
         self.spatial_vis = keras.layers.Conv2D(1, 3, padding="same", name="w_s1", dtype=policy)
         self.norm_nir = keras.layers.BatchNormalization(
-            momentum=momentum, epsilon=epsilon, name="bn_nir", dtype=policy
+            momentum=momentum, epsilon=epsilon, synchronized=True, name="bn_nir", dtype=policy
         )
         self.norm_vis = keras.layers.BatchNormalization(
-            momentum=momentum, epsilon=epsilon, name="bn_vis", dtype=policy
+            momentum=momentum, epsilon=epsilon, synchronized=True, name="bn_vis", dtype=policy
         )
         self.spatial_fused = keras.layers.Conv2D(1, 3, padding="same", name="w_s2", dtype=policy)
         self.channel_conv = None  # needs C, made in build()

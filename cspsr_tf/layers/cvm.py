@@ -87,7 +87,7 @@ class CrossViewMatching(keras.layers.Layer):
                     filters, 3, strides=strides, padding="same", use_bias=False,
                     name=f"{name}_conv", dtype=policy,
                 ),
-                keras.layers.BatchNormalization(name=f"{name}_bn", dtype=policy),
+                keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy),
                 keras.layers.Activation("elu", name=f"{name}_elu", dtype=policy),
             ]
 

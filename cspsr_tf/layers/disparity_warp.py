@@ -30,20 +30,22 @@ def warp_by_disparity(image, disparity, direction="right_to_left"):
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction must be one of {_DIRECTIONS}. Received: direction={direction!r}")
     image = tf.convert_to_tensor(image)
-    disparity = tf.cast(disparity, image.dtype)
+    # Sample positions in float32 even under mixed precision: float16 cannot address
+    # columns past 2048 exactly and rounds sub-pixel positions to 0.5 beyond column 512.
+    pos_dtype = tf.float64 if image.dtype == tf.float64 else tf.float32
+    disparity = tf.cast(disparity, pos_dtype)
     if disparity.shape.rank == 4:
         disparity = disparity[..., 0]
-    shape = tf.shape(image)
-    width = shape[2]
-    columns = tf.cast(tf.range(width), image.dtype)[tf.newaxis, tf.newaxis, :]
+    width = tf.shape(image)[2]
+    columns = tf.cast(tf.range(width), pos_dtype)[tf.newaxis, tf.newaxis, :]
     sign = -1.0 if direction == "right_to_left" else 1.0
     x = columns + sign * disparity  # [B, H, W] sample position along the width
 
-    max_x = tf.cast(width - 1, image.dtype)
+    max_x = tf.cast(width - 1, pos_dtype)
     valid = tf.logical_and(x >= 0.0, x <= max_x)
     x_clamped = tf.clip_by_value(x, 0.0, max_x)
     x0 = tf.floor(x_clamped)
-    frac = (x_clamped - x0)[..., tf.newaxis]
+    frac = tf.cast(x_clamped - x0, image.dtype)[..., tf.newaxis]
     # For samples outside the frame `frac` has no gradient (clip), so the border value is
     # returned as a constant: the mask removes such pixels from any loss.
     i0 = tf.cast(x0, tf.int32)

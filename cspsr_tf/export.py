@@ -1,0 +1,259 @@
+"""Exporting a CSPSR model as a self-contained TensorFlow SavedModel for serving.
+
+The SavedModel holds the model's weights and its traced graph (the custom layers included),
+so TensorFlow Serving, `saved_model_cli` or `tf.saved_model.load` use it without this
+project's code or Keras. Its signatures take an LR pair of any batch size and any height and
+width:
+
+- `serving_default`: `vis_lr` uint8 [B, H, W, 3] (RGB, 0-255) and `nir_lr` uint8
+  [B, H, W, 1]; returns `vis_sr` uint8 [B, H*s, W*s, 3] (rounded, clipped to 0..255).
+- `serving_float`: the same with float32 images in [0, 1]; `vis_sr` is float32 and not
+  clipped (exactly the Keras model's output).
+
+Models with a cross-view matching module also return `disp_l` and `disp_r`, float32
+[B, H, W, 1], the left / right disparities in LR pixels.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+
+import tensorflow as tf
+from absl import logging
+
+SERVING_DEFAULT = "serving_default"
+SERVING_FLOAT = "serving_float"
+INPUT_NAMES = ("vis_lr", "nir_lr")
+DISPARITY_OUTPUTS = ("disp_l", "disp_r")
+# Written beside the SavedModel's own files. TensorFlow ignores `assets.extra/`; it tells a
+# person (or a serving script) which model, scale and signatures the export holds.
+METADATA_FILE = os.path.join("assets.extra", "cspsr_export.json")
+
+SIZE_MISMATCH_MESSAGE = "vis_lr and nir_lr must have the same height and width"
+BATCH_MISMATCH_MESSAGE = "vis_lr and nir_lr must have the same batch size"
+EMPTY_IMAGE_MESSAGE = "vis_lr and nir_lr must be at least 1x1 pixels"
+VIS_CHANNELS_MESSAGE = "vis_lr must have 3 channels (RGB)"
+NIR_CHANNELS_MESSAGE = "nir_lr must have 1 channel"
+
+
+def _input_signature(dtype):
+    return [
+        tf.TensorSpec([None, None, None, 3], dtype, name="vis_lr"),
+        tf.TensorSpec([None, None, None, 1], dtype, name="nir_lr"),
+    ]
+
+
+def replicate_pad_to_multiple(images, multiple):
+    """Pads [B, H, W, C] at the bottom and right by edge replication to a multiple of `multiple`.
+
+    Gathering with clamped indices replicates the last row / column any number of times
+    (tf.pad's REFLECT / SYMMETRIC modes fail when the pad exceeds the image).
+    """
+    if multiple <= 1:
+        return images
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    padded_h = (height + multiple - 1) // multiple * multiple
+    padded_w = (width + multiple - 1) // multiple * multiple
+    images = tf.gather(images, tf.minimum(tf.range(padded_h), height - 1), axis=1)
+    return tf.gather(images, tf.minimum(tf.range(padded_w), width - 1), axis=2)
+
+
+def _checked_pair(vis_lr, nir_lr):
+    """The inputs, gated on assertions that name the problem.
+
+    The identities depend on the assertions, so a mismatched pair fails here with a readable
+    message instead of deep inside the model (e.g. in a concat of the CVM). The channel checks
+    are not redundant with the input signature: a signature called from Python or TF Serving
+    does not check its inputs' static shapes.
+    """
+    vis_shape, nir_shape = tf.shape(vis_lr), tf.shape(nir_lr)
+    checks = [
+        tf.debugging.assert_equal(vis_shape[3], 3, message=VIS_CHANNELS_MESSAGE),
+        tf.debugging.assert_equal(nir_shape[3], 1, message=NIR_CHANNELS_MESSAGE),
+        tf.debugging.assert_equal(vis_shape[0], nir_shape[0], message=BATCH_MISMATCH_MESSAGE),
+        tf.debugging.assert_equal(vis_shape[1:3], nir_shape[1:3], message=SIZE_MISMATCH_MESSAGE),
+        tf.debugging.assert_positive(vis_shape[1:3], message=EMPTY_IMAGE_MESSAGE),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(vis_lr), tf.identity(nir_lr)
+
+
+class CSPSRServingModule(tf.Module):
+    """A tf.Module wrapping a CSPSR Keras model with the serving functions.
+
+    Args:
+        model: a CSPSR Keras model (dict inputs `vis_lr`, `nir_lr`; dict outputs with
+            `vis_sr` and, with a CVM, `disp_l` and `disp_r`).
+        scale: int, the model's SR factor s.
+        multiple: int, default 1; pad the LR inputs by edge replication to a multiple of
+            this inside the graph and crop the outputs back. 1 (no padding) suits CSPSR,
+            which takes any size (its CVM pads internally); a larger value is for models
+            that need it. Padding changes the outputs near the bottom and right borders.
+
+    Attributes:
+        serve_uint8, serve_float: the tf.functions behind `serving_default` and
+            `serving_float` (also callable after `tf.saved_model.load`); traced here.
+        scale: an int32 variable holding s (`loaded.scale.numpy()`).
+        graph_variables: the tf.Variables the traced functions read.
+    """
+
+    def __init__(self, model, scale, multiple=1, name=None):
+        super().__init__(name=name)
+        if int(multiple) < 1:
+            raise ValueError(f"multiple must be >= 1. Received: multiple={multiple}")
+        self.model = model
+        self._scale = int(scale)
+        self._multiple = int(multiple)
+        self.scale = tf.Variable(self._scale, dtype=tf.int32, trainable=False, name="scale")
+        self.serve_uint8 = tf.function(
+            self._serve_uint8, input_signature=_input_signature(tf.uint8)
+        )
+        self.serve_float = tf.function(
+            self._serve_float, input_signature=_input_signature(tf.float32)
+        )
+        # Track the tf.Variables the traced graph reads, not only the Keras model. Keras 3
+        # variables wrap a tf.Variable; tracked only through the model, the SavedModel
+        # restores the wrappers, which TF1-style loaders (saved_model_cli run, TensorFlow
+        # Serving) cannot match to the graph: "Could not find variable ...". Keras's own
+        # ExportArchive does the same (see also tensorflow/tensorflow#72963).
+        concrete = [f.get_concrete_function() for f in (self.serve_uint8, self.serve_float)]
+        self.graph_variables = list({id(v): v for c in concrete for v in c.variables}.values())
+
+    def signatures(self):
+        """The `signatures` argument of tf.saved_model.save."""
+        return {SERVING_DEFAULT: self.serve_uint8, SERVING_FLOAT: self.serve_float}
+
+    def _predict(self, vis_lr, nir_lr):
+        """float32 [0, 1] inputs -> dict of float32 outputs, cropped to the input size."""
+        vis_lr, nir_lr = _checked_pair(vis_lr, nir_lr)
+        height, width = tf.shape(vis_lr)[1], tf.shape(vis_lr)[2]
+        vis_lr = replicate_pad_to_multiple(vis_lr, self._multiple)
+        nir_lr = replicate_pad_to_multiple(nir_lr, self._multiple)
+        outputs = self.model({"vis_lr": vis_lr, "nir_lr": nir_lr}, training=False)
+        s = self._scale
+        result = {"vis_sr": tf.cast(outputs["vis_sr"], tf.float32)[:, : height * s, : width * s]}
+        for key in DISPARITY_OUTPUTS:
+            if key in outputs:
+                result[key] = tf.cast(outputs[key], tf.float32)[:, :height, :width]
+        return result
+
+    def _serve_float(self, vis_lr, nir_lr):
+        return self._predict(vis_lr, nir_lr)
+
+    def _serve_uint8(self, vis_lr, nir_lr):
+        # Calling the float tf.function (not _predict) traces the model once for both.
+        result = self.serve_float(tf.cast(vis_lr, tf.float32) / 255.0, tf.cast(nir_lr, tf.float32) / 255.0)
+        vis_sr = tf.clip_by_value(tf.round(result["vis_sr"] * 255.0), 0.0, 255.0)
+        result["vis_sr"] = tf.cast(vis_sr, tf.uint8)
+        return result
+
+
+def infer_scale(model, config=None):
+    """The model's SR factor, measured with one small forward pass (checked against config).
+
+    Raises:
+        ValueError: the model does not return a dict with `vis_sr` of an integer scale, or
+            it disagrees with `config.scale`.
+    """
+    size = 4
+    probe = {
+        "vis_lr": tf.zeros([1, size, size, 3], tf.float32),
+        "nir_lr": tf.zeros([1, size, size, 1], tf.float32),
+    }
+    outputs = model(probe, training=False)
+    if not isinstance(outputs, dict) or "vis_sr" not in outputs:
+        raise ValueError(
+            "Expected a CSPSR model returning a dict with 'vis_sr'. Received outputs: "
+            f"{type(outputs).__name__}{sorted(outputs) if isinstance(outputs, dict) else ''}"
+        )
+    height, width = outputs["vis_sr"].shape[1:3]
+    scale = height // size
+    if height != width or height % size or scale < 1:
+        raise ValueError(f"A {size}x{size} input gave vis_sr of {height}x{width}: not an SR model")
+    if config is not None and config.scale != scale:
+        raise ValueError(f"The config says scale={config.scale} but the model upsamples x{scale}")
+    return scale
+
+
+def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
+    """Exports `model` as a SavedModel at `out_dir`, atomically.
+
+    The SavedModel is written to a temporary directory beside `out_dir` (same parent, so the
+    final rename stays on one file system) and renamed into place; on any failure the
+    temporary directory is removed and `out_dir` is untouched. With `overwrite`, an existing
+    `out_dir` is moved aside, replaced, then deleted (and restored if the rename fails).
+
+    Args:
+        model: a CSPSR Keras model (built: call it once or load it).
+        config: its `CSPSRConfig`, or None (then the scale is measured, nothing checked).
+        out_dir: the SavedModel directory to create.
+        overwrite: bool, default False; replace an existing `out_dir`.
+        multiple: int, default 1; see `CSPSRServingModule`.
+
+    Returns:
+        The absolute path of the SavedModel directory.
+
+    Raises:
+        FileExistsError: `out_dir` exists and `overwrite` is False.
+        ValueError: the model is not a CSPSR model, or disagrees with `config`.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.lexists(out_dir) and not overwrite:
+        raise FileExistsError(f"Export target already exists (use overwrite to replace it): {out_dir}")
+    scale = infer_scale(model, config)
+    module = CSPSRServingModule(model, scale, multiple=multiple)
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
+        _write_metadata(tmp_dir, module, config, scale, multiple)
+        _move_into_place(tmp_dir, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logging.info("Exported SavedModel (x%d, signatures %s) to %s", scale, sorted(module.signatures()), out_dir)
+    return out_dir
+
+
+def _write_metadata(saved_model_dir, module, config, scale, multiple):
+    outputs = {}
+    for signature, function in module.signatures().items():
+        structure = function.get_concrete_function().structured_outputs
+        outputs[signature] = sorted(structure)
+    metadata = {
+        "scale": scale,
+        "multiple": int(multiple),
+        "inputs": list(INPUT_NAMES),
+        "signatures": outputs,
+        "model_config": None if config is None else config.to_dict(),
+    }
+    path = os.path.join(saved_model_dir, METADATA_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+def _move_into_place(tmp_dir, out_dir, overwrite):
+    if not os.path.lexists(out_dir):
+        os.rename(tmp_dir, out_dir)
+        return
+    if not overwrite:
+        raise FileExistsError(f"Export target already exists (use overwrite to replace it): {out_dir}")
+    parent, name = os.path.split(out_dir)
+    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp_dir, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    try:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old)
+        else:
+            os.remove(old)
+    except OSError as error:
+        logging.warning("Replaced %s but could not delete the old copy %s: %s", out_dir, old, error)

@@ -1,0 +1,104 @@
+"""Train CSPSR (or one of its ablations) with a custom tf.distribute loop.
+
+    python train.py --dataset=nirvis_synthetic --preset=small --scale=4 --steps=2000 \
+        --batch_size=16 --patch_size=96 --model_dir=runs/small_x4
+
+Every field of the run config (cspsr_tf.training.TrainConfig) and of the model config
+(cspsr_tf.configs.CSPSRConfig) is a flag; `--helpfull` lists them. Running the same command
+again resumes from the last checkpoint in --model_dir. Bad settings print one line and exit
+with code 2.
+"""
+
+from cspsr_tf.cli import (
+    define_dataclass_flags,
+    fail,
+    flag_values,
+    quiet_library_logs,
+    quiet_tensorflow,
+)
+
+quiet_tensorflow()
+
+from absl import app, flags, logging  # noqa: E402
+
+from cspsr_tf import training  # noqa: E402
+from cspsr_tf.data.sources import DataError  # noqa: E402
+
+TRAIN_HELP = {
+    "dataset": "Dataset builder of datasets/: nirvis_synthetic, nirvis_folder, rgb_nir_stereo, nirscene, ranus.",
+    "data_dir": "TFDS data directory (default ~/tensorflow_datasets).",
+    "manual_dir": "Folder with the manually downloaded files of a manual dataset.",
+    "train_split": "TFDS split to train on (slicing allowed, e.g. train[4:]).",
+    "val_split": "TFDS split for validation PSNR/SSIM (e.g. test or train[:4]).",
+    "preset": "Model preset: paper, small or tiny.",
+    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc.",
+    "stage": "sr: train the SR model (Eq. 3); cvm: pre-train the CVM alone without labels.",
+    "patch_size": "HR training patch side in pixels (paper: 120); a multiple of --scale.",
+    "batch_size": "Global batch size, split over replicas (paper: 32).",
+    "steps": "Number of optimiser steps to train to (a resumed run continues to this step).",
+    "learning_rate": "Adam learning rate (paper: 1e-4).",
+    "lr_schedule": "constant or cosine (decays to 1% over --steps).",
+    "adam_beta1": "Adam beta_1 (paper: 0.9).",
+    "adam_beta2": "Adam beta_2 (paper: 0.999).",
+    "random_downscale": "Randomly downscale HR frames by 0.5-1x before cropping (paper's augmentation).",
+    "vertical_flip": "Random vertical flips of both views (the only geometry-safe flip for a stereo pair).",
+    "degradation": "Extra degradation of the LR VIS input: none (paper), noise, low_light, over_exposure.",
+    "seed": "Random seed of the initialisation and of the data stream.",
+    "model_dir": "Training directory: config.json, checkpoints, best.keras, final.keras, TensorBoard logs.",
+    "strategy": "auto (mirrored if >1 GPU), default, mirrored, or multi_worker (cluster from TF_CONFIG).",
+    "mixed_precision": "Compute in float16 (mixed_float16 policy); losses stay float32.",
+    "jit_compile": "Compile the training step with XLA.",
+    "cvm_init": "Training directory of a --stage=cvm run whose CVM weights start this run.",
+    "freeze_cvm": "Keep the CVM fixed (requires a CVM; use with --cvm_init).",
+    "cvm_smoothness": "Weight of the edge-aware smoothness term in --stage=cvm.",
+    "cvm_consistency": "Weight of the left-right consistency term in --stage=cvm.",
+    "save_every": "Checkpoint every N steps (a killed run loses at most N steps).",
+    "eval_every": "Validate every N steps (0: never).",
+    "log_every": "Write TensorBoard scalars every N steps.",
+    "val_frames": "Number of validation frames.",
+    "val_crop": "Validation frames are cropped to this HR size (top-left) to keep validation quick.",
+}
+MODEL_HELP = {
+    "scale": "SR factor: 2, 3, 4 or 8.",
+    "channels": "Feature channels C of each SR branch (paper: 64).",
+    "num_modules": "Number T of DMF modules (paper: 15).",
+    "kernel_size": "Size k of the per-pixel dynamic kernels (paper: 3).",
+    "architecture": "dual (CSPSR) or single (VIS branch only).",
+    "single_branch_input": "Single-branch input: vis or vis_nir.",
+    "use_cvm": "Align the NIR with the cross-view matching module.",
+    "use_csft": "Fuse with the CSFT unit (else concatenation + 1x1 conv).",
+    "use_dynamic_conv": "Filter NIR features with the dynamic convolution (else a common conv).",
+    "dmf_residual": "Residual connection around each DMF module.",
+    "global_skip": "Add the bicubic upsampling of the input to the SR output.",
+    "dynamic_conv_implementation": "shift (fast) or patches (tf.image.extract_patches reference).",
+    "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
+    "cvm_base_channels": "Width of the first CVM stage.",
+    "cvm_depth": "Number of stride-2 stages of the CVM.",
+    "max_disparity": "Upper bound of the predicted disparity, LR pixels.",
+    "initial_disparity": "Disparity the untrained CVM predicts, LR pixels.",
+    "lambda_cssc": "Weight lambda1 of the cross-spectral spatial consistency loss (paper: 0.1).",
+}
+
+FLAGS = flags.FLAGS
+define_dataclass_flags(flags, training.train_config_fields(), TRAIN_HELP)
+define_dataclass_flags(flags, training.model_config_fields(), MODEL_HELP, defaults_none=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail("train.py", f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+    try:
+        train_config, model_config = training.build_configs(
+            flag_values(FLAGS, training.train_config_fields()),
+            flag_values(FLAGS, training.model_config_fields(), only_set=True),
+        )
+        summary = training.run_training(train_config, model_config)
+    except (training.ConfigError, DataError, FileNotFoundError) as error:
+        fail("train.py", str(error))
+    print(f"Trained to step {summary['step']}; outputs in {summary['model_dir']}")
+
+
+if __name__ == "__main__":
+    app.run(main)
