@@ -96,7 +96,7 @@ def main(argv):
         )
         summary = training.run_training(train_config, model_config)
     except (training.ConfigError, DataError, FileNotFoundError) as error:
-        fail("train.py", str(error))
+        fail("train.py", str(error), getattr(error, "details", ""))
     print(f"Trained to step {summary['step']}; outputs in {summary['model_dir']}")
 
 

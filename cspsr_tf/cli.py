@@ -7,8 +7,29 @@ USAGE_ERROR = 2
 
 
 def quiet_tensorflow():
-    """Hides TensorFlow's C++ start-up noise (CUDA probing on CPU machines)."""
+    """Imports TensorFlow without its C++ start-up noise on CPU machines.
+
+    TF_CPP_MIN_LOG_LEVEL=2 hides most C++ logs, but the CUDA probing messages of TF 2.21
+    ("Could not find cuda drivers", "failed call to cuInit") are written before the log level
+    is read. They are harmless on a CPU-only machine, so the process's stderr is pointed at
+    /dev/null while TensorFlow loads and looks for devices; Python errors are unaffected.
+    Set CSPSR_VERBOSE_TF=1 to see everything.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("CSPSR_VERBOSE_TF") == "1" or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def quiet_library_logs():
@@ -25,8 +46,10 @@ def quiet_library_logs():
     absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
-def fail(program, message):
-    """Prints `program: error: message` on stderr and exits with code 2."""
+def fail(program, message, details=""):
+    """Prints `details` (if any), then `program: error: message` on stderr; exits with code 2."""
+    if details:
+        print(details, file=sys.stderr)
     print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(USAGE_ERROR)
 

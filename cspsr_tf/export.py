@@ -23,6 +23,8 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+from cspsr_tf import model_io
+
 SERVING_DEFAULT = "serving_default"
 SERVING_FLOAT = "serving_float"
 INPUT_NAMES = ("vis_lr", "nir_lr")
@@ -144,7 +146,9 @@ class CSPSRServingModule(tf.Module):
 
     def _serve_uint8(self, vis_lr, nir_lr):
         # Calling the float tf.function (not _predict) traces the model once for both.
-        result = self.serve_float(tf.cast(vis_lr, tf.float32) / 255.0, tf.cast(nir_lr, tf.float32) / 255.0)
+        result = self.serve_float(
+            tf.cast(vis_lr, tf.float32) / 255.0, tf.cast(nir_lr, tf.float32) / 255.0
+        )
         vis_sr = tf.clip_by_value(tf.round(result["vis_sr"] * 255.0), 0.0, 255.0)
         result["vis_sr"] = tf.cast(vis_sr, tf.uint8)
         return result
@@ -177,6 +181,15 @@ def infer_scale(model, config=None):
     return scale
 
 
+def check_target(out_dir, overwrite=False):
+    """Raises FileExistsError if `out_dir` exists and `overwrite` is False (a cheap early check)."""
+    if os.path.lexists(out_dir) and not overwrite:
+        raise FileExistsError(
+            "Export target already exists (use overwrite to replace it): "
+            f"{os.path.abspath(out_dir)}"
+        )
+
+
 def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
     """Exports `model` as a SavedModel at `out_dir`, atomically.
 
@@ -200,22 +213,42 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         ValueError: the model is not a CSPSR model, or disagrees with `config`.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.lexists(out_dir) and not overwrite:
-        raise FileExistsError(f"Export target already exists (use overwrite to replace it): {out_dir}")
+    check_target(out_dir, overwrite)
     scale = infer_scale(model, config)
     module = CSPSRServingModule(model, scale, multiple=multiple)
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
+        # mkdtemp makes the directory private (0700); give it the mode of an ordinary new
+        # directory, so that a server running as another user can read the export.
+        os.chmod(tmp_dir, 0o777 & ~_current_umask())
         tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
         _write_metadata(tmp_dir, module, config, scale, multiple)
         _move_into_place(tmp_dir, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    logging.info("Exported SavedModel (x%d, signatures %s) to %s", scale, sorted(module.signatures()), out_dir)
+    logging.info("Exported SavedModel (x%d, %s) to %s", scale, sorted(module.signatures()), out_dir)
     return out_dir
+
+
+def export_from_path(model_path, out_dir, overwrite=False, multiple=1):
+    """Loads a `.keras` file or training directory (`model_io.load_model`) and exports it.
+
+    The target is checked before the (slow) load. Raises what `load_model` and
+    `export_savedmodel` raise: FileNotFoundError, FileExistsError, ValueError (e.g. a
+    corrupt `.keras`), each naming the file.
+    """
+    check_target(out_dir, overwrite)
+    model, config = model_io.load_model(model_path)
+    return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple)
+
+
+def _current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _write_metadata(saved_model_dir, module, config, scale, multiple):
@@ -240,8 +273,7 @@ def _move_into_place(tmp_dir, out_dir, overwrite):
     if not os.path.lexists(out_dir):
         os.rename(tmp_dir, out_dir)
         return
-    if not overwrite:
-        raise FileExistsError(f"Export target already exists (use overwrite to replace it): {out_dir}")
+    check_target(out_dir, overwrite)  # it may have appeared during the save
     parent, name = os.path.split(out_dir)
     old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(out_dir, old)

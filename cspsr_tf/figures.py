@@ -138,8 +138,8 @@ def comparison_figure(panels, labels, crop=None, crop_size=None, panel_size=192,
         labels: list of short strings, one per panel.
         crop: (top, left) of the crop, or None to pick the window with the most gradient
             energy in the reference panel (see `select_crop`).
-        crop_size: side of the crop in pixels; None uses a third of the shorter side
-            (at least 16 pixels).
+        crop_size: side of the crop in pixels; None uses a third of the shorter side,
+            kept within [16, 96] pixels so that the crop is really zoomed in.
         panel_size: side of each zoomed panel in the figure (nearest-neighbour zoom, so the
             pixels stay visible).
         overview: prepend the whole reference frame with the crop outlined in red.
@@ -158,7 +158,7 @@ def comparison_figure(panels, labels, crop=None, crop_size=None, panel_size=192,
     height, width = shape[:2]
     reference = next((p for p in reversed(panels) if not _is_grey(p)), panels[-1])
     if crop_size is None:
-        crop_size = max(16, min(height, width) // 3)
+        crop_size = min(96, max(16, min(height, width) // 3))
     crop_h, crop_w = min(crop_size, height), min(crop_size, width)
     top, left = select_crop(reference, crop_size) if crop is None else crop
     zoom_w = panel_size

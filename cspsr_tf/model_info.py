@@ -12,9 +12,10 @@ the SR network.
 
 import json
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cspsr_tf.cli import quiet_tensorflow
+
+quiet_tensorflow()
 
 from absl import app, flags  # noqa: E402
 

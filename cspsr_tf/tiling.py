@@ -236,8 +236,8 @@ def tiled_predict(
                     )
                 if key not in sums:
                     shape = (1, height * factor, width * factor, value.shape[-1])
-                    sums[key] = np.zeros(shape, np.float64)
-                    weight_sums[key] = np.zeros(shape[:3] + (1,), np.float64)
+                    sums[key] = np.zeros(shape, np.float32)
+                    weight_sums[key] = np.zeros(shape[:3] + (1,), np.float32)
                 for index, (y0, y1, x0, x1, cy0, _, cx0, _) in enumerate(chunk):
                     core = value[
                         index,

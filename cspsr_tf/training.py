@@ -313,11 +313,11 @@ def run_training(train, model_config, strategy=None):
     latest = chief_manager.latest_checkpoint
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d", latest, int(step))
+        logging.info("Resumed from %s at step %d", latest, int(step.numpy()))
     elif train.cvm_init:
         load_cvm_weights(cvm, train.cvm_init)
         logging.info("CVM initialised from %s", train.cvm_init)
-    start = int(step)
+    start = int(step.numpy())
     if start >= train.steps:
         logging.info("Run already at step %d >= --steps=%d; nothing to train", start, train.steps)
 
@@ -383,11 +383,11 @@ def run_training(train, model_config, strategy=None):
     last = {}
     started = time.time()
     try:
-        while int(step) < train.steps and not stop.requested:
+        while int(step.numpy()) < train.steps and not stop.requested:
             inputs, targets = next(iterator)
             losses = train_step(inputs, targets)
             step.assign_add(1)
-            current = int(step)
+            current = int(step.numpy())
             last = {name: float(value) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"non-finite loss at step {current}: {last}")
@@ -396,7 +396,7 @@ def run_training(train, model_config, strategy=None):
                 with writer.as_default(step=current):
                     for name, value in last.items():
                         tf.summary.scalar(f"loss/{name}", value)
-                    tf.summary.scalar("learning_rate", float(_current_lr(optimizer)))
+                    tf.summary.scalar("learning_rate", _current_lr(train, current))
             if val_frames and train.stage == "sr" and (
                 current % train.eval_every == 0 or current == train.steps
             ):
@@ -409,16 +409,16 @@ def run_training(train, model_config, strategy=None):
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     if stop.requested:
-        manager.save(checkpoint_number=int(step))
-        logging.info("Stopped by SIGTERM at step %d; checkpoint saved", int(step))
-    if chief and int(step) >= train.steps:
+        manager.save(checkpoint_number=int(step.numpy()))
+        logging.info("Stopped by SIGTERM at step %d; checkpoint saved", int(step.numpy()))
+    if chief and int(step.numpy()) >= train.steps:
         if train.stage == "cvm":
             save_cvm_weights(cvm, os.path.join(train.model_dir, "cvm"))
         model_io.save_model(model, model_config, os.path.join(train.model_dir, "final.keras"))
     if not chief and tf.io.gfile.exists(write_dir):
         tf.io.gfile.rmtree(write_dir)
     summary = {
-        "step": int(step),
+        "step": int(step.numpy()),
         "losses": last,
         "best_val_psnr": float(best_psnr.numpy()),
         "seconds": round(time.time() - started, 2),
@@ -435,9 +435,14 @@ def _in_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-def _current_lr(optimizer):
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return inner.learning_rate
+def _current_lr(train, step):
+    # From the config rather than the optimizer: under a strategy its variable is mirrored.
+    if train.lr_schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            train.learning_rate, decay_steps=train.steps, alpha=0.01
+        )
+        return float(schedule(step))
+    return train.learning_rate
 
 
 def _run_validation(predict, frames, model, model_config, train, step, best_psnr, writer):

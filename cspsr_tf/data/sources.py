@@ -12,7 +12,15 @@ DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
 class DataError(ValueError):
-    """A dataset that cannot be used: unknown name, missing manual files, empty split."""
+    """A dataset that cannot be used: unknown name, missing manual files, empty split.
+
+    `str(error)` is one line; `details` holds any longer explanation (such as the expected
+    layout of a manual directory) that a command line prints before it.
+    """
+
+    def __init__(self, message, details=""):
+        super().__init__(message)
+        self.details = details
 
 
 def get_builder(name, data_dir=None, manual_dir=None):
@@ -31,7 +39,13 @@ def get_builder(name, data_dir=None, manual_dir=None):
             "(the folder with the files you downloaded; see datasets/README.md)"
         )
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=download_config)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except (AssertionError, OSError, ValueError) as error:
+        # The builders explain the expected layout over several lines; keep the first as the
+        # message and the rest as details.
+        first, _, rest = str(error).partition("\n")
+        raise DataError(f"dataset {name!r}: {first}", details=rest) from None
     return builder
 
 

@@ -137,9 +137,7 @@ it in the manual directory as follows:
         _common.check_unique(
             [i for items in splits.values() for i, _, _ in items], f"{root} (one key, two files?)"
         )
-        return {
-            split: self._generate_examples(items) for split, items in splits.items() if items
-        }
+        return {split: self._generate_examples(items) for split, items in splits.items() if items}
 
     def _generate_examples(self, items):
         for example_id, rgb_path, nir_path in items:

@@ -25,7 +25,7 @@ TRAIN_PHOTOS = ("astronaut", "chelsea")
 TEST_PHOTOS = ("coffee", "rocket")
 TRAIN_VARIANTS_PER_PHOTO = 10  # variant 0: whole photo; 1..9: random crops (55-100 % a side).
 TEST_VARIANTS_PER_PHOTO = 2  # whole photo, two different disparity fields.
-D_MAX_RANGE = (10.0, 24.0)  # Maximum disparity of a photo variant, HR pixels.
+D_MAX_RANGE = (12.0, 28.0)  # Maximum disparity of a photo variant, HR pixels.
 # Motorcycle at half resolution (250x370, disparity ~3.6-30 px): rows [0, 150) are train (the
 # whole band and MOTO_TRAIN_CROPS crops of it), rows [150, 250) are one test example.
 MOTO_SPLIT_ROW = 150

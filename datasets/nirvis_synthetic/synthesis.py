@@ -85,9 +85,7 @@ def segments(rgb: np.ndarray) -> np.ndarray:
     return slic(rgb, n_segments=24, compactness=20, start_label=0)
 
 
-def synthetic_disparity(
-    labels: np.ndarray, rng: np.random.Generator, d_max: float
-) -> np.ndarray:
+def synthetic_disparity(labels: np.ndarray, rng: np.random.Generator, d_max: float) -> np.ndarray:
     """Smooth layered disparity field (float32, HR pixels, 0..d_max); see module docstring."""
     h, w = labels.shape
     yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]

@@ -121,9 +121,7 @@ authors, and arrange the RGB and NIR images in the manual directory as follows:
             raise _common.layout_error(
                 manual_dir, LAYOUT, "No RGB/NIR image pair was found in the subset folders."
             )
-        return {
-            split: self._generate_examples(items) for split, items in splits.items() if items
-        }
+        return {split: self._generate_examples(items) for split, items in splits.items() if items}
 
     def _generate_examples(self, items):
         for example_id, rgb_path, nir_path in items:

@@ -157,9 +157,7 @@ and place it in the manual directory as follows:
             raise _common.layout_error(
                 manual_dir, LAYOUT, f"No <key>_RGB{_VARIANT}.png frame was found."
             )
-        return {
-            split: self._generate_examples(items) for split, items in frames.items() if items
-        }
+        return {split: self._generate_examples(items) for split, items in frames.items() if items}
 
     def _generate_examples(self, items):
         for collection, key, collection_dir in items:

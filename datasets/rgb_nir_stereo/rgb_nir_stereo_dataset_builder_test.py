@@ -1,0 +1,93 @@
+"""Tests for the rgb_nir_stereo builder (dummy data in dummy_data/rgbnir_stereo/)."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from .. import _common, _testing
+from . import rgb_nir_stereo_dataset_builder as module
+
+DUMMY = _testing.dummy_dir(__file__)
+
+
+class RgbNirStereoTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = module.Builder
+    SPLITS = {"train": 2, "test": 1}
+    EXAMPLE_DIR = str(DUMMY)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return _testing.build(module.Builder, tmp_path_factory.mktemp("data"), DUMMY)
+
+
+def test_split_rule():
+    for collection in ("20170224_0742", "20170222_0951", "20170222_1423", "20170223_1639"):
+        assert module.split_of(collection) == "test"
+    assert module.split_of("20170221_1357") == "train"
+
+
+def test_no_test_video_frame_in_train(built):
+    train = _testing.load_split(built, "train")
+    test = _testing.load_split(built, "test")
+    assert train and test
+    assert not {ex["id"].split("/")[0] for ex in train} & set(module.TEST_COLLECTIONS)
+    assert {ex["id"].split("/")[0] for ex in test} <= set(module.TEST_COLLECTIONS)
+    _testing.check_common_features(train + test, geometry=_common.STEREO)
+    assert sorted(ex["id"] for ex in train) == [
+        "20170221_1357/211357_000010",
+        "20170221_1357/211357_000020",
+    ]
+
+
+def test_pixels_are_not_brightened(built):
+    (example,) = [
+        ex for ex in _testing.load_split(built, "test") if ex["id"] == "20170224_0742/240742_000010"
+    ]
+    folder = DUMMY / "rgbnir_stereo" / "data" / "20170224_0742"
+    vis = _common.read_rgb(folder / "RGBResize" / "240742_000010_RGBResize.png")
+    nir = _common.read_nir(folder / "NIRResize" / "240742_000010_NIRResize.png")
+    np.testing.assert_array_equal(example["vis"], vis)
+    np.testing.assert_array_equal(example["nir"], nir)
+    assert example["vis"].mean() < 40  # Dark, as the real frames.
+
+
+def test_missing_or_empty_manual_dir(tmp_path):
+    _testing.assert_missing_and_empty_manual_dir_errors(
+        module.Builder, tmp_path, ["RGBResize/<key>_RGBResize.png", "_NIRResize.png", "lists/"]
+    )
+
+
+def test_wrong_layout(tmp_path):
+    _testing.assert_wrong_layout_error(
+        module.Builder, tmp_path, ["RGBResize/<key>_RGBResize.png", "NIRResize/"]
+    )
+
+
+def test_truncated_image(tmp_path):
+    _testing.assert_truncated_image_error(
+        module.Builder,
+        DUMMY,
+        tmp_path,
+        "rgbnir_stereo/data/20170221_1357/NIRResize/211357_000020_NIRResize.png",
+    )
+
+
+def test_bad_list_line(tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "bad.txt").write_text("not_a_collection key 1 2 3 4\n")
+    with pytest.raises(ValueError, match="bad.txt, line 1"):
+        module.read_lists(lists)
+
+
+def test_listed_frame_missing(tmp_path):
+    manual = tmp_path / "manual"
+    shutil.copytree(DUMMY, manual)
+    list_file = manual / "rgbnir_stereo" / "lists" / "20170221_1357.txt"
+    list_file.write_text(list_file.read_text() + "20170221_1357 211357_999999 1 1 1 1\n")
+    with pytest.raises(_common.ImageReadError) as info:
+        _testing.build(module.Builder, tmp_path / "data", manual)
+    assert "211357_999999_RGBResize.png" in str(info.value)

@@ -1,0 +1,59 @@
+"""Exports a trained CSPSR model as a TensorFlow SavedModel for serving.
+
+    cd /work/main && .venv/bin/python export/export_savedmodel.py \\
+        --model runs/tiny_x2/model.keras --out exported/cspsr_x2/1 [--overwrite]
+
+`--model` is a `.keras` file (with its `.config.json` sidecar when present) or a training
+directory (config.json + checkpoints/). The SavedModel has the signatures `serving_default`
+(uint8 images) and `serving_float` (float32 in [0, 1]); see cspsr_tf/export.py and
+export/SERVING.md. TensorFlow Serving expects numbered versions: export to `<dir>/1`.
+
+Exit status: 0 on success; 2 with one line on stderr (naming the file) when the model is
+missing or unreadable, or the target exists without --overwrite.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Run as a script, Python puts export/ (not the repository root) on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cspsr_tf.cli import fail, quiet_library_logs, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from cspsr_tf import export  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A .keras file or a training directory.")
+flags.DEFINE_string("out", None, "The SavedModel directory to create.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out directory.")
+flags.DEFINE_integer(
+    "multiple", 1,
+    "Pad LR inputs (edge replication) to a multiple of this inside the graph and crop the "
+    "outputs back; 1 = no padding (CSPSR takes any size).",
+)
+flags.mark_flags_as_required(["model", "out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    try:
+        out_dir = export.export_from_path(
+            FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple
+        )
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        # FileNotFoundError / FileExistsError are OSErrors; a corrupt .keras is a ValueError.
+        fail("export_savedmodel", " ".join(str(error).split()))
+    logging.info("SavedModel written to %s", out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)

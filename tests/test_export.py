@@ -1,0 +1,337 @@
+"""Tests of the SavedModel export (cspsr_tf/export.py) and its entry point.
+
+A single tiny CSPSR export is shared by the module (each export costs seconds); the tests of
+the atomic write use a one-layer stand-in model, whose export is fast and whose exact output
+(nearest-neighbour upsampling) is known.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cspsr_tf import export
+from cspsr_tf.configs import get_config
+from cspsr_tf.model import build_cspsr
+from cspsr_tf.model_io import save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "export", "export_savedmodel.py")
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+SCALE = 2
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV.pop("PYTHONPATH", None)
+
+
+def _random_pair(rng, batch, height, width):
+    vis = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    nir = rng.integers(0, 256, (batch, height, width, 1), dtype=np.uint8)
+    return vis, nir
+
+
+def _run(args, cwd=None, timeout=120):
+    return subprocess.run(
+        args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(0)
+    config = get_config("tiny", "full", scale=SCALE)
+    model = build_cspsr(config)
+    model({"vis_lr": tf.zeros([1, 8, 8, 3]), "nir_lr": tf.zeros([1, 8, 8, 1])})
+    return model, config
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    model, config = tiny
+    return export.export_savedmodel(model, config, str(tmp_path_factory.mktemp("export") / "cspsr"))
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+@pytest.fixture(scope="module")
+def upsampler():
+    """A stand-in SR model without a CVM: vis_sr is the nearest-neighbour x2 of vis_lr."""
+    vis = keras.Input((None, None, 3), name="vis_lr")
+    nir = keras.Input((None, None, 1), name="nir_lr")
+    vis_sr = keras.layers.UpSampling2D(SCALE, name="vis_sr")(vis)
+    return keras.Model({"vis_lr": vis, "nir_lr": nir}, {"vis_sr": vis_sr})
+
+
+def _crashing_save(obj, export_dir, *args, **kwargs):
+    """Stands in for tf.saved_model.save killed midway: a partial file, then an error."""
+    with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+        f.write(b"partial")
+    raise RuntimeError("simulated crash during save")
+
+
+# The export and its reload.
+
+
+def test_export_writes_saved_model_and_metadata_and_no_temporary_dir(exported, tmp_path):
+    parent = os.path.dirname(exported)
+    assert os.listdir(parent) == ["cspsr"]
+    # Not the private mode of a temporary directory: readable like any new directory.
+    (tmp_path / "plain").mkdir()
+    assert os.stat(exported).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
+    assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
+    with open(os.path.join(exported, export.METADATA_FILE)) as f:
+        metadata = json.load(f)
+    assert metadata["scale"] == SCALE
+    assert metadata["model_config"]["channels"] == 8
+    assert metadata["signatures"]["serving_default"] == ["disp_l", "disp_r", "vis_sr"]
+
+
+def test_signatures_and_scale(loaded):
+    assert set(loaded.signatures) == {"serving_default", "serving_float"}
+    assert int(loaded.scale.numpy()) == SCALE
+
+
+def test_float_signature_equals_in_memory_model(tiny, loaded):
+    model, _ = tiny
+    rng = np.random.default_rng(1)
+    vis, nir = (x.astype(np.float32) / 255.0 for x in _random_pair(rng, 2, 12, 20))
+    got = loaded.signatures["serving_float"](vis_lr=tf.constant(vis), nir_lr=tf.constant(nir))
+    want = model({"vis_lr": vis, "nir_lr": nir}, training=False)
+    assert set(got) == {"vis_sr", "disp_l", "disp_r"}
+    assert got["vis_sr"].shape == (2, 24, 40, 3)
+    for key in got:
+        assert got[key].dtype == tf.float32
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_uint8_signature_equals_in_memory_model_within_rounding(tiny, loaded):
+    model, _ = tiny
+    rng = np.random.default_rng(2)
+    vis, nir = _random_pair(rng, 2, 10, 14)
+    got = loaded.signatures["serving_default"](vis_lr=tf.constant(vis), nir_lr=tf.constant(nir))
+    want = model({"vis_lr": vis / np.float32(255), "nir_lr": nir / np.float32(255)}, training=False)
+    want_sr = np.clip(np.round(want["vis_sr"].numpy() * 255.0), 0, 255)
+    assert got["vis_sr"].dtype == tf.uint8
+    assert got["vis_sr"].shape == (2, 20, 28, 3)
+    assert np.abs(got["vis_sr"].numpy().astype(np.int32) - want_sr).max() <= 1
+    np.testing.assert_allclose(got["disp_l"].numpy(), want["disp_l"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_odd_size_gives_exactly_scaled_output(loaded):
+    vis, nir = _random_pair(np.random.default_rng(3), 1, 37, 53)
+    got = loaded.signatures["serving_default"](vis_lr=tf.constant(vis), nir_lr=tf.constant(nir))
+    assert got["vis_sr"].shape == (1, 37 * SCALE, 53 * SCALE, 3)
+    assert got["disp_l"].shape == (1, 37, 53, 1)
+    assert got["disp_r"].shape == (1, 37, 53, 1)
+
+
+@pytest.mark.parametrize(
+    "vis_shape, nir_shape, message",
+    [
+        ((1, 8, 8, 3), (1, 8, 9, 1), "same height and width"),
+        ((1, 8, 8, 3), (1, 7, 8, 1), "same height and width"),
+        ((2, 8, 8, 3), (1, 8, 8, 1), "same batch size"),
+        # The input signature says 3 / 1 channels, but a signature called from Python (or
+        # TF Serving) does not check static shapes: the in-graph check names the problem.
+        ((1, 8, 8, 4), (1, 8, 8, 1), "vis_lr must have 3 channels"),
+        ((1, 8, 8, 3), (1, 8, 8, 3), "nir_lr must have 1 channel"),
+    ],
+)
+def test_bad_pair_fails_with_a_clear_message(loaded, vis_shape, nir_shape, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures["serving_default"](
+            vis_lr=tf.zeros(vis_shape, tf.uint8), nir_lr=tf.zeros(nir_shape, tf.uint8)
+        )
+
+
+def test_loads_and_runs_without_this_project_or_keras(exported, tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import json, os, sys
+        root = {ROOT!r}
+        sys.path = [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(root)]
+        sys.modules["keras"] = None  # any import of Keras now fails
+        try:
+            import cspsr_tf  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("cspsr_tf is importable")
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load({exported!r})
+        out = loaded.signatures["serving_default"](
+            vis_lr=tf.fill([1, 9, 11, 3], tf.constant(128, tf.uint8)),
+            nir_lr=tf.fill([1, 9, 11, 1], tf.constant(64, tf.uint8)),
+        )
+        print(json.dumps({{k: [v.dtype.name] + v.shape.as_list() for k, v in out.items()}}))
+        """
+    )
+    result = _run([sys.executable, "-c", code], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shapes == {
+        "vis_sr": ["uint8", 1, 18, 22, 3],
+        "disp_l": ["float32", 1, 9, 11, 1],
+        "disp_r": ["float32", 1, 9, 11, 1],
+    }
+
+
+def test_saved_model_cli_show_lists_signatures_inputs_and_outputs(exported):
+    result = _run([SAVED_MODEL_CLI, "show", "--dir", exported, "--all"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout
+    for signature in ("serving_default", "serving_float"):
+        assert f"signature_def['{signature}']" in text
+    for name in ("inputs['vis_lr']", "inputs['nir_lr']", "outputs['vis_sr']",
+                 "outputs['disp_l']", "outputs['disp_r']", "DT_UINT8", "(-1, -1, -1, 3)"):
+        assert name in text
+
+
+def test_saved_model_cli_run_on_npy_files(tiny, exported, tmp_path):
+    model, _ = tiny
+    vis, nir = _random_pair(np.random.default_rng(4), 1, 5, 7)
+    np.save(tmp_path / "vis.npy", vis)
+    np.save(tmp_path / "nir.npy", nir)
+    outdir = tmp_path / "outputs"
+    result = _run(
+        [SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
+         "--signature_def", "serving_default", "--inputs", "vis_lr=vis.npy;nir_lr=nir.npy",
+         "--outdir", str(outdir)],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    vis_sr = np.load(outdir / "vis_sr.npy")
+    assert vis_sr.shape == (1, 10, 14, 3) and vis_sr.dtype == np.uint8
+    assert np.load(outdir / "disp_l.npy").shape == (1, 5, 7, 1)
+    # The variables were restored (TF1-style loader), not left at their initial values.
+    want = model({"vis_lr": vis / np.float32(255), "nir_lr": nir / np.float32(255)}, training=False)
+    want_sr = np.clip(np.round(want["vis_sr"].numpy() * 255.0), 0, 255)
+    assert np.abs(vis_sr.astype(np.int32) - want_sr).max() <= 1
+
+
+# In-graph padding (for models that need a multiple) and the model without a CVM.
+
+
+def test_replicate_pad_to_multiple_matches_numpy_edge_pad():
+    images = np.random.default_rng(5).random((2, 5, 3, 2)).astype(np.float32)
+    got = export.replicate_pad_to_multiple(tf.constant(images), 4).numpy()
+    want = np.pad(images, [(0, 0), (0, 3), (0, 1), (0, 0)], mode="edge")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_padding_multiple_crops_outputs_back_exactly(upsampler):
+    module = export.CSPSRServingModule(upsampler, SCALE, multiple=8)
+    vis = np.random.default_rng(6).random((1, 37, 53, 3)).astype(np.float32)
+    got = module.serve_float(tf.constant(vis), tf.zeros([1, 37, 53, 1]))
+    assert set(got) == {"vis_sr"}  # no CVM, no disparities
+    np.testing.assert_array_equal(got["vis_sr"].numpy(), vis.repeat(SCALE, 1).repeat(SCALE, 2))
+
+
+def test_infer_scale_checks_the_config(upsampler):
+    assert export.infer_scale(upsampler) == SCALE
+    with pytest.raises(ValueError, match="scale=4"):
+        export.infer_scale(upsampler, get_config("tiny", "full", scale=4))
+
+
+# The atomic write.
+
+
+def test_crash_during_save_leaves_no_target_and_no_temporary_dir(upsampler, tmp_path, monkeypatch):
+    monkeypatch.setattr(tf.saved_model, "save", _crashing_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_target_is_kept_without_overwrite(upsampler, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match=re.escape(str(target))):
+        export.export_savedmodel(upsampler, None, str(target))
+    assert os.listdir(tmp_path) == ["model"]
+    assert os.listdir(target) == ["keep.txt"]
+
+
+def test_overwrite_replaces_the_target(upsampler, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    export.export_savedmodel(upsampler, None, str(target), overwrite=True)
+    assert os.listdir(tmp_path) == ["model"]
+    assert "stale.txt" not in os.listdir(target)
+    assert os.path.isfile(target / "saved_model.pb")
+    loaded = tf.saved_model.load(str(target))
+    vis = tf.constant(np.arange(6, dtype=np.uint8).reshape(1, 1, 2, 3))
+    got = loaded.signatures["serving_default"](vis_lr=vis, nir_lr=tf.zeros([1, 1, 2, 1], tf.uint8))
+    np.testing.assert_array_equal(got["vis_sr"].numpy(), vis.numpy().repeat(2, 1).repeat(2, 2))
+
+
+def test_crash_during_overwrite_keeps_the_old_target(upsampler, tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    monkeypatch.setattr(tf.saved_model, "save", _crashing_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export.export_savedmodel(upsampler, None, str(target), overwrite=True)
+    assert os.listdir(tmp_path) == ["model"]
+    assert (target / "keep.txt").read_text() == "old"
+
+
+# The command line: two subprocess runs (exit codes as a user sees them); the other bad
+# inputs through export_from_path, the function the script calls (a subprocess costs seconds).
+
+
+def test_cli_exports_a_keras_file(tiny, tmp_path):
+    model, config = tiny
+    keras_path = str(tmp_path / "model.keras")
+    save_model(model, config, keras_path)
+    out = tmp_path / "saved" / "1"
+    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(out / "saved_model.pb")
+    assert os.listdir(out.parent) == ["1"]
+
+
+def test_cli_missing_model_exits_2_naming_the_file(tmp_path):
+    missing = tmp_path / "no_such_model.keras"
+    out = tmp_path / "saved"
+    args = [sys.executable, SCRIPT, "--model", str(missing), "--out", str(out)]
+    result = _run(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    error_lines = [line for line in lines if line.startswith("export_savedmodel: error:")]
+    assert len(error_lines) == 1 and str(missing) in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_export_from_path_names_a_corrupt_keras_file(tmp_path):
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=re.escape(str(corrupt))):
+        export.export_from_path(str(corrupt), str(tmp_path / "saved"))
+    assert os.listdir(tmp_path) == ["corrupt.keras"]
+
+
+def test_export_from_path_checks_the_target_before_loading(upsampler, tmp_path):
+    out = tmp_path / "saved"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    # The model path does not exist: the target check comes first.
+    with pytest.raises(FileExistsError, match=re.escape(str(out))):
+        export.export_from_path(str(tmp_path / "missing.keras"), str(out))
+    keras_path = str(tmp_path / "model.keras")
+    upsampler.save(keras_path)  # no config sidecar: the scale is measured
+    export.export_from_path(keras_path, str(out), overwrite=True)
+    assert os.path.isfile(out / "saved_model.pb") and not os.path.exists(out / "keep.txt")

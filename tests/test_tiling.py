@@ -1,0 +1,158 @@
+"""Tests of cspsr_tf.tiling: tiled inference against whole-frame inference of the same model."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from skimage import data  # noqa: E402
+
+from cspsr_tf import tiling  # noqa: E402
+from cspsr_tf.configs import get_config  # noqa: E402
+from cspsr_tf.model import build_cspsr  # noqa: E402
+
+SCALE = 2
+# Odd LR size that none of the tile sizes below divides.
+LR_HEIGHT, LR_WIDTH = 45, 61
+
+
+def _numpy_psnr(a, b):
+    """PSNR in dB of two [0, 1] float images after 8-bit rounding (numpy only)."""
+    a = np.round(np.clip(a, 0, 1) * 255).astype(np.float64)
+    b = np.round(np.clip(b, 0, 1) * 255).astype(np.float64)
+    mse = np.mean((a - b) ** 2)
+    return np.inf if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _random_reconstruction(model, std=0.01, seed=0):
+    """Gives the reconstruction convs small random kernels.
+
+    With the bicubic global skip the model zero-initialises them, so an untrained model
+    outputs exactly the bicubic image and tiling would be tested on bicubic alone. Small
+    random kernels make the SR output depend on every branch (CVM, DMF, CSFT) while keeping
+    it at a realistic PSNR against the HR frame, where a 0.05 dB tolerance means something.
+    """
+    rng = np.random.default_rng(seed)
+    for name in ("vis_recon_conv", "nir_recon_conv"):
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            continue
+        kernel, bias = layer.get_weights()
+        layer.set_weights([rng.normal(0, std, kernel.shape).astype(np.float32), bias])
+
+
+@pytest.fixture(scope="module")
+def frame():
+    hr = data.astronaut()[60 : 60 + LR_HEIGHT * SCALE, 140 : 140 + LR_WIDTH * SCALE]
+    hr = hr.astype(np.float32) / 255
+    # Box-filter downscaling is enough here: both paths get the same LR input.
+    lr = hr.reshape(LR_HEIGHT, SCALE, LR_WIDTH, SCALE, 3).mean(axis=(1, 3))
+    # A fake right-view NIR: the luma shifted 3 px to the left (disparity 3).
+    nir = np.roll(lr.mean(axis=-1, keepdims=True), -3, axis=1)
+    return hr, lr, nir
+
+
+@pytest.fixture(scope="module")
+def dual_model():
+    keras.utils.set_random_seed(1)
+    model = build_cspsr(get_config("tiny", scale=SCALE))
+    _random_reconstruction(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def whole(dual_model, frame):
+    _, lr, nir = frame
+    return tiling.predict_whole(dual_model, lr, nir)
+
+
+@pytest.mark.parametrize(
+    "tile, overlap",
+    [(24, 6), ((20, 27), 5), (16, 0)],
+    ids=["24-overlap6", "20x27-overlap5", "16-no-overlap"],
+)
+def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap):
+    hr, lr, nir = frame
+    tiled = tiling.tiled_predict(dual_model, lr, nir, SCALE, tile=tile, overlap=overlap)
+
+    assert set(tiled) == set(whole)
+    for key, value in whole.items():
+        assert tiled[key].shape == value.shape, key
+        assert tiled[key].dtype == np.float32
+    assert tiled["vis_sr"].shape == (1, LR_HEIGHT * SCALE, LR_WIDTH * SCALE, 3)
+    assert tiled["disp_l"].shape == (1, LR_HEIGHT, LR_WIDTH, 1)
+
+    psnr_whole = _numpy_psnr(whole["vis_sr"][0], hr)
+    psnr_tiled = _numpy_psnr(tiled["vis_sr"][0], hr)
+    assert 20 < psnr_whole < 60  # a meaningful regime for a 0.05 dB tolerance
+    assert abs(psnr_tiled - psnr_whole) < 0.05
+    # Tiled vs whole directly: only the CSFT's global pooling differs between them.
+    assert _numpy_psnr(tiled["vis_sr"][0], whole["vis_sr"][0]) > 45
+    np.testing.assert_allclose(tiled["vis_sr"], whole["vis_sr"], atol=0.02)
+    # The CVM is local and the tiles are stride-aligned with disparity margins: the
+    # disparities and the warped NIR match the whole-frame ones to float round-off.
+    for key in ("disp_l", "disp_r", "nir_l"):
+        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-4, err_msg=key)
+
+
+def test_model_output_is_not_just_bicubic(frame, whole):
+    """Guards the premise of the comparisons: the SR output depends on the network."""
+    _, lr, _ = frame
+    bicubic = tf.image.resize(lr[np.newaxis], [LR_HEIGHT * SCALE, LR_WIDTH * SCALE], "bicubic")
+    assert np.abs(whole["vis_sr"] - bicubic.numpy()).max() > 0.02
+
+
+def test_local_model_tiles_exactly(frame):
+    """Without CVM and CSFT pooling every op is local: tiling must be exact."""
+    _, lr, nir = frame
+    keras.utils.set_random_seed(2)
+    model = build_cspsr(get_config("tiny", ablation="baseline", scale=SCALE))
+    _random_reconstruction(model, std=0.05)
+    expected = tiling.predict_whole(model, lr, nir)
+    tiled = tiling.tiled_predict(model, lr, nir, SCALE, tile=(19, 23), overlap=4, batch=3)
+    assert set(tiled) == {"vis_sr"}
+    assert tiled["vis_sr"].shape == (1, LR_HEIGHT * SCALE, LR_WIDTH * SCALE, 3)
+    np.testing.assert_allclose(tiled["vis_sr"], expected["vis_sr"], atol=2e-5)
+
+
+def test_tile_larger_than_frame_is_whole_frame(dual_model, frame, whole):
+    _, lr, nir = frame
+    tiled = tiling.tiled_predict(dual_model, lr[np.newaxis], nir[np.newaxis], SCALE, tile=500)
+    for key, value in whole.items():
+        np.testing.assert_allclose(tiled[key], value, atol=1e-6, err_msg=key)
+
+
+def test_window_starts_cover_the_axis():
+    for length, tile, overlap in [(45, 24, 6), (61, 27, 5), (10, 10, 3), (7, 20, 2), (33, 8, 0)]:
+        starts = tiling.window_starts(length, tile, overlap)
+        covered = np.zeros(length, bool)
+        for start in starts:
+            covered[start : start + min(tile, length)] = True
+        assert covered.all()
+        assert starts[0] == 0 and starts[-1] == max(0, length - tile)
+        shared = [a + tile - b for a, b in zip(starts, starts[1:], strict=False)]
+        assert all(s >= overlap for s in shared)
+
+
+def test_feather_weights_cross_fade_to_one():
+    band = 6
+    left = tiling.feather_weights(20, band, ramp_start=False, ramp_end=True)
+    right = tiling.feather_weights(20, band, ramp_start=True, ramp_end=False)
+    # Two windows overlapping by exactly `band` pixels: the weights add up to one there.
+    np.testing.assert_allclose(left[-band:] + right[:band], np.ones(band), atol=1e-6)
+    np.testing.assert_array_equal(left[:-band], 1.0)
+    assert np.all(right > 0)
+
+
+def test_bad_arguments(dual_model, frame):
+    _, lr, nir = frame
+    with pytest.raises(ValueError, match="overlap must be smaller"):
+        tiling.tiled_predict(dual_model, lr, nir, SCALE, tile=8, overlap=8)
+    with pytest.raises(ValueError, match="differ in size"):
+        tiling.tiled_predict(dual_model, lr, nir[:-1], SCALE, tile=16)
+    with pytest.raises(ValueError, match="not scale=4"):
+        tiling.tiled_predict(dual_model, lr, nir, 4, tile=40, overlap=4)

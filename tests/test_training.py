@@ -1,0 +1,202 @@
+"""train.py end to end, resume after SIGKILL, distribution strategies, bad inputs."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = [
+    "--dataset=nirvis_synthetic",
+    "--preset=tiny",
+    "--scale=2",
+    "--batch_size=2",
+    "--patch_size=32",
+    "--val_frames=1",
+    "--val_crop=64",
+]
+
+
+def run_train(args, timeout=300, env=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def summary_of(output):
+    match = re.search(r"Training summary: (\{.*\})", output)
+    assert match, output[-3000:]
+    return json.loads(match.group(1))
+
+
+def test_two_steps_end_to_end_write_outputs(synthetic_data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_train(
+        [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}", "--steps=2",
+         "--save_every=1", "--eval_every=2"]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary_of(result.stderr)["step"] == 2
+    for name in ("config.json", "final.keras", "best.keras", "metrics.jsonl", "checkpoints/checkpoint"):
+        assert (model_dir / name).exists(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["scale"] == 2 and config["train"]["steps"] == 2
+    assert any((model_dir / "tensorboard").iterdir())
+    validation = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert validation["step"] == 2 and "bicubic/standard/psnr" in validation
+    # No TensorFlow start-up noise on the console.
+    assert "cuda" not in result.stderr.lower()
+
+
+def test_resume_after_sigkill(synthetic_data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    args = [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}",
+            "--steps=150", "--save_every=5", "--eval_every=0"]
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    state = model_dir / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "no checkpoint was written before the deadline"
+    reached = int(re.search(r"ckpt-(\d+)", state.read_text()).group(1))
+    assert 5 <= reached < 150
+
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {reached}" in result.stderr  # "Resumed from ... at step N"
+    assert summary_of(result.stderr)["step"] == 150
+
+
+def test_bad_inputs_exit_2_with_one_line(synthetic_data_dir, tmp_path):
+    base = [f"--data_dir={synthetic_data_dir}", "--steps=1", "--preset=tiny"]
+    empty_manual = tmp_path / "empty"
+    empty_manual.mkdir()
+    cases = [
+        (["--dataset=imagenet", f"--model_dir={tmp_path / 'a'}"], "unknown dataset"),
+        (["--scale=5", f"--model_dir={tmp_path / 'b'}"], "scale"),
+        (["--scale=4", "--patch_size=30", f"--model_dir={tmp_path / 'c'}"], "patch_size"),
+        (["--dataset=nirvis_folder", f"--manual_dir={empty_manual}", f"--data_dir={tmp_path / 'd'}",
+          f"--model_dir={tmp_path / 'e'}"], "empty"),
+    ]
+    for args, message in cases:
+        result = run_train([*base, *args], timeout=120)
+        if "nirvis_folder" in args[0]:  # the expected layout is printed above the error line
+            assert "pairs.csv" in result.stderr
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        last = result.stderr.strip().splitlines()[-1]
+        assert message in last, (args, last)
+
+    # A model_dir holding a run with another config.
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"train": {}, "model": {"scale": 4}}))
+    result = run_train([*TINY, *base, f"--model_dir={model_dir}"], timeout=120)
+    assert result.returncode == 2
+    assert "different config" in result.stderr.strip().splitlines()[-1]
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+    from cspsr_tf import training, model_io
+    data_dir, out = sys.argv[1], sys.argv[2]
+    results = {}
+    for name, strategy in [
+        ("single", tf.distribute.OneDeviceStrategy("/cpu:0")),
+        ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+    ]:
+        train, model = training.build_configs(
+            dict(dataset="nirvis_synthetic", data_dir=data_dir, preset="tiny", steps=1,
+                 batch_size=4, patch_size=32, eval_every=0, model_dir=f"{out}/{name}",
+                 random_downscale=False),
+            dict(scale=2),
+        )
+        summary = training.run_training(train, model, strategy=strategy)
+        loaded, _ = model_io.load_model(f"{out}/{name}/final.keras")
+        np.savez(f"{out}/{name}.npz", *[w.numpy() for w in loaded.weights])
+        results[name] = summary["losses"]
+    print("RESULT " + json.dumps(results))
+    """
+)
+
+
+def test_mirrored_on_two_cpu_devices_matches_one_device(synthetic_data_dir, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), synthetic_data_dir, str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads(result.stdout.split("RESULT ", 1)[1])
+    for name in ("total", "vis_mse", "cssc"):
+        assert losses["mirrored"][name] == pytest.approx(losses["single"][name], rel=1e-5, abs=1e-7)
+    single = np.load(tmp_path / "single.npz")
+    mirrored = np.load(tmp_path / "mirrored.npz")
+    assert len(single.files) == len(mirrored.files) > 10
+    for key in single.files:
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_agree(synthetic_data_dir, tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    args = [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={tmp_path / 'run'}",
+            "--steps=2", "--batch_size=4", "--eval_every=0", "--strategy=multi_worker"]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "train.py"), *args],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config},
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=300)
+        finally:
+            process.kill()
+        assert process.returncode == 0, err[-3000:]
+        outputs.append(summary_of(err))
+    assert outputs[0]["step"] == outputs[1]["step"] == 2
+    assert outputs[0]["weights_checksum"] == pytest.approx(outputs[1]["weights_checksum"], rel=1e-9)
+    assert (tmp_path / "run" / "final.keras").exists()
+    assert not list((tmp_path / "run").glob(".worker_*_scratch"))
