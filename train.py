@@ -36,6 +36,7 @@ TRAIN_HELP = {
     "patch_size": "HR training patch side in pixels (paper: 120); a multiple of --scale.",
     "batch_size": "Global batch size, split over replicas (paper: 32).",
     "steps": "Number of optimiser steps to train to (a resumed run continues to this step).",
+    "max_minutes": "Stop after this many minutes of training (checkpoint and final.keras written); 0: no limit.",
     "learning_rate": "Adam learning rate (paper: 1e-4).",
     "lr_schedule": "constant or cosine (decays to 1% over --steps).",
     "adam_beta1": "Adam beta_1 (paper: 0.9).",

@@ -40,7 +40,7 @@ STAGES = ("sr", "cvm")
 LR_SCHEDULES = ("constant", "cosine")
 # Fields that may change when a run is resumed (its length and its logging), all others must
 # match the config.json of the training directory.
-RESUMABLE_FIELDS = ("steps", "save_every", "eval_every", "log_every", "val_frames")
+RESUMABLE_FIELDS = ("steps", "max_minutes", "save_every", "eval_every", "log_every", "val_frames")
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,7 @@ class TrainConfig:
     patch_size: int = 120
     batch_size: int = 32
     steps: int = 1000
+    max_minutes: float = 0.0
     learning_rate: float = 1e-4
     lr_schedule: str = "constant"
     adam_beta1: float = 0.9
@@ -119,6 +120,9 @@ def validate_configs(train, model):
             raise ConfigError(f"--{name} must be >= 1, got {getattr(train, name)}")
     if train.learning_rate <= 0:
         raise ConfigError(f"--learning_rate must be > 0, got {train.learning_rate}")
+    if train.max_minutes > 0 and train.strategy == "multi_worker":
+        # Workers would stop at different steps and wait for each other forever.
+        raise ConfigError("--max_minutes cannot be used with --strategy=multi_worker; use --steps")
     if train.stage == "cvm" and not model.use_cvm:
         raise ConfigError("--stage=cvm needs a model with a CVM (use_cvm=True)")
     if (train.freeze_cvm or train.cvm_init) and not model.use_cvm:
@@ -382,6 +386,8 @@ def run_training(train, model_config, strategy=None):
     progbar = keras.utils.Progbar(train.steps, stateful_metrics=None, verbose=1 if chief else 0)
     last = {}
     started = time.time()
+    deadline = started + 60.0 * train.max_minutes if train.max_minutes > 0 else math.inf
+    out_of_time = False
     try:
         while int(step.numpy()) < train.steps and not stop.requested:
             inputs, targets = next(iterator)
@@ -397,21 +403,25 @@ def run_training(train, model_config, strategy=None):
                     for name, value in last.items():
                         tf.summary.scalar(f"loss/{name}", value)
                     tf.summary.scalar("learning_rate", _current_lr(train, current))
+            out_of_time = time.time() > deadline
             if val_frames and train.stage == "sr" and (
-                current % train.eval_every == 0 or current == train.steps
+                current % train.eval_every == 0 or current == train.steps or out_of_time
             ):
                 _run_validation(
                     predict, val_frames, model, model_config, train, current, best_psnr, writer
                 )
-            if current % train.save_every == 0 or current == train.steps:
+            if current % train.save_every == 0 or current == train.steps or out_of_time:
                 manager.save(checkpoint_number=current)
+            if out_of_time:
+                logging.info("Time budget of %.1f min reached at step %d", train.max_minutes, current)
+                break
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     if stop.requested:
         manager.save(checkpoint_number=int(step.numpy()))
         logging.info("Stopped by SIGTERM at step %d; checkpoint saved", int(step.numpy()))
-    if chief and int(step.numpy()) >= train.steps:
+    if chief and (int(step.numpy()) >= train.steps or out_of_time):
         if train.stage == "cvm":
             save_cvm_weights(cvm, os.path.join(train.model_dir, "cvm"))
         model_io.save_model(model, model_config, os.path.join(train.model_dir, "final.keras"))

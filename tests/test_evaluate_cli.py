@@ -36,8 +36,9 @@ def tiny_model_path(tmp_path_factory):
 def independent_bicubic_psnr(data_dir, scale):
     """First test frame: crop to a multiple of the scale, bicubic down (antialiased) and up,
     8-bit rounding, BT.601 Y, `scale` pixels shaved, scikit-image PSNR."""
-    import datasets.nirvis_synthetic  # noqa: F401  (registers the builder)
     import tensorflow_datasets as tfds
+
+    import datasets.nirvis_synthetic  # noqa: F401  (registers the builder)
 
     example = next(iter(tfds.load("nirvis_synthetic", split="test", data_dir=data_dir,
                                   shuffle_files=False)))
