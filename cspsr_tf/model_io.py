@@ -16,6 +16,16 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
+def weights_by_path(layer):
+    """{variable path: variable} of a Keras model or layer, for tf.train.Checkpoint.
+
+    Keras 3 layers are not reliably tracked by TensorFlow's object-based checkpoints (their
+    trainable weights end up saved only through the optimizer), so checkpoints name every
+    weight explicitly by its unique Keras path, e.g. "dmf1/csft/w_s1/kernel".
+    """
+    return {variable.path: variable for variable in layer.weights}
+
+
 def _import_layers():
     # Registers the custom layers with Keras before deserialisation.
     import cspsr_tf.layers.bicubic_upsample  # noqa: F401
@@ -54,7 +64,9 @@ def load_model(path):
         latest = tf.train.latest_checkpoint(ckpt_dir)
         if latest is None:
             raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        tf.train.Checkpoint(model_weights=weights_by_path(model)).restore(
+            latest
+        ).expect_partial().assert_existing_objects_matched()
         return model, config
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model not found: {path}")

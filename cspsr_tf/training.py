@@ -308,7 +308,10 @@ def run_training(train, model_config, strategy=None):
         optimizer.build(train_variables)
 
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step, best_psnr=best_psnr
+        model_weights=model_io.weights_by_path(model),
+        optimizer=optimizer,
+        step=step,
+        best_psnr=best_psnr,
     )
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
     chief_manager = tf.train.CheckpointManager(
@@ -486,14 +489,18 @@ def _run_validation(predict, frames, model, model_config, train, step, best_psnr
 def save_cvm_weights(cvm, directory):
     """Writes the CVM's weights alone (a tf.train.Checkpoint) for `--cvm_init`."""
     os.makedirs(directory, exist_ok=True)
-    tf.train.Checkpoint(cvm=cvm).write(os.path.join(directory, "cvm"))
+    tf.train.Checkpoint(cvm_weights=model_io.weights_by_path(cvm)).write(
+        os.path.join(directory, "cvm")
+    )
 
 
 def load_cvm_weights(cvm, source):
     """Restores CVM weights from a `--stage=cvm` training directory (or its cvm/ folder)."""
     for candidate in (os.path.join(source, "cvm", "cvm"), os.path.join(source, "cvm")):
         if tf.io.gfile.exists(candidate + ".index"):
-            tf.train.Checkpoint(cvm=cvm).read(candidate).assert_existing_objects_matched()
+            tf.train.Checkpoint(cvm_weights=model_io.weights_by_path(cvm)).read(
+                candidate
+            ).assert_existing_objects_matched()
             return
     raise ConfigError(f"--cvm_init={source}: no CVM weights (cvm/cvm.index) found there")
 

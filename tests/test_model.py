@@ -182,3 +182,22 @@ def test_config_validation_messages():
     with pytest.raises(TypeError):
         build_cspsr({"scale": 4})
     assert CSPSRConfig.from_dict(PRESETS["paper"].to_dict()) == PRESETS["paper"]
+
+
+def test_mixed_precision_layers_compute_in_float16_and_outputs_stay_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        config = get_config("tiny", scale=2)
+        model = build_cspsr(config)
+        dmf = model.get_layer("dmf1")
+        assert dmf.compute_dtype == "float16" and dmf.nir_filter.compute_dtype == "float16"
+        assert model.get_layer("cvm").compute_dtype == "float16"
+        out = model(random_pair(1, 9, 12))
+        assert all(v.dtype == tf.float32 for v in out.values())
+        assert np.isfinite(out["vis_sr"].numpy()).all()
+        targets = {"vis_hr": np.zeros((1, 18, 24, 3), np.float32),
+                   "nir_hr": np.zeros((1, 18, 24, 1), np.float32)}
+        loss = cspsr_loss(out, targets, 2)["total"]
+        assert loss.dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

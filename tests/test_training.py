@@ -58,6 +58,15 @@ def test_two_steps_end_to_end_write_outputs(synthetic_data_dir, tmp_path):
     assert any((model_dir / "tensorboard").iterdir())
     validation = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert validation["step"] == 2 and "bicubic/standard/psnr" in validation
+    # The checkpoint holds every weight: the training directory loads as the final model.
+    from cspsr_tf import model_io
+
+    from_checkpoint, config = model_io.load_model(str(model_dir))
+    final, _ = model_io.load_model(str(model_dir / "final.keras"))
+    assert config.scale == 2
+    assert len(from_checkpoint.weights) == len(final.weights)
+    for a, b in zip(from_checkpoint.weights, final.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     # No TensorFlow start-up noise on the console.
     assert "cuda" not in result.stderr.lower()
 
@@ -200,3 +209,37 @@ def test_multi_worker_two_processes_agree(synthetic_data_dir, tmp_path):
     assert outputs[0]["weights_checksum"] == pytest.approx(outputs[1]["weights_checksum"], rel=1e-9)
     assert (tmp_path / "run" / "final.keras").exists()
     assert not list((tmp_path / "run").glob(".worker_*_scratch"))
+
+
+def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
+    common = [*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0", "--save_every=2"]
+    cvm_dir = tmp_path / "cvm_stage"
+    result = run_train([*common, "--stage=cvm", "--steps=2", f"--model_dir={cvm_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = summary_of(result.stderr)["losses"]
+    assert set(losses) == {"total", "photometric", "smoothness", "consistency"}
+    assert (cvm_dir / "cvm" / "cvm.index").exists()
+
+    sr_dir = tmp_path / "sr_stage"
+    result = run_train([*common, "--steps=2", f"--cvm_init={cvm_dir}", "--freeze_cvm",
+                        f"--model_dir={sr_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CVM initialised from" in result.stderr
+
+    # The CVM weights of the SR run are those of the CVM stage (frozen, so unchanged).
+    from cspsr_tf import model_io
+
+    pre, _ = model_io.load_model(str(cvm_dir / "final.keras"))
+    post, _ = model_io.load_model(str(sr_dir / "final.keras"))
+    pre_cvm, post_cvm = pre.get_layer("cvm"), post.get_layer("cvm")
+    assert len(pre_cvm.weights) == len(post_cvm.weights) > 0
+    for a, b in zip(pre_cvm.weights, post_cvm.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_mixed_precision_two_steps(synthetic_data_dir, tmp_path):
+    result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0",
+                        "--steps=2", "--mixed_precision", f"--model_dir={tmp_path / 'mp'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = summary_of(result.stderr)["losses"]
+    assert all(np.isfinite(v) for v in losses.values())
