@@ -19,7 +19,7 @@ import os  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A .keras model or a training directory (latest checkpoint).")
+flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
 flags.DEFINE_string("dataset", "nirvis_synthetic", "Dataset builder(s) of datasets/, comma-separated.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
 flags.DEFINE_string("manual_dir", None, "Folder with the manually downloaded files of a manual dataset.")

@@ -348,8 +348,8 @@ def default_out(name):
     return os.path.join(RESULTS_DIR, f"{name}.json")
 
 
-def write_json(path, data):
-    """Writes `data` as indented JSON (atomically) and says where."""
+def write_json(path, data, quiet=False):
+    """Writes `data` as indented JSON (atomically) and says where (unless quiet)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
@@ -357,7 +357,8 @@ def write_json(path, data):
         json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
         f.write("\n")
     os.replace(tmp, path)
-    print(f"Wrote {path}")
+    if not quiet:
+        print(f"Wrote {path}")
 
 
 def _json_default(value):

@@ -109,7 +109,25 @@ def main(argv):
         if hr_size[0] % scale or hr_size[1] % scale:
             raise app.UsageError(f"--hr_size {hr_size} is not divisible by scale {scale}")
 
-    results = []
+    data = bench_util.header(NAME, {
+        "presets": presets, "scales": scales, "hr_size": list(hr_size), "batch": FLAGS.batch,
+        "warmup": warmup, "repeats": repeats, "jit_compile": FLAGS.jit_compile,
+        "mixed_precision": FLAGS.mixed_precision, "smoke": FLAGS.smoke,
+    })
+    data["targets"] = {
+        "what": "paper preset, x4, one 580x428 frame, batch 1, on the 2-core CPU machine",
+        "median_latency_s_max": TARGET_LATENCY_S,
+        "peak_resident_gib_max": TARGET_PEAK_GIB,
+        "peak_memory_figure": "memory.process_peak_gib: VmHWM of a child process that did "
+                              "only this configuration (TensorFlow import included)",
+    }
+    data["notes"] = (
+        "Random weights. One child process per configuration. Latency = median wall time of "
+        "a tf.function call whose outputs are read back to host memory. Output megapixels per "
+        "second count HR pixels of vis_sr."
+    )
+    results = data["results"] = []
+    data["complete"] = False
     for preset in presets:
         for scale in scales:
             for jit in bench_util.jit_values(FLAGS.jit_compile):
@@ -123,6 +141,11 @@ def main(argv):
                 results.append({**cfg, **result})
                 if "error" in result:
                     print(f"  failed: {result['error']}")
+                else:
+                    print(f"  median {result['median_s']:.4f} s, peak "
+                          f"{result['memory']['process_peak_gib']:.2f} GiB", flush=True)
+                # Partial results survive an interrupted run (e.g. gpu.sh's timeouts).
+                bench_util.write_json(FLAGS.out, data, quiet=True)
 
     rows = []
     for r in results:
@@ -144,30 +167,13 @@ def main(argv):
         ])
     print()
     print(f"Inference, batch {FLAGS.batch}, HR {hr_size[1]}x{hr_size[0]} (WxH), "
-          f"mixed_precision={FLAGS.mixed_precision}")
+          f"mixed_precision={FLAGS.mixed_precision}, device {data['machine']['device']}")
     bench_util.print_table(
         ["preset", "scale", "jit", "LR HxW", "first s", "median s", "out MP/s", "peak GiB",
          f"target (paper x4: <= {TARGET_LATENCY_S} s, <= {TARGET_PEAK_GIB} GiB)"],
         rows,
     )
-    data = bench_util.header(NAME, {
-        "presets": presets, "scales": scales, "hr_size": list(hr_size), "batch": FLAGS.batch,
-        "warmup": warmup, "repeats": repeats, "jit_compile": FLAGS.jit_compile,
-        "mixed_precision": FLAGS.mixed_precision, "smoke": FLAGS.smoke,
-    })
-    data["targets"] = {
-        "what": "paper preset, x4, one 580x428 frame, batch 1, on the 2-core CPU machine",
-        "median_latency_s_max": TARGET_LATENCY_S,
-        "peak_resident_gib_max": TARGET_PEAK_GIB,
-        "peak_memory_figure": "memory.process_peak_gib: VmHWM of a child process that did "
-                              "only this configuration (TensorFlow import included)",
-    }
-    data["notes"] = (
-        "Random weights. One child process per configuration. Latency = median wall time of "
-        "a tf.function call whose outputs are read back to host memory. Output megapixels per "
-        "second count HR pixels of vis_sr."
-    )
-    data["results"] = results
+    data["complete"] = True
     bench_util.write_json(FLAGS.out, data)
 
 

@@ -137,7 +137,18 @@ def main(argv):
     if patch % FLAGS.scale:
         raise app.UsageError(f"--patch_size {patch} is not a multiple of --scale {FLAGS.scale}")
 
-    results = []
+    data = bench_util.header(NAME, {
+        "presets": presets, "scale": FLAGS.scale, "patch_size": patch, "batch_size": batch,
+        "batch_size_from_flag": FLAGS.batch_size is not None, "warmup": warmup, "steps": steps,
+        "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision,
+        "smoke": FLAGS.smoke,
+    })
+    data["notes"] = (
+        "Step as in cspsr_tf/training.py (default strategy, cspsr_loss_per_example, Adam), "
+        "random constant data: no input pipeline. samples_per_s = batch / median step time."
+    )
+    results = data["results"] = []
+    data["complete"] = False
     for preset in presets:
         for jit in bench_util.jit_values(FLAGS.jit_compile):
             cfg = {"preset": preset, "scale": FLAGS.scale, "patch_size": patch,
@@ -148,6 +159,9 @@ def main(argv):
             results.append({**cfg, **result})
             if "error" in result:
                 print(f"  failed: {result['error']}")
+            else:
+                print(f"  {result['samples_per_s']:.2f} samples/s", flush=True)
+            bench_util.write_json(FLAGS.out, data, quiet=True)
 
     rows = []
     for r in results:
@@ -161,21 +175,12 @@ def main(argv):
         ])
     print()
     print(f"Training step, x{FLAGS.scale}, HR patch {patch} (LR {patch // FLAGS.scale}), "
-          f"mixed_precision={FLAGS.mixed_precision}, random data")
+          f"mixed_precision={FLAGS.mixed_precision}, random data, device "
+          f"{data['machine']['device']}")
     bench_util.print_table(
         ["preset", "batch", "jit", "first s", "step s", "samples/s", "peak GiB"], rows
     )
-    data = bench_util.header(NAME, {
-        "presets": presets, "scale": FLAGS.scale, "patch_size": patch, "batch_size": batch,
-        "batch_size_from_flag": FLAGS.batch_size is not None, "warmup": warmup, "steps": steps,
-        "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision,
-        "smoke": FLAGS.smoke,
-    })
-    data["notes"] = (
-        "Step as in cspsr_tf/training.py (default strategy, cspsr_loss_per_example, Adam), "
-        "random constant data: no input pipeline. samples_per_s = batch / median step time."
-    )
-    data["results"] = results
+    data["complete"] = True
     bench_util.write_json(FLAGS.out, data)
 
 

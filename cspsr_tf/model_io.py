@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import keras
 import tensorflow as tf
@@ -50,13 +51,58 @@ def read_model_config(model_dir):
     return CSPSRConfig.from_dict(values["model"])
 
 
+class SavedModelAdapter:
+    """Calls an exported SavedModel's `serving_float` signature like the Keras model.
+
+    Lets evaluation and prediction code run an exported model (no project code inside it)
+    through the same `model({"vis_lr": ..., "nir_lr": ...})` call as a Keras model.
+    """
+
+    def __init__(self, path, config):
+        self.name = os.path.basename(os.path.normpath(path))
+        self._signature = tf.saved_model.load(path).signatures["serving_float"]
+        self._config = config
+
+    def __call__(self, inputs, training=False):
+        del training
+        vis = tf.convert_to_tensor(inputs["vis_lr"], tf.float32)
+        nir = tf.convert_to_tensor(inputs["nir_lr"], tf.float32)
+        return dict(self._signature(vis_lr=vis, nir_lr=nir))
+
+    def get_layer(self, name):
+        # Only the CVM geometry is asked for (tiling margins); it comes from the config.
+        if name == "cvm" and self._config is not None and self._config.use_cvm:
+            return types.SimpleNamespace(
+                max_disparity=self._config.max_disparity, depth=self._config.cvm_depth
+            )
+        raise ValueError(f"No layer {name!r} in SavedModel {self.name}")
+
+
+def _load_savedmodel(path):
+    from cspsr_tf.export import METADATA_FILE
+
+    config = None
+    metadata_path = os.path.join(path, METADATA_FILE)
+    if os.path.isfile(metadata_path):
+        with open(metadata_path) as f:
+            values = json.load(f).get("model_config")
+        config = CSPSRConfig.from_dict(values) if values else None
+    if config is None:
+        raise ValueError(f"SavedModel {path} has no {METADATA_FILE} with the model config")
+    return SavedModelAdapter(path, config), config
+
+
 def load_model(path):
-    """Returns `(model, config)` from a `.keras` file or a training directory.
+    """Returns `(model, config)` from a `.keras` file, a training directory or a SavedModel.
+
+    A SavedModel exported by `cspsr_tf.export` comes back as a `SavedModelAdapter`.
 
     For a `.keras` file the config is read from `<file>.config.json` beside it (written by
     `save_model`) when present, else it is None.
     """
     _import_layers()
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return _load_savedmodel(path)
     if os.path.isdir(path):
         config = read_model_config(path)
         model = build_cspsr(config)

@@ -90,3 +90,29 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
         result = run_evaluate([*args, f"--data_dir={synthetic_data_dir}", f"--out_dir={tmp_path / 'o'}"])
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
+    synthetic_data_dir, tiny_model_path, tmp_path
+):
+    from cspsr_tf import export
+
+    model, config = model_io.load_model(tiny_model_path)
+    # Perturb the zero-initialised reconstruction so the model differs from bicubic.
+    for layer in (model.get_layer("vis_recon_conv"), model.get_layer("nir_recon_conv")):
+        layer.kernel.assign(np.random.default_rng(0).normal(0, 0.01, layer.kernel.shape))
+    keras_path = str(tmp_path / "perturbed.keras")
+    model_io.save_model(model, config, keras_path)
+    saved = export.export_savedmodel(model, config, str(tmp_path / "exported"))
+    numbers = {}
+    for name, path in (("keras", keras_path), ("savedmodel", saved)):
+        out = tmp_path / name
+        result = run_evaluate([f"--model={path}", f"--data_dir={synthetic_data_dir}",
+                               "--max_frames=1", "--save_images=false", f"--out_dir={out}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        numbers[name] = json.loads((out / "nirvis_synthetic_test" / "results.json").read_text())
+    keras_mean, saved_mean = numbers["keras"]["mean"], numbers["savedmodel"]["mean"]
+    assert keras_mean["model"]["standard"]["psnr"] != keras_mean["bicubic"]["standard"]["psnr"]
+    assert saved_mean["model"]["standard"]["psnr"] == pytest.approx(
+        keras_mean["model"]["standard"]["psnr"], abs=1e-3
+    )
