@@ -93,23 +93,24 @@ class PeakMemory:
         self.start_rss = rss_bytes()
         self.gpu = _gpu_device()
         if self.gpu:
-            import tensorflow as tf
-
-            try:
-                tf.config.experimental.reset_memory_stats(self.gpu)
-                self.gpu_start = tf.config.experimental.get_memory_info(self.gpu)["current"]
-            except (ValueError, RuntimeError):
+            self.gpu_start = _reset_allocator_stats(self.gpu)
+            if self.gpu_start is None:
                 self.gpu = None
+        # TensorFlow's CPU allocator keeps statistics only when it is a BFC allocator
+        # (environment TF_CPU_ALLOCATOR_USE_BFC=true, see CPU_ALLOCATOR_STATS_ENV).
+        self.cpu_start = _reset_allocator_stats("CPU:0")
         return self
 
     def __exit__(self, *exc):
+        import tensorflow as tf
+
         self.peak = peak_rss_bytes()
         self.gpu_peak = None
         if self.gpu:
-            import tensorflow as tf
-
-            info = tf.config.experimental.get_memory_info(self.gpu)
-            self.gpu_peak = info["peak"]
+            self.gpu_peak = tf.config.experimental.get_memory_info(self.gpu)["peak"]
+        self.cpu_peak = None
+        if self.cpu_start is not None:
+            self.cpu_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
         return False
 
     def result(self):
@@ -132,7 +133,31 @@ class PeakMemory:
         if self.gpu_peak is not None:
             out["gpu_peak_bytes"] = self.gpu_peak
             out["gpu_peak_above_start_mib"] = round((self.gpu_peak - self.gpu_start) / MIB, 1)
+        if self.cpu_peak is not None:
+            out["tf_cpu_allocator_peak_above_start_mib"] = round(
+                (self.cpu_peak - self.cpu_start) / MIB, 2
+            )
         return out
+
+    def op_peak_mib(self):
+        """The block's own peak, most precise first: GPU allocator, TF CPU allocator, RSS."""
+        result = self.result()
+        for key in ("gpu_peak_above_start_mib", "tf_cpu_allocator_peak_above_start_mib",
+                    "peak_above_start_mib"):
+            if result.get(key) is not None:
+                return key, result[key]
+        return None, None
+
+
+def _reset_allocator_stats(device):
+    """Resets TF's allocator statistics of `device`; its current bytes, or None if unsupported."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+        return tf.config.experimental.get_memory_info(device)["current"]
+    except (ValueError, RuntimeError):
+        return None
 
 
 def _gpu_device():
@@ -282,6 +307,9 @@ def jit_values(mode):
 # every block above it an mmap that is returned on free: peaks of repeated calls are then the
 # op's own. For memory-measuring children only (it makes allocation slower).
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# Makes TensorFlow's CPU allocator a BFC allocator, which keeps byte-exact statistics
+# (tf.config.experimental.get_memory_info("CPU:0")); otherwise only GPUs have them.
+CPU_ALLOCATOR_STATS_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 
 def emit_child_result(result):

@@ -9,6 +9,9 @@ one k x k kernel per pixel (shared by the channels). Implementations compared:
 * `patches`  (the layer's reference): tf.image.extract_patches, materialises [B,H,W,k*k*C];
 * `shift`    (the layer's default): sum of the k*k shifted copies of the zero-padded input;
 * `shift_addn` (benchmark only): `shift` with one tf.add_n instead of a chain of adds;
+* `shift_custom_grad` (benchmark only): `shift`'s forward (the same ops in the same order)
+  with a hand-written gradient that is itself a shift-and-sum (features) and k*k channel
+  reductions (kernels), instead of autodiff's k*k StridedSliceGrad full-size tensors;
 * `depthwise` (benchmark only): the k*k shifted copies built by one tf.nn.depthwise_conv2d
   with a one-hot (identity) filter bank [k, k, C, k*k], then multiplied and summed over taps.
 
@@ -16,9 +19,14 @@ For each input size (default: C=64, k=3, batch 1 of 107x145 and batch 32 of 30x3
 of forward and forward+backward (gradients w.r.t. features and kernels of
 sum(out * upstream)), the timed calls of all implementations are interleaved in this
 process (same load for all); the medians are reported. Peak memory: one child process per
-implementation, with glibc's mmap threshold fixed so that freed buffers are returned; the
-figure is the resident-memory peak during the calls above the resident set just before
-(the kernel's peak counter reset in between), plus the GPU allocator's peak on a GPU.
+implementation; the figure is the peak of TensorFlow's own allocator during the calls above
+what it held before them (byte-exact: on a GPU its allocator statistics, on a CPU those of
+the BFC allocator that TF_CPU_ALLOCATOR_USE_BFC=true selects in the children). The
+resident-set peak above the resident set just before the calls is recorded too (glibc's
+mmap threshold fixed so that freed buffers are returned); it carries some MiB of noise
+(thread arenas, the executor), too much for these sizes. Note that the graph executor may
+run independent ops (e.g. the k*k shifted products of `shift`) at the same time, so the
+peak can exceed a sequential count of live tensors.
 Every implementation is compared with `shift` (max |difference|, bitwise equality).
 
 Targets (issue): the default path (`shift`) >= 2x faster than `patches` for inference, no
@@ -42,7 +50,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import bench_util  # noqa: E402
 
 NAME = "dynamic_conv"
-IMPLEMENTATIONS = ("patches", "shift", "shift_addn", "depthwise")
+IMPLEMENTATIONS = ("patches", "shift", "shift_addn", "shift_custom_grad", "depthwise")
 MODES = ("forward", "forward_backward")
 TARGETS = {"forward_speedup_min": 2.0, "forward_backward_speedup_min": 1.0,
            "peak_memory_fraction_max": 1.0 / 3.0}
@@ -81,6 +89,49 @@ def make_impl(name, k):
                                  * kernels[..., tap : tap + 1])
             return tf.add_n(terms)
         return shift_addn
+    if name == "shift_custom_grad":
+        def shifted(x, height, width, u, v):
+            return x[:, u : u + height, v : v + width, :]
+
+        def shift_sum(x, w, offsets, r, height, width):
+            # Sum over taps t of shifted(pad(x), offset_t) * shifted(pad(w), offset_t)[t].
+            px = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]])
+            pw = w if offsets is None else tf.pad(w, [[0, 0], [r, r], [r, r], [0, 0]])
+            out = None
+            for u in range(k):
+                for v in range(k):
+                    tap = u * k + v
+                    if offsets is None:  # forward: kernels unshifted, as in `shift`
+                        term = shifted(px, height, width, u, v) * w[..., tap : tap + 1]
+                    else:
+                        du, dv = offsets(u, v)
+                        term = (shifted(px, height, width, du, dv)
+                                * shifted(pw, height, width, du, dv)[..., tap : tap + 1])
+                    out = term if out is None else out + term
+            return out
+
+        @tf.custom_gradient
+        def shift_custom_grad(features, kernels):
+            r = k // 2
+            height, width = tf.shape(features)[1], tf.shape(features)[2]
+            out = shift_sum(features, kernels, None, r, height, width)
+
+            def grad(upstream):
+                # d features(p) = sum_t upstream(p - d_t) * kernels_t(p - d_t): the same
+                # shift-and-sum with the opposite offsets (2r - u, 2r - v).
+                d_features = shift_sum(upstream, kernels, lambda u, v: (2 * r - u, 2 * r - v),
+                                       r, height, width)
+                # d kernels_t(p) = sum_c upstream(p, c) * features(p + d_t, c).
+                padded = tf.pad(features, [[0, 0], [r, r], [r, r], [0, 0]])
+                d_kernels = tf.stack(
+                    [tf.reduce_sum(upstream * padded[:, u : u + height, v : v + width, :], -1)
+                     for u in range(k) for v in range(k)],
+                    axis=-1,
+                )
+                return d_features, d_kernels
+
+            return out, grad
+        return shift_custom_grad
     if name == "depthwise":
         def depthwise(features, kernels):
             channels = features.shape[-1]
@@ -151,7 +202,9 @@ def child_memory(cfg):
                 with bench_util.PeakMemory() as memory:
                     for _ in range(cfg["memory_calls"]):
                         bench_util.block(fn(*inputs))
-                out.append({"size": size, "mode": mode, "jit": jit, **memory.result()})
+                source, peak = memory.op_peak_mib()
+                out.append({"size": size, "mode": mode, "jit": jit, "op_peak_mib": peak,
+                            "op_peak_source": source, **memory.result()})
     return {"implementation": cfg["implementation"], "measurements": out}
 
 
@@ -229,9 +282,10 @@ def main(argv):
     data["targets"] = {**TARGETS, "what": "the default `shift` path against `patches`"}
     data["notes"] = (
         "Times: medians of interleaved tf.function calls in one process; forward_backward "
-        "includes the forward pass. peak_memory_mib: resident-memory peak above the "
-        "pre-call resident set in a child process per implementation (GPU: the allocator's "
-        "peak above its start), inputs excluded."
+        "includes the forward pass. peak_memory_mib: the op's peak in a child process per "
+        "implementation, above what was allocated before the calls (inputs excluded): "
+        "TensorFlow's allocator statistics (GPU, or CPU with TF_CPU_ALLOCATOR_USE_BFC=true), "
+        "else the resident-set peak (op_peak_source says which)."
     )
     timing = data["timing"] = []
     memory = data["memory_children"] = {}
@@ -253,7 +307,10 @@ def main(argv):
             cfg = {"implementation": name, "sizes": [list(s) for s in sizes],
                    "channels": channels, "kernel_size": k, "jits": jits,
                    "mixed_precision": FLAGS.mixed_precision, "memory_calls": memory_calls}
-            memory[name] = bench_util.run_child(__file__, cfg, env=bench_util.FIXED_MMAP_ENV)
+            memory[name] = bench_util.run_child(
+                __file__, cfg,
+                env={**bench_util.FIXED_MMAP_ENV, **bench_util.CPU_ALLOCATOR_STATS_ENV},
+            )
             if "error" in memory[name]:
                 print(f"  failed: {memory[name]['error']}")
             bench_util.write_json(FLAGS.out, data, quiet=True)
@@ -261,8 +318,7 @@ def main(argv):
     def peak_of(name, size, mode, jit):
         for m in memory.get(name, {}).get("measurements", []):
             if m["size"] == list(size) and m["mode"] == mode and m["jit"] == jit:
-                gpu = m.get("gpu_peak_above_start_mib")
-                return gpu if gpu is not None else m.get("peak_above_start_mib")
+                return m.get("op_peak_mib")
         return None
 
     rows, verdicts = [], []
@@ -285,6 +341,16 @@ def main(argv):
                 f"{r[next(key for key in r if key.startswith('max_abs_diff'))]:.1e}",
                 "yes" if r[next(key for key in r if key.startswith("bitwise"))] else "no",
             ])
+        timed = {n: r for n, r in entry["implementations"].items() if "median_s" in r}
+        if timed:
+            fastest = min(timed, key=lambda n: timed[n]["median_s"])
+            entry["fastest"] = fastest
+            equal = next((v for key, v in timed[fastest].items() if key.startswith("bitwise")), None)
+            verdicts.append(
+                f"{'x'.join(map(str, size))} {mode} jit={jit}: fastest {fastest} "
+                f"({timed[fastest]['median_s'] * 1e3:.3f} ms; bitwise equal to shift: "
+                f"{'yes' if equal else 'no'})"
+            )
         shift = entry["implementations"].get("shift", {})
         if "speedup_vs_patches" in shift:
             need = TARGETS[f"{mode}_speedup_min"]
