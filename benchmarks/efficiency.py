@@ -28,10 +28,6 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-
-# cspsr_tf.model_info defines the absl flags --preset (default paper), --scale (default 4)
-# and --lr_size when imported; this script uses its --preset and --scale (--lr_size is
-# ignored: the size comes from --hr_size).
 from cspsr_tf import model_info  # noqa: E402, I001
 
 NAME = "efficiency"
@@ -40,6 +36,8 @@ WIDTH = 64
 
 FLAGS = flags.FLAGS
 bench_util.define_common_flags(flags, NAME, jit_default="off")
+flags.DEFINE_string("preset", "paper", "Config preset to measure: paper, small or tiny.")
+flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_string("hr_size", "428x580", "HR frame size HEIGHTxWIDTH (divisible by the scale).")
 flags.DEFINE_integer("warmup", 3, "Untimed calls of each network after the first one.")
 flags.DEFINE_integer("repeats", 10, "Timed calls of each network (interleaved).")

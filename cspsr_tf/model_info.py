@@ -22,10 +22,14 @@ from absl import app, flags  # noqa: E402
 PAPER_TABLE1 = {"params_m": 1.298, "gflops": 51.059}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "paper", "Config preset: paper, small or tiny.")
-flags.DEFINE_string("ablation", "full", "Ablation row of Tables 3-4 (see cspsr_tf.configs.ABLATIONS).")
-flags.DEFINE_integer("scale", 4, "SR factor (2, 3, 4 or 8).")
-flags.DEFINE_string("lr_size", "107x145", "LR input size as HEIGHTxWIDTH for the FLOP count.")
+
+
+def _define_flags():
+    # Defined only when run as a program, so importing count_flops defines no flags.
+    flags.DEFINE_string("preset", "paper", "Config preset: paper, small or tiny.")
+    flags.DEFINE_string("ablation", "full", "Ablation row of Tables 3-4 (see cspsr_tf.configs.ABLATIONS).")
+    flags.DEFINE_integer("scale", 4, "SR factor (2, 3, 4 or 8).")
+    flags.DEFINE_string("lr_size", "107x145", "LR input size as HEIGHTxWIDTH for the FLOP count.")
 
 
 def parse_size(text):
@@ -115,4 +119,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

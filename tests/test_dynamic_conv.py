@@ -77,3 +77,20 @@ def test_layer_checks_and_argument_errors():
         DynamicConv(4)
     with pytest.raises(ValueError, match="implementation"):
         DynamicConv(3, implementation="magic")
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_hand_written_gradient_of_the_shift_path_equals_the_reference(k):
+    rng = np.random.default_rng(10 + k)
+    features = tf.constant(rng.standard_normal((2, 5, 6, 3)), tf.float64)
+    kernels = tf.constant(rng.standard_normal((2, 5, 6, k * k)), tf.float64)
+    upstream = tf.constant(rng.standard_normal((2, 5, 6, 3)), tf.float64)
+    grads = {}
+    for implementation in ("patches", "shift"):
+        with tf.GradientTape() as tape:
+            tape.watch([features, kernels])
+            out = apply_per_pixel_kernels(features, kernels, k, implementation)
+            loss = tf.reduce_sum(out * upstream)
+        grads[implementation] = [g.numpy() for g in tape.gradient(loss, [features, kernels])]
+    for reference, fast in zip(grads["patches"], grads["shift"], strict=True):
+        np.testing.assert_allclose(fast, reference, atol=1e-10)

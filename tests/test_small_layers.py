@@ -70,3 +70,22 @@ def test_dmf_residual_adds_inputs():
     out_vis, out_nir = layer((f_vis, f_nir))
     np.testing.assert_allclose(out_vis.numpy(), f_vis, atol=1e-7)
     np.testing.assert_allclose(out_nir.numpy(), f_nir, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale,tolerance", [(2, 1e-5), (3, 1e-3), (4, 1e-5), (8, 1e-5)])
+def test_bicubic_upsample_equals_tf_resize(scale, tolerance):
+    from cspsr_tf.layers.bicubic_upsample import bicubic_upsample
+
+    rng = np.random.default_rng(scale)
+    for shape in [(2, 7, 11, 3), (1, 1, 1, 1), (1, 2, 3, 2)]:
+        x = rng.random(shape).astype(np.float32)
+        expected = tf.image.resize(x, (shape[1] * scale, shape[2] * scale), "bicubic").numpy()
+        np.testing.assert_allclose(bicubic_upsample(tf.constant(x), scale).numpy(), expected, atol=tolerance)
+
+
+def test_bicubic_upsample_compiles_with_xla():
+    from cspsr_tf.layers.bicubic_upsample import bicubic_upsample
+
+    x = tf.constant(np.random.rand(1, 5, 6, 3).astype(np.float32))
+    compiled = tf.function(lambda t: bicubic_upsample(t, 4), jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), tf.image.resize(x, (20, 24), "bicubic").numpy(), atol=1e-5)

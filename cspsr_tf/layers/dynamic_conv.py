@@ -34,20 +34,71 @@ def apply_per_pixel_kernels(features, kernels, kernel_size, implementation="shif
         patches = tf.reshape(patches, [shape[0], shape[1], shape[2], k * k, shape[3]])
         return tf.reduce_sum(patches * kernels[..., tf.newaxis], axis=3)
     if implementation == "shift":
-        r = k // 2
-        height, width = tf.shape(features)[1], tf.shape(features)[2]
-        padded = tf.pad(features, [[0, 0], [r, r], [r, r], [0, 0]])
-        out = None
-        for u in range(k):
-            for v in range(k):
-                tap = u * k + v
-                shifted = padded[:, u : u + height, v : v + width, :]
-                term = shifted * kernels[..., tap : tap + 1]
-                out = term if out is None else out + term
-        return out
+        return _shift_and_accumulate(features, kernels, k)
     raise ValueError(
         f"implementation must be one of {_IMPLEMENTATIONS}. Received: {implementation!r}"
     )
+
+
+def _shifted_sum(x, weights, k, offset):
+    """sum_t crop(pad(x), offset(t)) * weights_t, with `weights` cropped the same way or not.
+
+    `offset(u, v)` gives the window of tap (u, v) in the zero-padded x; for the forward pass it
+    is (u, v) and the weights are per output pixel; for the gradient it is the opposite shift
+    (2r - u, 2r - v) and the weights are shifted along with x.
+    """
+    r = k // 2
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    pad = [[0, 0], [r, r], [r, r], [0, 0]]
+    padded_x = tf.pad(x, pad)
+    padded_w = None if offset is None else tf.pad(weights, pad)
+    out = None
+    for u in range(k):
+        for v in range(k):
+            tap = u * k + v
+            du, dv = (u, v) if offset is None else offset(u, v)
+            window = padded_x[:, du : du + height, dv : dv + width, :]
+            if padded_w is None:
+                w = weights[..., tap : tap + 1]
+            else:
+                w = padded_w[:, du : du + height, dv : dv + width, tap : tap + 1]
+            term = window * w
+            out = term if out is None else out + term
+    return out
+
+
+def _shift_and_accumulate(features, kernels, k):
+    """The `shift` path with a hand-written gradient of the same shift-and-sum form.
+
+    Automatic differentiation of the strided slices builds a gradient about twice as slow as
+    that of extract_patches; the explicit one below is a shift-and-sum again (see
+    benchmarks/dynamic_conv.py for the measurements).
+    """
+
+    @tf.custom_gradient
+    def forward(features, kernels):
+        out = _shifted_sum(features, kernels, k, None)
+
+        def grad(upstream):
+            r = k // 2
+            height, width = tf.shape(features)[1], tf.shape(features)[2]
+            # d features(p) = sum_t upstream(p - d_t) * kernels_t(p - d_t).
+            d_features = _shifted_sum(upstream, kernels, k, lambda u, v: (2 * r - u, 2 * r - v))
+            # d kernels_t(p) = sum_c upstream(p, c) * features(p + d_t, c).
+            padded = tf.pad(features, [[0, 0], [r, r], [r, r], [0, 0]])
+            d_kernels = tf.stack(
+                [
+                    tf.reduce_sum(upstream * padded[:, u : u + height, v : v + width, :], -1)
+                    for u in range(k)
+                    for v in range(k)
+                ],
+                axis=-1,
+            )
+            return d_features, d_kernels
+
+        return out, grad
+
+    return forward(features, kernels)
 
 
 @keras.saving.register_keras_serializable(package="cspsr_tf")
