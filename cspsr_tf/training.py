@@ -93,24 +93,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _check_choice(flag, value, choices):
+    if value not in choices:
+        raise ConfigError(f"--{flag}={value!r} is not one of: {', '.join(choices)}")
+
+
 def validate_configs(train, model):
     """Raises ConfigError with one clear line for any bad combination."""
-    if train.dataset not in sources.DATASETS:
-        raise ConfigError(
-            f"unknown dataset {train.dataset!r}; choose one of {', '.join(sources.DATASETS)}"
-        )
-    if train.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {train.preset!r}; choose one of {', '.join(PRESETS)}")
-    if train.ablation not in ABLATIONS:
-        raise ConfigError(
-            f"unknown ablation {train.ablation!r}; choose one of {', '.join(ABLATIONS)}"
-        )
-    if train.stage not in STAGES:
-        raise ConfigError(f"--stage must be one of {STAGES}, got {train.stage!r}")
-    if train.strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {train.strategy!r}")
-    if train.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {train.lr_schedule!r}")
+    _check_choice("dataset", train.dataset, sources.DATASETS)
+    _check_choice("preset", train.preset, PRESETS)
+    _check_choice("ablation", train.ablation, ABLATIONS)
+    _check_choice("stage", train.stage, STAGES)
+    _check_choice("strategy", train.strategy, STRATEGIES)
+    _check_choice("lr_schedule", train.lr_schedule, LR_SCHEDULES)
     if train.patch_size < model.scale or train.patch_size % model.scale:
         raise ConfigError(
             f"--patch_size={train.patch_size} must be a positive multiple of --scale={model.scale}"
@@ -141,7 +136,7 @@ def make_strategy(name):
     if name == "multi_worker":
         # Reads the cluster from the TF_CONFIG environment variable.
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+    _check_choice("strategy", name, STRATEGIES)
 
 
 def _task(strategy):
@@ -508,12 +503,8 @@ def load_cvm_weights(cvm, source):
 def build_configs(train_overrides, model_overrides):
     """TrainConfig and CSPSRConfig from a preset, an ablation and field overrides."""
     train = TrainConfig(**train_overrides)
-    if train.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {train.preset!r}; choose one of {', '.join(PRESETS)}")
-    if train.ablation not in ABLATIONS:
-        raise ConfigError(
-            f"unknown ablation {train.ablation!r}; choose one of {', '.join(ABLATIONS)}"
-        )
+    _check_choice("preset", train.preset, PRESETS)
+    _check_choice("ablation", train.ablation, ABLATIONS)
     try:
         model = PRESETS[train.preset].replace(**{**ABLATIONS[train.ablation], **model_overrides})
     except ValueError as error:

@@ -101,7 +101,7 @@ def test_bad_inputs_exit_2_with_one_line(synthetic_data_dir, tmp_path):
     empty_manual = tmp_path / "empty"
     empty_manual.mkdir()
     cases = [
-        (["--dataset=imagenet", f"--model_dir={tmp_path / 'a'}"], "unknown dataset"),
+        (["--dataset=imagenet", f"--model_dir={tmp_path / 'a'}"], "--dataset='imagenet' is not one of"),
         (["--scale=5", f"--model_dir={tmp_path / 'b'}"], "scale"),
         (["--scale=4", "--patch_size=30", f"--model_dir={tmp_path / 'c'}"], "patch_size"),
         (["--dataset=nirvis_folder", f"--manual_dir={empty_manual}", f"--data_dir={tmp_path / 'd'}",
