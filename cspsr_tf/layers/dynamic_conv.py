@@ -57,12 +57,15 @@ def _shifted_sum(x, weights, k, offset):
         for v in range(k):
             tap = u * k + v
             du, dv = (u, v) if offset is None else offset(u, v)
-            window = padded_x[:, du : du + height, dv : dv + width, :]
-            if padded_w is None:
-                w = weights[..., tap : tap + 1]
-            else:
-                w = padded_w[:, du : du + height, dv : dv + width, tap : tap + 1]
-            term = window * w
+            # Each tap waits for the running sum, so a graph executor does not hold all k*k
+            # shifted products in memory at once.
+            with tf.control_dependencies([] if out is None else [out]):
+                window = padded_x[:, du : du + height, dv : dv + width, :]
+                if padded_w is None:
+                    w = weights[..., tap : tap + 1]
+                else:
+                    w = padded_w[:, du : du + height, dv : dv + width, tap : tap + 1]
+                term = window * w
             out = term if out is None else out + term
     return out
 
