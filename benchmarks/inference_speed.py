@@ -33,6 +33,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from cspsr_tf.model_info import parse_size  # noqa: E402
 
 NAME = "inference_speed"
 TARGET_LATENCY_S = 1.0
@@ -47,11 +48,6 @@ flags.DEFINE_integer("batch", 1, "Frames per call.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls after the first one.")
 flags.DEFINE_integer("repeats", 10, "Timed calls; the median is reported.")
 flags.DEFINE_integer("child_timeout", 1800, "Seconds allowed for one configuration.")
-
-
-def parse_size(text):
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def run_one(cfg):

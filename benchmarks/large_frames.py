@@ -39,6 +39,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from cspsr_tf.model_info import parse_size  # noqa: E402
 
 NAME = "large_frames"
 TARGET_PEAK_GIB = 4.0
@@ -64,11 +65,6 @@ flags.DEFINE_float("residual_rms", 0.03, "RMS of vis_sr - bicubic the recon conv
 flags.DEFINE_string("sample_dir", "/work/shared/data/nirvis_samples",
                     "Folder of the shared nirvis samples (synthetic input if absent).")
 flags.DEFINE_integer("child_timeout", 3600, "Seconds allowed for one child.")
-
-
-def parse_size(text):
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def make_pair(size, sample_dir, mode, seed=0):

@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import io  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 import cv2  # noqa: E402
@@ -287,9 +286,10 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
 
 
 def main(argv):
+    from cspsr_tf.cli import fail
+
     if len(argv) > 1:
-        sys.stderr.write(f"error: unexpected arguments: {' '.join(argv[1:])}\n")
-        sys.exit(2)
+        fail("predict", f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         for name in ("model", "vis", "nir", "out"):
             if not getattr(FLAGS, name):
@@ -299,8 +299,7 @@ def main(argv):
             tile=FLAGS.tile, overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble,
         )
     except InputError as error:
-        sys.stderr.write(f"error: {error}\n")
-        sys.exit(2)
+        fail("predict", str(error))
 
 
 if __name__ == "__main__":

@@ -186,11 +186,19 @@ def prepare_model_dir(train, model, chief=True):
     return full
 
 
-def make_optimizer(train):
-    lr = train.learning_rate
+def learning_rate_schedule(train):
+    """The learning rate: a float, or a schedule of the step for `--lr_schedule=cosine`."""
     if train.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=train.steps, alpha=0.01)
-    optimizer = keras.optimizers.Adam(lr, beta_1=train.adam_beta1, beta_2=train.adam_beta2)
+        return keras.optimizers.schedules.CosineDecay(
+            train.learning_rate, decay_steps=train.steps, alpha=0.01
+        )
+    return train.learning_rate
+
+
+def make_optimizer(train):
+    optimizer = keras.optimizers.Adam(
+        learning_rate_schedule(train), beta_1=train.adam_beta1, beta_2=train.adam_beta2
+    )
     if train.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -445,12 +453,8 @@ def _in_main_thread():
 
 def _current_lr(train, step):
     # From the config rather than the optimizer: under a strategy its variable is mirrored.
-    if train.lr_schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(
-            train.learning_rate, decay_steps=train.steps, alpha=0.01
-        )
-        return float(schedule(step))
-    return train.learning_rate
+    schedule = learning_rate_schedule(train)
+    return float(schedule(step)) if callable(schedule) else schedule
 
 
 def _run_validation(predict, frames, model, model_config, train, step, best_psnr, writer):
@@ -513,8 +517,8 @@ def build_configs(train_overrides, model_overrides):
 
 
 def model_config_fields():
-    return [f for f in dataclasses.fields(CSPSRConfig)]
+    return list(dataclasses.fields(CSPSRConfig))
 
 
 def train_config_fields():
-    return [f for f in dataclasses.fields(TrainConfig)]
+    return list(dataclasses.fields(TrainConfig))
