@@ -32,7 +32,6 @@ Non-finite numbers (PSNR of identical images is inf) are written to JSON as null
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -160,16 +159,10 @@ def _json_safe(value):
 
 
 def _write_text_atomic(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # Shared helper: temporary file + rename, keeping the umask's mode (not mkstemp's 0600).
+    from cspsr_tf import atomic_files
+
+    atomic_files.write_text(path, text)
 
 
 def _fmt(value, digits):

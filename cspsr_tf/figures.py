@@ -5,10 +5,11 @@ to BGR on the way to disk.
 """
 
 import os
-import tempfile
 
 import cv2
 import numpy as np
+
+from cspsr_tf import atomic_files
 
 # Perceptually ordered and readable by colour-blind viewers; near = bright.
 DISPARITY_COLORMAP = cv2.COLORMAP_TURBO
@@ -23,8 +24,9 @@ def write_image(path, image):
     """Writes an RGB (H x W x 3) or grey (H x W or H x W x 1) image, atomically.
 
     The image goes to a temporary file in the target folder, which is then renamed, so a
-    reader never sees a half-written file. The folder is created when missing. uint8 and
-    uint16 are written as they are (16-bit needs PNG or TIFF).
+    reader never sees a half-written file; it gets the umask's mode, like any new file. The
+    folder is created when missing. uint8 and uint16 are written as they are (16-bit needs
+    PNG or TIFF).
 
     Raises:
         ValueError: when OpenCV cannot encode the image under that file extension.
@@ -34,19 +36,14 @@ def write_image(path, image):
         image = image[..., 0]
     if image.ndim == 3:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     extension = os.path.splitext(path)[1] or ".png"
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=extension, dir=folder)
-    os.close(handle)
     try:
-        if not cv2.imwrite(tmp, image):
-            raise ValueError(f"OpenCV could not write a {image.dtype} image as {path}")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        ok, encoded = cv2.imencode(extension, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"OpenCV could not write a {image.dtype} image as {path}")
+    atomic_files.write_bytes(path, encoded.tobytes())
 
 
 def disparity_to_color(disparity, max_disparity=None):
