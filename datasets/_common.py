@@ -25,11 +25,18 @@ Errors: a file that is missing, unreadable, truncated (PNG without its ``IEND`` 
 without an end-of-image marker after its last scan) or of an unsupported type raises
 `ImageReadError` naming the file; a pair of different sizes raises `PairMismatchError` naming
 both files; a manual directory that does not have the expected layout raises
-`ManualDirLayoutError` whose message prints that layout.
+`ManualDirLayoutError` whose message prints that layout; a path listed in the manual
+directory (a `pairs.csv` row, a frame list) that leads outside it raises
+`PathOutsideManualDirError` naming the row.
+
+Provenance: every manual builder has a static `manual_sources(manual_dir)` listing the files
+a build reads (`walk_files` by default); `cspsr_tf.data.sources` fingerprints them to tell
+when prepared data no longer matches the manual directory.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 
@@ -56,6 +63,10 @@ class ImageReadError(ValueError):
 
 class PairMismatchError(ValueError):
     """The visible and NIR images of one pair do not have the same height and width."""
+
+
+class PathOutsideManualDirError(ValueError):
+    """A path listed in the manual directory leads outside it (e.g. `../../etc/passwd`)."""
 
 
 def common_features(*, with_disparity: bool = False) -> tfds.features.FeaturesDict:
@@ -99,6 +110,41 @@ def require_nonempty_dir(manual_dir, layout: str) -> epath.Path:
     if not any(True for _ in path.iterdir()):
         raise layout_error(path, layout, "The manual directory is empty.")
     return path
+
+
+def confined(path, root, where: str) -> epath.Path:
+    """`path` as a path, after checking that it lies inside `root`.
+
+    Both are resolved first (`..` and symlinks followed), so neither `../x.png` nor a
+    symlink to a file elsewhere gets past. `where` names the listing row in the error.
+    """
+    real_root = os.path.realpath(os.fspath(root))
+    real = os.path.realpath(os.fspath(path))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise PathOutsideManualDirError(
+            f"{where}: {path} leads outside the manual directory {root} (resolved: {real}); "
+            "listed files must lie inside it."
+        )
+    return epath.Path(path)
+
+
+def walk_files(manual_dir) -> list[str]:
+    """Every file under `manual_dir`, sorted (symlinked folders followed, each once).
+
+    The default `manual_sources` of a builder that scans its manual directory.
+    """
+    root = os.fspath(manual_dir)
+    if not os.path.isdir(root):
+        return []
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(os.path.join(folder, name) for name in names)
+    return sorted(files)
 
 
 def subdirs(path: epath.Path) -> list[epath.Path]:

@@ -1,14 +1,30 @@
-"""Loading a split of one of the project's TFDS builders (`datasets/`) by name."""
+"""Loading a split of one of the project's TFDS builders (`datasets/`) by name.
 
+A manual dataset (one built from files the user downloaded, `--manual_dir`) is tied to the
+files it was built from: `SOURCE_RECORD` beside the prepared data holds a fingerprint of
+them (each file's path relative to the manual directory, size and modification time; which
+files, the builder's `manual_sources` says). Given a `manual_dir` whose fingerprint differs,
+the dataset is rebuilt from it (in a scratch directory, swapped in only when the build
+succeeds), so another folder is never silently replaced by the data of the first one.
+Without `manual_dir`, the prepared data is used as it is.
+"""
+
+import hashlib
 import importlib
+import json
 import os
 
 import tensorflow as tf
+from absl import logging
+
+from cspsr_tf import scratch_dirs
 
 DATASETS = ("nirvis_synthetic", "nirvis_folder", "rgb_nir_stereo", "nirscene", "ranus")
 # Builders that read files the user downloaded by hand.
 MANUAL_DATASETS = ("nirvis_folder", "rgb_nir_stereo", "nirscene", "ranus")
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+# Written beside dataset_info.json of a prepared manual dataset (TFDS ignores it).
+SOURCE_RECORD = "cspsr_manual_source.json"
 
 
 class DataError(ValueError):
@@ -24,7 +40,11 @@ class DataError(ValueError):
 
 
 def get_builder(name, data_dir=None, manual_dir=None):
-    """The prepared TFDS builder `name` (prepared now if needed; offline)."""
+    """The prepared TFDS builder `name` (prepared now if needed; offline).
+
+    For a manual dataset given `manual_dir`, data prepared from other files (or of unknown
+    origin) is rebuilt from `manual_dir`; see the module docstring.
+    """
     import tensorflow_datasets as tfds
 
     if name not in DATASETS:
@@ -33,20 +53,109 @@ def get_builder(name, data_dir=None, manual_dir=None):
     importlib.import_module(f"datasets.{name}")
     data_dir = data_dir or DEFAULT_DATA_DIR
     builder = tfds.builder(name, data_dir=data_dir)
-    if name in MANUAL_DATASETS and manual_dir is None and not _is_prepared(builder):
-        raise DataError(
-            f"Dataset {name!r} is not prepared in {data_dir} and needs --manual_dir "
-            "(the folder with the files you downloaded; see datasets/README.md)"
-        )
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    if name not in MANUAL_DATASETS:
+        _prepare(builder, None)
+        return builder
+    if manual_dir is None:
+        if not _is_prepared(builder):
+            raise DataError(
+                f"Dataset {name!r} is not prepared in {data_dir} and needs --manual_dir "
+                "(the folder with the files you downloaded; see datasets/README.md)"
+            )
+        return builder
+    fingerprint = _with_data_errors(name, manual_fingerprint, builder, manual_dir)
+    if not _is_prepared(builder):
+        _prepare(builder, manual_dir)
+        _write_source_record(builder, manual_dir, fingerprint)
+        return builder
+    recorded = _read_source_record(builder)
+    if recorded.get("fingerprint") == fingerprint:
+        return builder
+    logging.warning(
+        "Dataset %r in %s was prepared from the files then in %s; those now in %s differ: "
+        "rebuilding it",
+        name, builder.data_dir, recorded.get("manual_dir", "files of unknown origin"),
+        os.path.abspath(manual_dir),
+    )
+    _rebuild(name, data_dir, manual_dir, fingerprint, builder.data_dir)
+    return tfds.builder(name, data_dir=data_dir)
+
+
+def manual_fingerprint(builder, manual_dir):
+    """A hex digest of the files a build of `builder` from `manual_dir` reads.
+
+    Each file counts by its path relative to `manual_dir`, its size and its modification
+    time (a missing file counts as missing, so that the build reports it). Raises what the
+    builder's `manual_sources` raises for a malformed listing (e.g. a bad pairs.csv).
+    """
+    digest = hashlib.sha256()
+    for path in type(builder).manual_sources(manual_dir):
+        path = os.fspath(path)
+        relative = os.path.relpath(path, manual_dir)
+        try:
+            stat = os.stat(path)
+            entry = f"{relative}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+        except OSError:
+            entry = f"{relative}\tmissing\n"
+        digest.update(entry.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _with_data_errors(name, function, *args):
+    """Calls `function`; a builder's error becomes a DataError (first line, rest as details)."""
     try:
-        builder.download_and_prepare(download_config=download_config)
+        return function(*args)
     except (AssertionError, OSError, ValueError) as error:
         # The builders explain the expected layout over several lines; keep the first as the
         # message and the rest as details.
         first, _, rest = str(error).partition("\n")
         raise DataError(f"dataset {name!r}: {first}", details=rest) from None
-    return builder
+
+
+def _prepare(builder, manual_dir):
+    import tensorflow_datasets as tfds
+
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    _with_data_errors(
+        builder.name, lambda: builder.download_and_prepare(download_config=download_config)
+    )
+
+
+def _rebuild(name, data_dir, manual_dir, fingerprint, target):
+    """Builds `name` from `manual_dir` in a scratch directory, then swaps it in for `target`.
+
+    A failed build (e.g. a broken manual directory) leaves the prepared data as it was.
+    """
+    import tensorflow_datasets as tfds
+
+    prefix = f".{name}.rebuild-"
+    scratch_dirs.remove_stale(data_dir, prefix)
+    with scratch_dirs.locked_scratch_dir(data_dir, prefix) as scratch:
+        staged = tfds.builder(name, data_dir=scratch)
+        _prepare(staged, manual_dir)
+        _write_source_record(staged, manual_dir, fingerprint)
+        old = os.path.join(scratch, "replaced")
+        os.rename(target, old)  # deleted with the scratch directory
+        try:
+            os.rename(staged.data_dir, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+
+
+def _read_source_record(builder):
+    try:
+        with open(os.path.join(builder.data_dir, SOURCE_RECORD)) as f:
+            values = json.load(f)
+    except (OSError, ValueError):
+        return {}  # prepared by `tfds build` or an older version: origin unknown
+    return values if isinstance(values, dict) else {}
+
+
+def _write_source_record(builder, manual_dir, fingerprint):
+    record = {"manual_dir": os.path.abspath(manual_dir), "fingerprint": fingerprint}
+    with open(os.path.join(builder.data_dir, SOURCE_RECORD), "w") as f:
+        json.dump(record, f, indent=1)
 
 
 def _is_prepared(builder):

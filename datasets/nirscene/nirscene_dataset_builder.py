@@ -95,6 +95,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the EPFL RGB-NIR Scene dataset (nirscene1)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # The files a build reads (for provenance): everything under the manual directory.
+    manual_sources = staticmethod(_common.walk_files)
     RELEASE_NOTES = {"1.0.0": "Initial release: 46-pair test split, rest train."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download nirscene1.zip (EPFL RGB-NIR Scene dataset, Brown and Suesstrunk, CVPR 2011) from

@@ -9,6 +9,7 @@ import csv
 import io
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 try:
     from .. import _common
@@ -33,7 +34,7 @@ LAYOUT = """\
         scene1/0001_rgb.png,scene1/0001_nir.png,stereo_rgb_left_nir_right
         scene2/0001_rgb.jpg,scene2/0001_nir.jpg,aligned
     scene1/0001_rgb.png        the image files, at the paths given in pairs.csv, relative to the
-    scene1/0001_nir.png        folder of pairs.csv (absolute paths are used as they are)
+    scene1/0001_nir.png        folder of pairs.csv; every path must lie inside that folder
   geometry: `stereo_rgb_left_nir_right` or `stereo` -> "stereo" (RGB = left camera, NIR = right
   camera, rectified); `aligned` or `registered` -> "aligned"; empty or no column -> "stereo".
   The RGB and NIR image of a row must have the same width and height."""
@@ -84,9 +85,19 @@ def read_rows(csv_path) -> list[tuple[str, str, str, str]]:
         if not rgb_cell or not nir_cell:
             raise ValueError(f"{where}: both `rgb` and `nir` must be given, got {row}.")
         geometry = parse_geometry(row.get("geometry"), where)
-        rows.append((example_id(rgb_cell), base / rgb_cell, base / nir_cell, geometry))
+        rgb_path = _common.confined(base / rgb_cell, base, f"{where}, column rgb")
+        nir_path = _common.confined(base / nir_cell, base, f"{where}, column nir")
+        rows.append((example_id(rgb_cell), rgb_path, nir_path, geometry))
     _common.check_unique([r[0] for r in rows], str(csv_path))
     return rows
+
+
+def manual_sources(manual_dir) -> list:
+    """The files a build reads: pairs.csv and every image it lists (for provenance)."""
+    csv_path = epath.Path(manual_dir) / CSV_NAME
+    if not csv_path.is_file():
+        return []  # the build reports the missing file
+    return [csv_path, *(path for row in read_rows(csv_path) for path in row[1:3])]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -94,6 +105,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: pairs.csv, one `train` split."}
+    manual_sources = staticmethod(manual_sources)
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Put your RGB + NIR image pairs and a {CSV_NAME} that lists them in the manual directory:
 {LAYOUT}

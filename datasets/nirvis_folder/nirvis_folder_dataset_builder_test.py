@@ -1,5 +1,6 @@
 """Tests for the nirvis_folder builder (dummy data: dummy_data/pairs.csv and its images)."""
 
+import csv
 import pathlib
 
 import cv2
@@ -11,7 +12,9 @@ from .. import _common, _testing
 from . import nirvis_folder_dataset_builder as module
 
 DUMMY = _testing.dummy_dir(__file__)
-SHARED_SAMPLES = pathlib.Path("/work/shared/data/nirvis_samples")
+# The real sample pairs, in the `shared/` folder beside the repository root.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHARED_SAMPLES = REPO_ROOT.parent / "shared" / "data" / "nirvis_samples"
 
 
 class NirvisFolderTest(tfds.testing.DatasetBuilderTestCase):
@@ -81,12 +84,24 @@ def test_truncated_image(tmp_path):
     _testing.assert_truncated_image_error(module.Builder, DUMMY, tmp_path, "registered/a_nir.jpg")
 
 
+def _expected_shared_rows():
+    """{id: geometry} read from the shared pairs.csv with the csv module (not the builder)."""
+    stereo_words = {"stereo_rgb_left_nir_right", "stereo", ""}
+    expected = {}
+    with open(SHARED_SAMPLES / "pairs.csv", newline="", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            stem = row["rgb"].strip().rsplit(".", 1)[0]
+            geometry = (row.get("geometry") or "").strip().lower()
+            expected[stem] = "stereo" if geometry in stereo_words else "aligned"
+    return expected
+
+
 @pytest.mark.skipif(
     not (SHARED_SAMPLES / "pairs.csv").is_file(),
-    reason=f"shared samples not present at {SHARED_SAMPLES}",
+    reason=f"the shared sample pairs are not present ({SHARED_SAMPLES} has no pairs.csv)",
 )
 def test_shared_nirvis_samples(tmp_path):
-    """The 57 real pairs of /work/shared/data/nirvis_samples load via tfds.load."""
+    """The real pairs of ../shared/data/nirvis_samples load via tfds.load, one per CSV row."""
     config = tfds.download.DownloadConfig(
         manual_dir=str(SHARED_SAMPLES), compute_stats=tfds.download.ComputeStatsMode.SKIP
     )
@@ -97,7 +112,51 @@ def test_shared_nirvis_samples(tmp_path):
         download_and_prepare_kwargs={"download_config": config},
     )
     examples = _testing.as_examples(ds)
-    assert len(examples) == 57
+    expected = _expected_shared_rows()
+    assert expected, "the shared pairs.csv lists no pair"
     _testing.check_common_features(examples)
-    geometries = [ex["geometry"] for ex in examples]
-    assert geometries.count("stereo") == 5 and geometries.count("aligned") == 52
+    assert {ex["id"]: ex["geometry"] for ex in examples} == expected
+
+
+# Listed paths stay inside the manual directory.
+
+
+def _escape_layout(tmp_path, cell):
+    """A manual dir whose pairs.csv lists a good pair, then `cell` as the NIR of line 3."""
+    manual = tmp_path / "manual"
+    _write_pair(manual, (6, 8, 3), (6, 8))
+    (tmp_path / "outside_nir.png").write_bytes((manual / "x_nir.png").read_bytes())
+    (manual / "pairs.csv").write_text(f"rgb,nir\nx_rgb.png,x_nir.png\nx_rgb.png,{cell}\n")
+    return manual
+
+
+@pytest.mark.parametrize("cell", ["../outside_nir.png", "../../../../../../../../etc/passwd",
+                                  "/etc/passwd", "sub/../../outside_nir.png"])
+def test_paths_leading_outside_the_manual_dir_are_refused(tmp_path, cell):
+    manual = _escape_layout(tmp_path, cell)
+    with pytest.raises(_common.PathOutsideManualDirError) as info:
+        module.read_rows(manual / "pairs.csv")
+    message = str(info.value)
+    assert "line 3" in message and "column nir" in message and cell in message
+    assert "\n" not in message
+
+
+def test_a_symlink_to_a_file_outside_is_refused(tmp_path):
+    manual = _escape_layout(tmp_path, "link.png")
+    (manual / "link.png").symlink_to(tmp_path / "outside_nir.png")
+    with pytest.raises(_common.PathOutsideManualDirError, match="line 3"):
+        module.read_rows(manual / "pairs.csv")
+
+
+def test_build_refuses_an_escaping_row_before_reading_any_image(tmp_path):
+    manual = _escape_layout(tmp_path, "../outside_nir.png")
+    with pytest.raises(_common.PathOutsideManualDirError, match="line 3"):
+        _testing.build(module.Builder, tmp_path / "data", manual)
+
+
+def test_paths_inside_the_manual_dir_are_accepted(tmp_path):
+    manual = _escape_layout(tmp_path, "sub/../x_nir.png")
+    absolute = str(manual / "x_rgb.png")
+    (manual / "pairs.csv").write_text(f"rgb,nir\n{absolute},sub/../x_nir.png\n")
+    (row,) = module.read_rows(manual / "pairs.csv")
+    assert str(row[1]) == absolute and row[2].name == "x_nir.png"

@@ -80,6 +80,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for RANUS (RGB and NIR Urban Scene dataset)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # The files a build reads (for provenance): everything under the manual directory.
+    manual_sources = staticmethod(_common.walk_files)
     RELEASE_NOTES = {"1.0.0": "Initial release: subset 50 is test, the other subsets train."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Obtain RANUS (Choe et al., "RANUS: RGB and NIR Urban Scene Dataset for Deep Scene Parsing",

@@ -89,6 +89,13 @@ def read_lists(lists_dir) -> dict[str, list[str]]:
                     "'collection key rgb_exposure nir_exposure red_gain blue_gain' with a "
                     f"collection named like 20170222_0951, got {line!r}"
                 )
+            if "/" in fields[1] or "\\" in fields[1]:
+                # The key names a file inside the collection folder: no path may escape it.
+                raise _common.PathOutsideManualDirError(
+                    f"{list_file}, line {line_no}: frame key {fields[1]!r} must be a file-name "
+                    "stem without '/' or '\\' (it names <collection>/RGBResize/"
+                    "<key>_RGBResize.png inside the manual directory)"
+                )
             listed.setdefault(fields[0], set()).add(fields[1])
     return {c: sorted(keys, key=_common.natural_key) for c, keys in listed.items()}
 
@@ -107,6 +114,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the RGB-NIR stereo dataset of Zhi et al. (CVPR 2018)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # The files a build reads (for provenance): everything under the manual directory.
+    manual_sources = staticmethod(_common.walk_files)
     RELEASE_NOTES = {"1.0.0": "Initial release: Resize images, train/test by video."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download the RGB-NIR stereo dataset of Zhi et al. (CVPR 2018, "Deep Material-aware

@@ -83,6 +83,15 @@ def test_bad_list_line(tmp_path):
         module.read_lists(lists)
 
 
+@pytest.mark.parametrize("key", ["../../../../etc/passwd", "..\\..\\secret"])
+def test_a_listed_key_cannot_lead_outside_the_collection(tmp_path, key):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "evil.txt").write_text(f"20170221_1357 211357_000001 1 1 1 1\n20170221_1357 {key} 1 1 1 1\n")
+    with pytest.raises(_common.PathOutsideManualDirError, match="evil.txt, line 2"):
+        module.read_lists(lists)
+
+
 def test_listed_frame_missing(tmp_path):
     manual = tmp_path / "manual"
     shutil.copytree(DUMMY, manual)
