@@ -11,18 +11,21 @@ visible one, rectified, as in training. The output is `scale` times larger: 8-bi
 8-bit VIS input, 16-bit (PNG / TIFF) for a 16-bit one. `--disparity_out` writes the left
 disparity map (LR pixels) as a colour PNG, or as raw float32 with `.npy` / `.tif`.
 
+Large frames: `--tile N` runs overlapping N x N LR tiles and keeps only one row of tiles in
+memory; a `.png` (or `.npy`) output is then written band by band as the rows finish. Before
+starting, the memory needed is estimated; when it exceeds what is free, predict says so in
+one line and suggests a `--tile`.
+
 Any problem with the arguments or the files (unreadable or missing image, sizes that differ,
-wrong channel count, missing model) prints one line on stderr and exits with code 2; no
-output file is written then, and outputs only appear once complete (temporary names,
-renamed at the end).
+wrong channel count, missing model, an output path that is a folder or lies under a file,
+an existing output without `--overwrite`, not enough memory) prints one line on stderr and
+exits with code 2; no output file is written then, and outputs only appear once complete
+(temporary names, renamed at the end), with the mode a new file gets under the umask.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import io  # noqa: E402
-import tempfile  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,6 +42,7 @@ flags.DEFINE_string("disparity_out", None, "Optional left disparity map: .png co
 flags.DEFINE_integer("tile", None, "Tile side in LR pixels for large frames (default: whole).")
 flags.DEFINE_integer("tile_overlap", 8, "LR pixels shared and blended by neighbouring tiles.")
 flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped prediction.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out / --disparity_out.")
 
 FLAGS = flags.FLAGS
 
@@ -139,6 +143,22 @@ def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ense
     """
     from cspsr_tf import tiling
 
+    vis_rgb, nir = _check_pair(vis_rgb, nir)
+    scale = tiling.model_scale(model, config)
+    outputs = tiling.predict(
+        model, _to_float(vis_rgb, "vis_rgb"), _to_float(nir, "nir")[..., np.newaxis], scale,
+        tile=tile, self_ensemble=self_ensemble, overlap=overlap, keys=("vis_sr", "disp_l"),
+    )
+    sr = np.clip(outputs["vis_sr"][0], 0.0, 1.0)
+    return {
+        "sr": _sr_to_dtype(sr, vis_rgb.dtype),
+        "sr_float": sr,
+        "disp_l": outputs["disp_l"][0, ..., 0] if "disp_l" in outputs else None,
+        "scale": scale,
+    }
+
+
+def _check_pair(vis_rgb, nir):
     vis_rgb = np.asarray(vis_rgb)
     nir = np.asarray(nir)
     if nir.ndim == 3 and nir.shape[-1] == 1:
@@ -151,20 +171,13 @@ def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ense
         raise ValueError(
             f"vis_rgb and nir differ in size. Received: {vis_rgb.shape[:2]} and {nir.shape}"
         )
-    vis_f = _to_float(vis_rgb, "vis_rgb")
-    nir_f = _to_float(nir, "nir")[..., np.newaxis]
-    scale = tiling.model_scale(model, config)
-    outputs = tiling.predict(
-        model, vis_f, nir_f, scale, tile=tile, self_ensemble=self_ensemble, overlap=overlap
-    )
-    sr = np.clip(outputs["vis_sr"][0], 0.0, 1.0)
-    peak = _DTYPE_MAX[vis_rgb.dtype]
-    return {
-        "sr": np.round(sr.astype(np.float64) * peak).astype(vis_rgb.dtype),
-        "sr_float": sr.astype(np.float32),
-        "disp_l": outputs["disp_l"][0, ..., 0] if "disp_l" in outputs else None,
-        "scale": scale,
-    }
+    return vis_rgb, nir
+
+
+def _sr_to_dtype(sr, dtype):
+    """Clipped, rounded [0, 1] floats as uint8 / uint16 (float64 so 16-bit rounds exactly)."""
+    sr = np.clip(sr, 0.0, 1.0).astype(np.float64)
+    return np.round(sr * _DTYPE_MAX[np.dtype(dtype)]).astype(dtype)
 
 
 def _extension(path):
@@ -180,39 +193,76 @@ def _encode_image(path, image):
     return encoded.tobytes()
 
 
-def _encode_disparity(path, disparity, max_disparity):
-    from cspsr_tf import figures
+class _OutputFile:
+    """One output filled band by band: PNG and .npy are streamed, other formats held whole.
 
-    extension = _extension(path)
-    if extension == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, disparity.astype(np.float32))
-        return buffer.getvalue()
-    if extension == ".png":
-        return _encode_image(path, figures.disparity_to_color(disparity, max_disparity))
-    return _encode_image(path, disparity.astype(np.float32))
+    Args:
+        path: the target; the data goes to a staged temporary file until `commit`.
+        staged: an `atomic_files.StagedFiles`.
+        shape: (height, width, channels) of what `convert` returns.
+        dtype: the file's pixel type.
+        convert: float32 band of the model output -> rows of the file.
+    """
+
+    def __init__(self, path, staged, shape, dtype, convert):
+        from cspsr_tf import png_writer
+
+        self._path, self._shape, self._dtype, self._convert = path, shape, dtype, convert
+        self._file = staged.open(path)
+        self._row = 0
+        self._png = self._array = None
+        height, width, channels = shape
+        extension = _extension(path)
+        if extension == ".png":
+            self._png = png_writer.PngWriter(self._file, width, height, channels, dtype)
+        elif extension == ".npy":
+            np.lib.format.write_array_header_1_0(self._file, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype).newbyteorder("<")),
+                "fortran_order": False, "shape": shape[:2] if channels == 1 else shape,
+            })
+        else:  # OpenCV's TIFF / JPEG encoders need the whole image
+            self._array = np.empty(shape, dtype)
+
+    def write(self, band):
+        rows = self._convert(band)
+        stop = self._row + rows.shape[0]
+        if self._png is not None:
+            self._png.write_rows(rows)
+        elif self._array is not None:
+            self._array[self._row : stop] = rows.reshape(-1, *self._shape[1:])
+        else:
+            self._file.write(rows.astype(np.dtype(self._dtype).newbyteorder("<")).tobytes())
+        self._row = stop
+
+    def finish(self):
+        if self._row != self._shape[0]:
+            raise RuntimeError(f"{self._path}: {self._row} of {self._shape[0]} rows written")
+        if self._png is not None:
+            self._png.close()
+        elif self._array is not None:
+            image = self._array[..., 0] if self._shape[2] == 1 else self._array
+            self._file.write(_encode_image(self._path, image))
+            self._array = None
 
 
-def _write_all(files):
-    """Writes {path: bytes} to temporary names first, then renames them all."""
-    staged = []
-    try:
-        for path, data in files.items():
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_extension(path), dir=folder)
-            staged.append((tmp, path))
-            with os.fdopen(handle, "wb") as f:
-                f.write(data)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+def _check_output_path(path, flag, overwrite):
+    """One-line errors for an output path that cannot be written, before any work."""
+    if os.path.isdir(path):
+        raise InputError(
+            f"{flag} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'sr.png')}"
+        )
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InputError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: no permission to write in {ancestor}")
+    if os.path.lexists(path) and not overwrite:
+        raise InputError(f"{flag} {path}: already exists; pass --overwrite to replace it")
 
 
-def _check_outputs(out, disparity_out, tile, overlap):
+def _check_outputs(out, disparity_out, tile, overlap, overwrite=False):
     extension = _extension(out)
     if extension not in _IMAGE_EXTENSIONS_ANY_DEPTH + _IMAGE_EXTENSIONS_8BIT:
         raise InputError(
@@ -234,19 +284,98 @@ def _check_outputs(out, disparity_out, tile, overlap):
             f"--tile_overlap must lie in [0, tile). Received: tile_overlap={overlap}, "
             f"tile={tile}"
         )
+    _check_output_path(out, "--out", overwrite)
+    if disparity_out is not None:
+        _check_output_path(disparity_out, "--disparity_out", overwrite)
+
+
+# Forward-pass estimate (`tiling.forward_bytes_per_pixel`) times this, for TensorFlow's
+# temporaries and allocator slack.
+_MEMORY_MARGIN = 1.5
+_SUGGESTED_TILES = (1024, 512, 256, 128, 64)
+
+
+def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, out_path,
+                dtype=np.uint8, disparity_out=None):
+    """Estimated bytes `run` needs beyond what the process already holds."""
+    from cspsr_tf import tiling
+
+    per_pixel = tiling.forward_bytes_per_pixel(model) * _MEMORY_MARGIN
+    out_pixels = height * width * scale * scale
+    out_bytes = out_pixels * 3 * np.dtype(dtype).itemsize
+    if tile is None:
+        # One pass; the float32 output is clipped, rounded in float64 and kept to the end.
+        need = per_pixel * height * width + out_pixels * 3 * (4 + 4 + 8) + 2 * out_bytes
+        if self_ensemble:
+            need += out_pixels * 3 * 4 * 2
+        return int(need)
+    max_disparity, align = tiling.model_geometry(model)
+    plan = tiling.TilePlan(height, width, tile, overlap, tiling.DEFAULT_CONTEXT,
+                           max_disparity, align)
+    biggest = max(h * w for h, w in plan.input_shapes(self_ensemble))
+    # Band, its handed-over copy, clipping and float64 rounding: about 5 float32 bands.
+    band = plan.tile_h * scale * width * scale * 3 * 4
+    need = per_pixel * biggest + 5 * band
+    if _extension(out_path) != ".png":  # held whole, plus OpenCV's copy while encoding
+        need += 2 * out_bytes
+    if disparity_out is not None and _extension(disparity_out) not in (".png", ".npy"):
+        need += 2 * height * width * 4
+    return int(need)
+
+
+def _check_memory(model, height, width, scale, tile, **kwargs):
+    from cspsr_tf import tiling
+
+    available = tiling.available_memory_bytes()
+    if available is not None:
+        _check_memory_against(model, height, width, scale, tile, available, **kwargs)
+
+
+def _check_memory_against(model, height, width, scale, tile, available, **kwargs):
+    """Raises InputError, suggesting a --tile that fits, when `available` bytes are short."""
+    need = memory_need(model, height, width, scale, tile=tile, **kwargs)
+    if need <= available:
+        return
+    fits = [t for t in _SUGGESTED_TILES if (tile is None or t < tile) and memory_need(
+        model, height, width, scale, tile=t, **kwargs) <= available]
+    gib = 2.0**30
+    what = "in one pass" if tile is None else f"with --tile={tile}"
+    advice = (f"use --tile={fits[0]} (streamed to a .png --out)" if fits
+              else "it does not fit even with --tile=64; free memory or use a smaller frame")
+    raise InputError(
+        f"a {width}x{height} frame needs about {need / gib:.1f} GiB {what}, but only "
+        f"{available / gib:.1f} GiB is free; {advice}"
+    )
+
+
+def _whole_frame_bands(model, vis, nir, scale, keys, self_ensemble):
+    """The whole-frame pass, as one band, like `tiling.iter_tiled_rows` hands them over."""
+    from cspsr_tf import tiling
+
+    outputs = tiling.predict(
+        model, _to_float(vis, "vis_rgb"), _to_float(nir, "nir")[..., np.newaxis], scale,
+        self_ensemble=self_ensemble, keys=keys,
+    )
+    yield 0, vis.shape[0], {key: value[0] for key, value in outputs.items()}
 
 
 def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=None,
-        overlap=8, self_ensemble=False):
+        overlap=8, self_ensemble=False, overwrite=False, stats=None):
     """Reads a pair of files, super-resolves it and writes the results.
 
-    Returns:
-        the `predict_pair` result.
+    With `tile`, memory stays bounded by one row of tiles: each finished band of rows goes
+    straight into the output file when it is a PNG (or .npy); other formats are assembled
+    whole in the output's pixel type.
+
+    Args:
+        stats: optional dict, filled with "scale", "output_size" (w, h), and with `tile`
+            "tiles", "forward_passes", "model_seconds" (see `tiling.iter_tiled_rows`).
 
     Raises:
-        InputError: for any problem with the arguments or files; nothing is written then.
+        InputError: for any problem with the arguments, the files or the memory needed;
+            nothing is written then.
     """
-    _check_outputs(out_path, disparity_out, tile, overlap)
+    _check_outputs(out_path, disparity_out, tile, overlap, overwrite)
     vis = read_vis(vis_path)
     nir = read_nir(nir_path)
     if vis.shape[:2] != nir.shape[:2]:
@@ -259,7 +388,9 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             f"--out {out_path}: a 16-bit input gives a 16-bit output; use .png or .tif"
         )
 
-    from cspsr_tf import model_io, tiling
+    import tensorflow as tf
+
+    from cspsr_tf import atomic_files, figures, model_io, tiling
 
     try:
         model, config = model_io.load_model(model_path)
@@ -270,19 +401,56 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
         raise InputError(
             f"--disparity_out: model {model_path} has no cross-view matching, so no disparity"
         )
+    scale = tiling.model_scale(model, config)
+    height, width = vis.shape[:2]
+    _check_memory(model, height, width, scale, tile, overlap=overlap,
+                  self_ensemble=self_ensemble, out_path=out_path, dtype=vis.dtype,
+                  disparity_out=disparity_out)
     logging.info(
         "Super-resolving %s + %s (%dx%d, %s) with %s", vis_path, nir_path,
-        vis.shape[1], vis.shape[0], vis.dtype, model_path,
+        width, height, vis.dtype, model_path,
     )
-    result = predict_pair(
-        model, config, vis, nir, tile=tile, overlap=overlap, self_ensemble=self_ensemble
-    )
-    files = {out_path: _encode_image(out_path, result["sr"])}
-    if disparity_out is not None:
-        files[disparity_out] = _encode_disparity(disparity_out, result["disp_l"], max_disparity)
-    _write_all(files)
-    logging.info("Wrote %s (%dx%d)", out_path, result["sr"].shape[1], result["sr"].shape[0])
-    return result
+    stats = {} if stats is None else stats
+    keys = ("vis_sr", "disp_l") if disparity_out is not None else ("vis_sr",)
+    if tile is None:
+        bands = _whole_frame_bands(model, vis, nir, scale, keys, self_ensemble)
+    else:
+        bands = tiling.iter_tiled_rows(
+            model, vis, nir[..., np.newaxis], scale, keys=keys, tile=tile, overlap=overlap,
+            self_ensemble=self_ensemble, stats=stats,
+        )
+
+    def disparity_rows(band):
+        if _extension(disparity_out) == ".png":
+            return figures.disparity_to_color(band[..., 0], max_disparity)
+        return band[..., 0].astype(np.float32)
+
+    with atomic_files.StagedFiles() as staged:
+        outputs = {"vis_sr": _OutputFile(
+            out_path, staged, (height * scale, width * scale, 3), vis.dtype,
+            lambda band: _sr_to_dtype(band, vis.dtype),
+        )}
+        if disparity_out is not None:
+            png = _extension(disparity_out) == ".png"
+            outputs["disp_l"] = _OutputFile(
+                disparity_out, staged, (height, width, 3 if png else 1),
+                np.uint8 if png else np.float32, disparity_rows,
+            )
+        try:
+            for _, _, band in bands:
+                for key, output in outputs.items():
+                    output.write(band[key])
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            advice = f"a --tile smaller than {tile}" if tile else "--tile=256"
+            raise InputError(
+                f"out of memory super-resolving the {width}x{height} frame; use {advice}"
+            ) from None
+        for output in outputs.values():
+            output.finish()
+        staged.commit()
+    stats.update(scale=scale, output_size=(width * scale, height * scale))
+    logging.info("Wrote %s (%dx%d)", out_path, width * scale, height * scale)
+    return stats
 
 
 def main(argv):
@@ -297,6 +465,7 @@ def main(argv):
         run(
             FLAGS.model, FLAGS.vis, FLAGS.nir, FLAGS.out, disparity_out=FLAGS.disparity_out,
             tile=FLAGS.tile, overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble,
+            overwrite=FLAGS.overwrite,
         )
     except InputError as error:
         fail("predict", str(error))

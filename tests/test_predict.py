@@ -12,10 +12,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from cspsr_tf import predict  # noqa: E402
-from cspsr_tf.configs import get_config  # noqa: E402
-from cspsr_tf.model import build_cspsr  # noqa: E402
+from cspsr_tf import predict, tiling  # noqa: E402
 from cspsr_tf.model_io import save_model  # noqa: E402
+from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
 SCALE = 2
 HEIGHT, WIDTH = 13, 17  # odd on purpose
@@ -24,12 +23,38 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
+    # Random weights everywhere: an untrained model's vis_sr is just the bicubic image.
     keras.utils.set_random_seed(5)
-    config = get_config("tiny", scale=SCALE)
-    model = build_cspsr(config)
+    model, config = tiny_perturbed_model(scale=SCALE, seed=5)
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
     save_model(model, config, path)
     return model, config, path
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    """A baseline (no CVM, no CSFT pooling) model: every op is local, so tiles are exact."""
+    keras.utils.set_random_seed(6)
+    model, config = tiny_perturbed_model(scale=SCALE, ablation="baseline", seed=6)
+    path = str(tmp_path_factory.mktemp("model") / "local.keras")
+    save_model(model, config, path)
+    return model, config, path
+
+
+def _model_outputs(model, vis, nir):
+    """The model called directly on the pair, outside the code under test."""
+    peak = float(np.iinfo(vis.dtype).max)
+    outputs = model(
+        {
+            "vis_lr": (vis.astype(np.float32) / peak)[np.newaxis],
+            "nir_lr": (nir.astype(np.float32) / peak)[np.newaxis, ..., np.newaxis],
+        },
+        training=False,
+    )
+    sr = np.clip(np.asarray(outputs["vis_sr"], np.float64)[0], 0, 1)
+    expected = np.round(sr * peak).astype(vis.dtype)
+    disp = np.asarray(outputs["disp_l"])[0, ..., 0] if "disp_l" in outputs else None
+    return expected, disp
 
 
 @pytest.fixture
@@ -43,11 +68,12 @@ def pair(tmp_path):
     return vis, nir, vis_path, nir_path
 
 
-def _cli(*args):
+def _cli(*args, umask=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", "cspsr_tf.predict", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
 
 
@@ -55,20 +81,14 @@ def test_predict_pair_matches_model(saved_model, pair):
     model, config, _ = saved_model
     vis, nir, _, _ = pair
     result = predict.predict_pair(model, config, vis, nir)
-    outputs = model(
-        {
-            "vis_lr": (vis.astype(np.float32) / 255)[np.newaxis],
-            "nir_lr": (nir.astype(np.float32) / 255)[np.newaxis, ..., np.newaxis],
-        },
-        training=False,
-    )
-    expected = np.round(np.clip(np.asarray(outputs["vis_sr"])[0], 0, 1) * 255).astype(np.uint8)
+    expected, disp = _model_outputs(model, vis, nir)
+    bicubic = cv2.resize(vis, (WIDTH * SCALE, HEIGHT * SCALE), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(expected.astype(int) - bicubic).mean() > 2  # the body shapes the output
     assert result["sr"].dtype == np.uint8
     assert result["sr"].shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
     # float32 round-off may move a value sitting on a rounding boundary by one level.
     assert np.abs(result["sr"].astype(int) - expected).max() <= 1
-    np.testing.assert_allclose(result["disp_l"], np.asarray(outputs["disp_l"])[0, ..., 0],
-                               atol=1e-5)
+    np.testing.assert_allclose(result["disp_l"], disp, atol=1e-5)
     tiled = predict.predict_pair(model, None, vis, nir[..., np.newaxis], tile=8, overlap=2)
     assert tiled["sr"].shape == result["sr"].shape and tiled["scale"] == SCALE
 
@@ -82,8 +102,90 @@ def test_cli_super_resolves_a_pair(saved_model, pair, tmp_path):
     assert proc.returncode == 0, proc.stderr
     sr = cv2.imread(out, cv2.IMREAD_UNCHANGED)
     assert sr.dtype == np.uint8 and sr.shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
+    expected, _ = _model_outputs(saved_model[0], *pair[:2])
+    assert np.abs(sr[..., ::-1].astype(int) - expected).max() <= 1
     assert cv2.imread(disp).shape == (HEIGHT, WIDTH, 3)
     assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".tmp")]
+
+
+def test_cli_tiled_output_is_streamed_and_exact(local_model, saved_model, pair, tmp_path):
+    """Tiles of a local model stitch exactly; the streamed PNG decodes to the model output."""
+    model, _, model_path = local_model
+    vis, nir, vis_path, nir_path = pair
+    out = str(tmp_path / "tiled.png")
+    proc = _cli("--model", model_path, "--vis", vis_path, "--nir", nir_path, "--out", out,
+                "--tile", "8", "--tile_overlap", "2")
+    assert proc.returncode == 0, proc.stderr
+    expected, _ = _model_outputs(model, vis, nir)
+    written = cv2.imread(out, cv2.IMREAD_UNCHANGED)
+    assert written.shape == expected.shape
+    assert np.abs(written[..., ::-1].astype(int) - expected).max() <= 1
+    # The full model: the disparity (local CVM, disparity margins) is stitched exactly too.
+    disp_path = str(tmp_path / "disp.npy")
+    stats = predict.run(saved_model[2], vis_path, nir_path, str(tmp_path / "full.png"),
+                        disparity_out=disp_path, tile=8, overlap=2)
+    assert stats["tiles"] == 6 and stats["output_size"] == (WIDTH * SCALE, HEIGHT * SCALE)
+    _, disp = _model_outputs(saved_model[0], vis, nir)
+    np.testing.assert_allclose(np.load(disp_path), disp, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["folder", "under_a_file"])
+def test_cli_out_path_that_cannot_be_a_file_exits_2(saved_model, pair, tmp_path, case):
+    _, _, model_path = saved_model
+    _, _, vis_path, nir_path = pair
+    if case == "folder":
+        out = str(tmp_path)
+    else:
+        out = str(tmp_path / "left.png" / "sr.png")  # left.png is a file
+    proc = _cli("--model", model_path, "--vis", vis_path, "--nir", nir_path, "--out", out)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and out in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["left.png", "right.png"]
+
+
+def test_cli_existing_out_needs_overwrite(saved_model, pair, tmp_path):
+    _, _, model_path = saved_model
+    _, _, vis_path, nir_path = pair
+    out = str(tmp_path / "sr.png")
+    with open(out, "wb") as f:
+        f.write(b"keep me")
+    os.chmod(out, 0o644)
+    args = ("--model", model_path, "--vis", vis_path, "--nir", nir_path, "--out", out)
+    proc = _cli(*args)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr.strip().splitlines()[-1]
+    with open(out, "rb") as f:
+        assert f.read() == b"keep me"
+    # Replaced, it gets the mode a new file gets under the umask (not mkstemp's 0600).
+    proc = _cli(*args, "--overwrite", umask=0o002)
+    assert proc.returncode == 0, proc.stderr
+    assert cv2.imread(out).shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
+    assert os.stat(out).st_mode & 0o777 == 0o664
+
+
+def test_not_enough_memory_is_one_line_with_a_tile_hint(saved_model, pair, tmp_path,
+                                                        monkeypatch):
+    _, _, model_path = saved_model
+    _, _, vis_path, nir_path = pair
+    out = str(tmp_path / "sr.png")
+    monkeypatch.setattr(tiling, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(predict.InputError, match=r"17x13 frame needs about .* GiB.*--tile"):
+        predict.run(model_path, vis_path, nir_path, out)
+    assert not os.path.exists(out)
+
+
+def test_memory_estimate_of_a_large_frame(saved_model):
+    """The issue's 8000x8000 x2 pair: far too big in one pass, small with --tile=256."""
+    model = saved_model[0]
+    gib = 2**30
+    kwargs = dict(overlap=8, self_ensemble=False, out_path="sr.png")
+    whole = predict.memory_need(model, 8000, 8000, SCALE, tile=None, **kwargs)
+    tiled = predict.memory_need(model, 8000, 8000, SCALE, tile=256, **kwargs)
+    # Layer outputs alone: the tiny model keeps > 600 bytes per LR pixel (32 MPx -> > 35 GiB).
+    assert whole > 35 * gib and tiled < 1 * gib
+    with pytest.raises(predict.InputError, match=r"8000x8000 .* use --tile=1024"):
+        predict._check_memory_against(model, 8000, 8000, SCALE, None, 4 * gib, **kwargs)
 
 
 def test_cli_size_mismatch_exits_2(saved_model, pair, tmp_path):
@@ -126,22 +228,27 @@ def test_missing_model_is_an_input_error(pair, tmp_path):
 
 
 def test_16_bit_input_gives_16_bit_output(saved_model, tmp_path):
-    _, _, model_path = saved_model
+    model, _, model_path = saved_model
     rng = np.random.default_rng(1)
     vis = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
     nir = rng.integers(0, 65536, (HEIGHT, WIDTH), dtype=np.uint16)
     vis_path, nir_path = str(tmp_path / "v16.png"), str(tmp_path / "n16.tif")
     cv2.imwrite(vis_path, cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
     cv2.imwrite(nir_path, np.repeat(nir[..., np.newaxis], 3, axis=-1))  # 3 equal channels
-    out, disp = str(tmp_path / "sr16.png"), str(tmp_path / "disp.npy")
-    result = predict.run(model_path, vis_path, nir_path, out, disparity_out=disp)
-    written = cv2.imread(out, cv2.IMREAD_UNCHANGED)
-    assert written.dtype == np.uint16 and written.shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
-    np.testing.assert_array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), result["sr"])
-    np.testing.assert_allclose(written[..., ::-1] / 65535.0, result["sr_float"], atol=1e-5)
-    assert np.load(disp).shape == (HEIGHT, WIDTH)
-    # 16-bit precision is kept: not just 8-bit values times 257.
-    assert np.any(written % 257 != 0)
+    expected, disp = _model_outputs(model, vis, nir)
+    for tile in (None, 8):
+        out, disp_path = str(tmp_path / f"sr16_{tile}.png"), str(tmp_path / f"d_{tile}.npy")
+        predict.run(model_path, vis_path, nir_path, out, disparity_out=disp_path, tile=tile,
+                    overlap=2)
+        written = cv2.imread(out, cv2.IMREAD_UNCHANGED)
+        assert written.dtype == np.uint16
+        assert written.shape == (HEIGHT * SCALE, WIDTH * SCALE, 3)
+        assert np.load(disp_path).shape == (HEIGHT, WIDTH)
+        # 16-bit precision is kept: not just 8-bit values times 257.
+        assert np.any(written % 257 != 0)
+        if tile is None:
+            assert np.abs(written[..., ::-1].astype(int) - expected).max() <= 1
+            np.testing.assert_allclose(np.load(disp_path), disp, atol=1e-5)
 
 
 def test_readers_channel_rules(tmp_path):
