@@ -47,7 +47,9 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
             )
     model, config = model_io.load_model(model_path)
     scale = tiling.model_scale(model, config)
-    all_results = {}
+    # Every (dataset, split) is opened before any is evaluated, so that a bad one (an unknown
+    # split, an empty or broken dataset) fails before anything is written.
+    jobs = []
     for name in datasets:
         for split in splits:
             raw = sources.load_split(name, split, data_dir, manual_dir)
@@ -55,19 +57,22 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
                 raw, scale=scale, degradation=None if degradation == "none" else degradation
             )
             label = f"{name}_{split}".replace("[", "_").replace("]", "").replace(":", "-")
-            results = evaluation.evaluate_dataset(
-                model, config, eval_ds, scale=scale, tile=tile, overlap=tile_overlap,
-                self_ensemble=self_ensemble, out_dir=os.path.join(out_dir, label),
-                save_images=save_images, max_frames=max_frames,
-                model_name=os.path.basename(os.path.normpath(model_path)),
-            )
-            all_results[label] = results
-            mean = results["mean"]
-            logging.info(
-                "%s: model %.3f dB / bicubic %.3f dB (standard protocol, %d frames)",
-                label, mean["model"]["standard"]["psnr"], mean["bicubic"]["standard"]["psnr"],
-                mean["num_frames"],
-            )
+            jobs.append((label, eval_ds))
+    all_results = {}
+    for label, eval_ds in jobs:
+        results = evaluation.evaluate_dataset(
+            model, config, eval_ds, scale=scale, tile=tile, overlap=tile_overlap,
+            self_ensemble=self_ensemble, out_dir=os.path.join(out_dir, label),
+            save_images=save_images, max_frames=max_frames,
+            model_name=os.path.basename(os.path.normpath(model_path)),
+        )
+        all_results[label] = results
+        mean = results["mean"]
+        logging.info(
+            "%s: model %.3f dB / bicubic %.3f dB (standard protocol, %d frames)",
+            label, mean["model"]["standard"]["psnr"], mean["bicubic"]["standard"]["psnr"],
+            mean["num_frames"],
+        )
     lines = [f"# Evaluation of `{model_path}` (x{scale})", ""]
     for label, results in all_results.items():
         lines += [f"## {label}", "", evaluation.results_markdown(results), ""]

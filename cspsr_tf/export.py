@@ -8,7 +8,8 @@ width:
 - `serving_default`: `vis_lr` uint8 [B, H, W, 3] (RGB, 0-255) and `nir_lr` uint8
   [B, H, W, 1]; returns `vis_sr` uint8 [B, H*s, W*s, 3] (rounded, clipped to 0..255).
 - `serving_float`: the same with float32 images in [0, 1]; `vis_sr` is float32 and not
-  clipped (exactly the Keras model's output).
+  clipped (exactly the Keras model's output). Inputs outside [-0.1, 1.1] fail with
+  `FLOAT_RANGE_MESSAGE` (0-255 data given as floats).
 
 Models with a cross-view matching module also return `disp_l` and `disp_r`, float32
 [B, H, W, 1], the left / right disparities in LR pixels.
@@ -17,27 +18,37 @@ Models with a cross-view matching module also return `disp_l` and `disp_r`, floa
 import json
 import os
 import shutil
-import tempfile
 import uuid
 
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf import model_io
+from cspsr_tf import model_io, scratch_dirs
+
+# Re-exported: the metadata file and the scale probe live in model_io, which reads them.
+METADATA_FILE = model_io.METADATA_FILE
+infer_scale = model_io.infer_scale
 
 SERVING_DEFAULT = "serving_default"
 SERVING_FLOAT = "serving_float"
-INPUT_NAMES = ("vis_lr", "nir_lr")
+INPUT_NAMES = model_io.INPUT_NAMES
 DISPARITY_OUTPUTS = ("disp_l", "disp_r")
-# Written beside the SavedModel's own files. TensorFlow ignores `assets.extra/`; it tells a
-# person (or a serving script) which model, scale and signatures the export holds.
-METADATA_FILE = os.path.join("assets.extra", "cspsr_export.json")
 
 SIZE_MISMATCH_MESSAGE = "vis_lr and nir_lr must have the same height and width"
 BATCH_MISMATCH_MESSAGE = "vis_lr and nir_lr must have the same batch size"
 EMPTY_IMAGE_MESSAGE = "vis_lr and nir_lr must be at least 1x1 pixels"
 VIS_CHANNELS_MESSAGE = "vis_lr must have 3 channels (RGB)"
 NIR_CHANNELS_MESSAGE = "nir_lr must have 1 channel"
+# serving_float takes images in [0, 1]. Values outside by more than FLOAT_RANGE_TOLERANCE
+# are refused: 0-255 data fed to it (e.g. a uint8 array cast by saved_model_cli) would
+# otherwise give garbage silently. The tolerance lets through the overshoot of resampling a
+# [0, 1] image at a step edge: at most 0.07 for bicubic (a = -0.5), about 0.08 for Lanczos3
+# downscaling (measured with tf.image.resize).
+FLOAT_RANGE_TOLERANCE = 0.1
+FLOAT_RANGE_MESSAGE = (
+    "serving_float takes float32 images in [0, 1] (uint8 values divided by 255); use "
+    "serving_default for uint8 images in 0..255"
+)
 
 
 def _input_signature(dtype):
@@ -78,6 +89,20 @@ def _checked_pair(vis_lr, nir_lr):
         tf.debugging.assert_equal(vis_shape[1:3], nir_shape[1:3], message=SIZE_MISMATCH_MESSAGE),
         tf.debugging.assert_positive(vis_shape[1:3], message=EMPTY_IMAGE_MESSAGE),
     ]
+    with tf.control_dependencies(checks):
+        return tf.identity(vis_lr), tf.identity(nir_lr)
+
+
+def _checked_range(vis_lr, nir_lr):
+    """The float inputs, gated on their values lying in [0, 1] (within the tolerance)."""
+    low, high = -FLOAT_RANGE_TOLERANCE, 1.0 + FLOAT_RANGE_TOLERANCE
+    checks = []
+    for image in (vis_lr, nir_lr):
+        # min/max of an empty image are +inf/-inf and pass; `_checked_pair` reports it.
+        checks.append(tf.debugging.assert_greater_equal(
+            tf.reduce_min(image), low, message=FLOAT_RANGE_MESSAGE))
+        checks.append(tf.debugging.assert_less_equal(
+            tf.reduce_max(image), high, message=FLOAT_RANGE_MESSAGE))
     with tf.control_dependencies(checks):
         return tf.identity(vis_lr), tf.identity(nir_lr)
 
@@ -142,7 +167,7 @@ class CSPSRServingModule(tf.Module):
         return result
 
     def _serve_float(self, vis_lr, nir_lr):
-        return self._predict(vis_lr, nir_lr)
+        return self._predict(*_checked_range(vis_lr, nir_lr))
 
     def _serve_uint8(self, vis_lr, nir_lr):
         # Calling the float tf.function (not _predict) traces the model once for both.
@@ -152,33 +177,6 @@ class CSPSRServingModule(tf.Module):
         vis_sr = tf.clip_by_value(tf.round(result["vis_sr"] * 255.0), 0.0, 255.0)
         result["vis_sr"] = tf.cast(vis_sr, tf.uint8)
         return result
-
-
-def infer_scale(model, config=None):
-    """The model's SR factor, measured with one small forward pass (checked against config).
-
-    Raises:
-        ValueError: the model does not return a dict with `vis_sr` of an integer scale, or
-            it disagrees with `config.scale`.
-    """
-    size = 4
-    probe = {
-        "vis_lr": tf.zeros([1, size, size, 3], tf.float32),
-        "nir_lr": tf.zeros([1, size, size, 1], tf.float32),
-    }
-    outputs = model(probe, training=False)
-    if not isinstance(outputs, dict) or "vis_sr" not in outputs:
-        raise ValueError(
-            "Expected a CSPSR model returning a dict with 'vis_sr'. Received outputs: "
-            f"{type(outputs).__name__}{sorted(outputs) if isinstance(outputs, dict) else ''}"
-        )
-    height, width = outputs["vis_sr"].shape[1:3]
-    scale = height // size
-    if height != width or height % size or scale < 1:
-        raise ValueError(f"A {size}x{size} input gave vis_sr of {height}x{width}: not an SR model")
-    if config is not None and config.scale != scale:
-        raise ValueError(f"The config says scale={config.scale} but the model upsamples x{scale}")
-    return scale
 
 
 def check_target(out_dir, overwrite=False):
@@ -218,17 +216,16 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
     module = CSPSRServingModule(model, scale, multiple=multiple)
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
+    # Temporary directories of earlier exports to this target that were killed (kill -9,
+    # power loss) are removed; those of a live export hold a lock and are kept.
+    scratch_dirs.remove_stale(parent, _scratch_prefix(name))
+    with scratch_dirs.locked_scratch_dir(parent, _scratch_prefix(name)) as tmp_dir:
         # mkdtemp makes the directory private (0700); give it the mode of an ordinary new
         # directory, so that a server running as another user can read the export.
         os.chmod(tmp_dir, 0o777 & ~_current_umask())
         tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
         _write_metadata(tmp_dir, module, config, scale, multiple)
         _move_into_place(tmp_dir, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     logging.info("Exported SavedModel (x%d, %s) to %s", scale, sorted(module.signatures()), out_dir)
     return out_dir
 
@@ -243,6 +240,11 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1):
     check_target(out_dir, overwrite)
     model, config = model_io.load_model(model_path)
     return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple)
+
+
+def _scratch_prefix(name):
+    """Prefix of the hidden temporary directories of an export to `<parent>/<name>`."""
+    return f".{name}.tmp-"
 
 
 def _current_umask():

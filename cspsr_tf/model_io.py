@@ -3,6 +3,7 @@
 import json
 import os
 import types
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -15,6 +16,21 @@ from cspsr_tf.model import build_cspsr
 # tf.train.Checkpoint(model=..., optimizer=..., step=...)).
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
+# Written by `cspsr_tf.export` beside a SavedModel's own files (TensorFlow ignores
+# `assets.extra/`): the scale, signatures and model config of the export. Defined here, where
+# it is read, so that export.py imports this module and not the other way round.
+METADATA_FILE = os.path.join("assets.extra", "cspsr_export.json")
+# The inputs and the output every CSPSR model has.
+INPUT_NAMES = ("vis_lr", "nir_lr")
+SR_OUTPUT = "vis_sr"
+
+
+class ModelLoadError(ValueError):
+    """A model path that exists but holds no usable CSPSR model; `str(error)` is one line.
+
+    A ValueError, so the entry points that report ValueErrors as one line (predict, evaluate,
+    export) report it too.
+    """
 
 
 def weights_by_path(layer):
@@ -78,18 +94,99 @@ class SavedModelAdapter:
         raise ValueError(f"No layer {name!r} in SavedModel {self.name}")
 
 
-def _load_savedmodel(path):
-    from cspsr_tf.export import METADATA_FILE
+def infer_scale(model, config=None):
+    """The model's SR factor, measured with one small forward pass (checked against config).
 
+    Raises:
+        ModelLoadError: the model does not return a dict with `vis_sr` of an integer scale,
+            or it disagrees with `config.scale`.
+    """
+    size = 4
+    probe = {
+        "vis_lr": tf.zeros([1, size, size, 3], tf.float32),
+        "nir_lr": tf.zeros([1, size, size, 1], tf.float32),
+    }
+    outputs = model(probe, training=False)
+    if not isinstance(outputs, dict) or SR_OUTPUT not in outputs:
+        raise ModelLoadError(
+            "Expected a CSPSR model returning a dict with 'vis_sr'. Received outputs: "
+            f"{type(outputs).__name__}{sorted(outputs) if isinstance(outputs, dict) else ''}"
+        )
+    height, width = outputs[SR_OUTPUT].shape[1:3]
+    scale = height // size
+    if height != width or height % size or scale < 1:
+        raise ModelLoadError(
+            f"A {size}x{size} input gave vis_sr of {height}x{width}: not an SR model"
+        )
+    if config is not None and config.scale != scale:
+        raise ModelLoadError(
+            f"The config says scale={config.scale} but the model upsamples x{scale}"
+        )
+    return scale
+
+
+def _one_line(error, limit=300):
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_cspsr_model(model, config, path):
+    """Raises ModelLoadError unless `model` takes an LR pair and returns `vis_sr` (any Keras
+    model loads from a .keras file; this catches the wrong one at load time, in one line)."""
+    try:
+        infer_scale(model, config)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{path} is not a usable CSPSR model: {error}") from None
+    except Exception as error:  # A model of another kind fails in its own way on the probe.
+        raise ModelLoadError(
+            f"{path} is not a CSPSR model (it must take inputs {', '.join(INPUT_NAMES)} and "
+            f"return {SR_OUTPUT}): {type(error).__name__}: {_one_line(error, 160)}"
+        ) from None
+
+
+def _load_savedmodel(path):
     config = None
     metadata_path = os.path.join(path, METADATA_FILE)
     if os.path.isfile(metadata_path):
-        with open(metadata_path) as f:
-            values = json.load(f).get("model_config")
-        config = CSPSRConfig.from_dict(values) if values else None
+        try:
+            with open(metadata_path) as f:
+                values = json.load(f).get("model_config")
+            config = CSPSRConfig.from_dict(values) if values else None
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise ModelLoadError(f"Cannot read {metadata_path}: {_one_line(error)}") from None
     if config is None:
-        raise ValueError(f"SavedModel {path} has no {METADATA_FILE} with the model config")
-    return SavedModelAdapter(path, config), config
+        raise ModelLoadError(f"SavedModel {path} has no {METADATA_FILE} with the model config")
+    try:
+        return SavedModelAdapter(path, config), config
+    except (OSError, KeyError, ValueError, tf.errors.OpError) as error:
+        raise ModelLoadError(f"Cannot load SavedModel {path}: {_one_line(error)}") from None
+
+
+def _load_keras_file(path):
+    # Keras reports any file that is not a zip archive as "File not found"; say what it is.
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path} is not a valid .keras file (not a zip archive: corrupt, truncated or "
+            "another format)"
+        )
+    try:
+        # safe_mode=True (the default, stated so it stays): a .keras file that asks to run
+        # arbitrary Python (a Lambda layer's bytecode) is refused, not executed.
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a damaged archive.
+        raise ModelLoadError(
+            f"Cannot load model {path}: {type(error).__name__}: {_one_line(error)}"
+        ) from None
+    config = None
+    sidecar = path + ".config.json"
+    if os.path.isfile(sidecar):
+        try:
+            with open(sidecar) as f:
+                config = CSPSRConfig.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise ModelLoadError(f"Cannot read {sidecar}: {_one_line(error)}") from None
+    _check_cspsr_model(model, config, path)
+    return model, config
 
 
 def load_model(path):
@@ -98,7 +195,13 @@ def load_model(path):
     A SavedModel exported by `cspsr_tf.export` comes back as a `SavedModelAdapter`.
 
     For a `.keras` file the config is read from `<file>.config.json` beside it (written by
-    `save_model`) when present, else it is None.
+    `save_model`) when present, else it is None; the model is checked to be a CSPSR model
+    (one 4x4 forward pass).
+
+    Raises:
+        FileNotFoundError: nothing at `path`, or a training directory without checkpoints.
+        ModelLoadError (a ValueError): a file that is corrupt, not a CSPSR model, or that
+            Keras's safe mode refuses; the message is one line naming the file.
     """
     _import_layers()
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -117,17 +220,10 @@ def load_model(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model not found: {path}")
     if not path.endswith(".keras"):
-        raise ValueError(f"Expected a .keras file or a training directory. Received: {path}")
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as error:  # Keras raises many types for a corrupt archive.
-        raise ValueError(f"Cannot load model {path}: {type(error).__name__}: {error}") from None
-    config = None
-    sidecar = path + ".config.json"
-    if os.path.isfile(sidecar):
-        with open(sidecar) as f:
-            config = CSPSRConfig.from_dict(json.load(f))
-    return model, config
+        raise ModelLoadError(
+            f"Expected a .keras file, a training directory or a SavedModel. Received: {path}"
+        )
+    return _load_keras_file(path)
 
 
 def save_model(model, config, path):

@@ -1,6 +1,6 @@
 """Regenerates the tiny `dummy_data/` folders of the manual builders (deterministic).
 
-    cd /work/main && .venv/bin/python -m datasets.make_dummy_data
+    .venv/bin/python -m datasets.make_dummy_data   (from the repository root)
 
 Each folder mirrors the real layout of its dataset with a few 16x12 images (a few KB in all).
 """

@@ -11,9 +11,8 @@ import tensorflow as tf
 from skimage.metrics import peak_signal_noise_ratio
 
 from cspsr_tf import model_io
-from cspsr_tf.configs import get_config
-from cspsr_tf.model import build_cspsr
 from tests.conftest import ROOT
+from tests.model_helpers import tiny_perturbed_model
 
 
 def run_evaluate(args):
@@ -26,8 +25,9 @@ def run_evaluate(args):
 
 @pytest.fixture(scope="module")
 def tiny_model_path(tmp_path_factory):
-    config = get_config("tiny", scale=2)
-    model = build_cspsr(config)
+    # Perturbed weights: an untrained model's output is exactly bicubic, which would hide a
+    # lost network body.
+    model, config = tiny_perturbed_model(scale=2)
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
     model_io.save_model(model, config, path)
     return path
@@ -72,6 +72,7 @@ def test_evaluate_writes_tables_with_an_independently_checked_bicubic(
     assert set(frame) >= {"model", "bicubic"}
     expected = independent_bicubic_psnr(synthetic_data_dir, 2)
     assert frame["bicubic"]["standard"]["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert abs(frame["model"]["standard"]["psnr"] - expected) > 0.01  # the model ran
     table = (folder / "results.md").read_text()
     assert "Bicubic" in table and "tiny.keras" in table
     assert (out / "summary.md").exists()
@@ -81,15 +82,27 @@ def test_evaluate_writes_tables_with_an_independently_checked_bicubic(
 
 
 def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_path):
+    import keras
+
+    other = str(tmp_path / "classifier.keras")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(other)
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(open(tiny_model_path, "rb").read()[:1000])
     cases = [
         ([f"--model={tmp_path / 'missing.keras'}"], "missing.keras"),
+        ([f"--model={other}"], "is not a CSPSR model"),
+        ([f"--model={corrupt}"], "not a valid .keras file"),
         ([f"--model={tiny_model_path}", "--dataset=imagenet"], "unknown dataset"),
-        ([f"--model={tiny_model_path}", "--split=validation"], "no split"),
+        # A bad split after a good one: checked before anything is evaluated or written.
+        ([f"--model={tiny_model_path}", "--split=test,validation"], "no split"),
     ]
     for args, message in cases:
-        result = run_evaluate([*args, f"--data_dir={synthetic_data_dir}", f"--out_dir={tmp_path / 'o'}"])
+        out = tmp_path / "o"
+        result = run_evaluate([*args, f"--data_dir={synthetic_data_dir}", f"--out_dir={out}"])
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in result.stderr
+        assert not out.exists(), (args, sorted(str(p) for p in out.rglob("*")))
 
 
 def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
@@ -97,12 +110,8 @@ def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
 ):
     from cspsr_tf import export
 
-    model, config = model_io.load_model(tiny_model_path)
-    # Perturb the zero-initialised reconstruction so the model differs from bicubic.
-    for layer in (model.get_layer("vis_recon_conv"), model.get_layer("nir_recon_conv")):
-        layer.kernel.assign(np.random.default_rng(0).normal(0, 0.01, layer.kernel.shape))
-    keras_path = str(tmp_path / "perturbed.keras")
-    model_io.save_model(model, config, keras_path)
+    model, config = model_io.load_model(tiny_model_path)  # perturbed weights
+    keras_path = tiny_model_path
     saved = export.export_savedmodel(model, config, str(tmp_path / "exported"))
     numbers = {}
     for name, path in (("keras", keras_path), ("savedmodel", saved)):

@@ -1,8 +1,9 @@
 """Tests of the SavedModel export (cspsr_tf/export.py) and its entry point.
 
-A single tiny CSPSR export is shared by the module (each export costs seconds); the tests of
-the atomic write use a one-layer stand-in model, whose export is fast and whose exact output
-(nearest-neighbour upsampling) is known.
+A single tiny CSPSR export is shared by the module (each export costs seconds); its weights
+are perturbed (tests/model_helpers.py), so its output is not the bicubic skip and a network
+body lost on the way would show. The tests of the atomic write use a one-layer stand-in model,
+whose export is fast and whose exact output (nearest-neighbour upsampling) is known.
 """
 
 import json
@@ -17,10 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf import export
+from cspsr_tf import export, model_io, scratch_dirs
 from cspsr_tf.configs import get_config
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.model_io import save_model
+from tests.model_helpers import tiny_perturbed_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "export", "export_savedmodel.py")
@@ -45,8 +47,7 @@ def _run(args, cwd=None, timeout=120):
 @pytest.fixture(scope="module")
 def tiny():
     keras.utils.set_random_seed(0)
-    config = get_config("tiny", "full", scale=SCALE)
-    model = build_cspsr(config)
+    model, config = tiny_perturbed_model(scale=SCALE)
     model({"vis_lr": tf.zeros([1, 8, 8, 3]), "nir_lr": tf.zeros([1, 8, 8, 1])})
     return model, config
 
@@ -108,6 +109,9 @@ def test_float_signature_equals_in_memory_model(tiny, loaded):
     want = model({"vis_lr": vis, "nir_lr": nir}, training=False)
     assert set(got) == {"vis_sr", "disp_l", "disp_r"}
     assert got["vis_sr"].shape == (2, 24, 40, 3)
+    # The network body shapes the output: it is not the bicubic skip alone.
+    bicubic = bicubic_upscale(vis[0], SCALE).numpy()
+    assert np.abs(got["vis_sr"].numpy()[0] - bicubic).mean() > 0.005
     for key in got:
         assert got[key].dtype == tf.float32
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
@@ -197,6 +201,21 @@ def test_saved_model_cli_show_lists_signatures_inputs_and_outputs(exported):
         assert name in text
 
 
+def test_saved_model_cli_run_refuses_uint8_data_given_to_serving_float(exported, tmp_path):
+    vis, nir = _random_pair(np.random.default_rng(7), 1, 5, 7)
+    np.save(tmp_path / "vis.npy", vis)
+    np.save(tmp_path / "nir.npy", nir)
+    result = _run(
+        [SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
+         "--signature_def", "serving_float", "--inputs", "vis_lr=vis.npy;nir_lr=nir.npy",
+         "--outdir", str(tmp_path / "outputs")],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "serving_float takes float32 images in [0, 1]" in result.stderr
+    assert not (tmp_path / "outputs" / "vis_sr.npy").exists()
+
+
 def test_saved_model_cli_run_on_npy_files(tiny, exported, tmp_path):
     model, _ = tiny
     vis, nir = _random_pair(np.random.default_rng(4), 1, 5, 7)
@@ -238,9 +257,27 @@ def test_padding_multiple_crops_outputs_back_exactly(upsampler):
 
 
 def test_infer_scale_checks_the_config(upsampler):
-    assert export.infer_scale(upsampler) == SCALE
+    assert model_io.infer_scale(upsampler) == SCALE
     with pytest.raises(ValueError, match="scale=4"):
-        export.infer_scale(upsampler, get_config("tiny", "full", scale=4))
+        model_io.infer_scale(upsampler, get_config("tiny", "full", scale=4))
+
+
+# serving_float refuses 0-255 data (issue 9, item 11).
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 255.0), (-2.0, 0.5), (0.0, 1.2)])
+def test_float_signature_refuses_values_outside_0_1(loaded, low, high):
+    vis = tf.constant(np.linspace(low, high, 8 * 8 * 3, dtype=np.float32).reshape(1, 8, 8, 3))
+    for args in ((vis, tf.fill([1, 8, 8, 1], 0.5)), (tf.fill([1, 8, 8, 3], 0.5), vis[..., :1])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"serving_float takes float32"):
+            loaded.signatures["serving_float"](vis_lr=args[0], nir_lr=args[1])
+
+
+def test_float_signature_tolerates_resampling_overshoot(loaded):
+    # Bicubic resampling of a [0, 1] image overshoots a little; that still runs.
+    vis = tf.constant(np.linspace(-0.09, 1.09, 8 * 8 * 3, dtype=np.float32).reshape(1, 8, 8, 3))
+    got = loaded.signatures["serving_float"](vis_lr=vis, nir_lr=tf.fill([1, 8, 8, 1], 1.05))
+    assert got["vis_sr"].shape == (1, 16, 16, 3)
 
 
 # The atomic write.
@@ -251,6 +288,28 @@ def test_crash_during_save_leaves_no_target_and_no_temporary_dir(upsampler, tmp_
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
     assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupted_exports_temporary_dir_is_removed_by_the_next_export(upsampler, tmp_path):
+    """Issue 9: a kill -9 mid-export left `.model.tmp-*` for good; only dead ones go."""
+    stale = tmp_path / ".model.tmp-abcd1234"  # left by a killed export of the same target
+    (stale / "variables").mkdir(parents=True)
+    live = tmp_path / ".model.tmp-live0000"  # an export still running: it holds the lock
+    live.mkdir()
+    young = tmp_path / ".model.tmp-young000"  # just made, its lock not yet taken
+    young.mkdir()
+    others = [tmp_path / ".other.tmp-abcd1234", tmp_path / ".model.tmp-abcd1234.keep"]
+    for path in others:
+        path.mkdir()
+    for path in (stale, live, *others):
+        os.utime(path, (1, 1))
+    live_lock = scratch_dirs._try_lock(str(live))
+    try:
+        export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
+    finally:
+        os.close(live_lock)
+    names = {live.name, young.name, "model", *(p.name for p in others)}
+    assert set(os.listdir(tmp_path)) == names
 
 
 def test_existing_target_is_kept_without_overwrite(upsampler, tmp_path):
@@ -319,8 +378,10 @@ def test_cli_missing_model_exits_2_naming_the_file(tmp_path):
 def test_export_from_path_names_a_corrupt_keras_file(tmp_path):
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip archive")
-    with pytest.raises(ValueError, match=re.escape(str(corrupt))):
+    with pytest.raises(ValueError, match=re.escape(str(corrupt))) as info:
         export.export_from_path(str(corrupt), str(tmp_path / "saved"))
+    assert "not a valid .keras file" in str(info.value)
+    assert "not found" not in str(info.value).lower()
     assert os.listdir(tmp_path) == ["corrupt.keras"]
 
 
