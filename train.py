@@ -5,14 +5,24 @@
 
 Every field of the run config (cspsr_tf.training.TrainConfig) and of the model config
 (cspsr_tf.configs.CSPSRConfig) is a flag; `--helpfull` lists them. Running the same command
-again resumes from the last checkpoint in --model_dir. Bad settings print one line and exit
-with code 2.
+again resumes from the last checkpoint in --model_dir (also after the folder was moved); the
+learning rate, the length and the logging may change on resume.
+
+Exit codes:
+    0  trained to --steps, or stopped by the --max_minutes budget (final.keras written)
+    2  a bad setting, a bad dataset, or a diverged run (non-finite loss): one line on stderr
+       saying what to change; a run that fails before its first checkpoint leaves nothing
+    3  stopped early by SIGTERM: the checkpoint is saved and the same command resumes
 """
 
+import sys
+
 from cspsr_tf.cli import (
+    STOPPED_EARLY,
     define_dataclass_flags,
     fail,
     flag_values,
+    quiet_dataset_progress,
     quiet_library_logs,
     quiet_tensorflow,
 )
@@ -55,7 +65,7 @@ TRAIN_HELP = {
     "cvm_consistency": "Weight of the left-right consistency term in --stage=cvm.",
     "save_every": "Checkpoint every N steps (a killed run loses at most N steps).",
     "eval_every": "Validate every N steps (0: never).",
-    "log_every": "Write TensorBoard scalars every N steps.",
+    "log_every": "Write TensorBoard scalars every N steps; also a progress line when stdout is not a terminal.",
     "val_frames": "Number of validation frames.",
     "val_crop": "Validation frames are cropped to this HR size (top-left) to keep validation quick.",
 }
@@ -90,6 +100,7 @@ def main(argv):
         fail("train.py", f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
+    quiet_dataset_progress()
     try:
         train_config, model_config = training.build_configs(
             flag_values(FLAGS, training.train_config_fields()),
@@ -98,7 +109,18 @@ def main(argv):
         summary = training.run_training(train_config, model_config)
     except (training.ConfigError, DataError, FileNotFoundError) as error:
         fail("train.py", str(error), getattr(error, "details", ""))
-    print(f"Trained to step {summary['step']}; outputs in {summary['model_dir']}")
+    step, target, where = summary["step"], summary["target_steps"], summary["model_dir"]
+    if summary["stopped"] == "sigterm":
+        print(
+            f"train.py: stopped early by SIGTERM at step {step} of {target}; checkpoint saved in "
+            f"{where}; run the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(STOPPED_EARLY)
+    if summary["stopped"] == "time_budget":
+        print(f"Stopped at step {step} of {target} (--max_minutes reached); outputs in {where}")
+    else:
+        print(f"Trained to step {step}; outputs in {where}")
 
 
 if __name__ == "__main__":

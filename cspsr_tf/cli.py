@@ -4,6 +4,8 @@ import os
 import sys
 
 USAGE_ERROR = 2
+# A run stopped before its end (SIGTERM) with its checkpoint saved: the same command resumes.
+STOPPED_EARLY = 3
 
 
 def quiet_tensorflow():
@@ -13,7 +15,10 @@ def quiet_tensorflow():
     ("Could not find cuda drivers", "failed call to cuInit") are written before the log level
     is read. They are harmless on a CPU-only machine, so the process's stderr is pointed at
     /dev/null while TensorFlow loads and looks for devices; Python errors are unaffected.
-    Set CSPSR_VERBOSE_TF=1 to see everything.
+    TF 2.21 writes its oneDNN and CUDA lines before its log level is applied, so the variable
+    alone does not hide them: an entry point that imports TensorFlow lazily (after checking
+    its arguments) must call this just before that import, not only set the variable.
+    Calling it again is free. Set CSPSR_VERBOSE_TF=1 to see everything.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.environ.get("CSPSR_VERBOSE_TF") == "1" or "tensorflow" in sys.modules:
@@ -44,6 +49,18 @@ def quiet_library_logs():
             return record.levelno >= std_logging.WARNING or not noisy
 
     absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
+def quiet_dataset_progress():
+    """No TFDS progress bars when stderr is not a terminal.
+
+    The bars of a dataset's preparation redraw on every example: in a log file they bury the
+    lines that matter, an error message among them.
+    """
+    if not sys.stderr.isatty():
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
 
 
 def fail(program, message, details=""):

@@ -11,16 +11,24 @@ A training directory (`model_dir`) holds:
     best.keras           the model with the best validation PSNR (standard protocol)
     final.keras          the model at the last step
     cvm/                 the CVM weights alone, after `--stage=cvm`
-    metrics.jsonl        one JSON line per validation
+    metrics.jsonl        one JSON line per validation (cut back to the restored step on resume)
     tensorboard/         TensorBoard logs
-Running the same command again resumes from the latest checkpoint.
+Running the same command again resumes from the latest checkpoint, also after the folder was
+moved or is spelled differently. A run that fails before its first checkpoint leaves nothing.
+
+`run_training` reads top to bottom as: set-up (check the config and the data before anything
+is written), `select_stage` (what is trained and with which loss: the one place to change for
+a new stage or loss term), `make_train_step`, `restore_or_initialise`, `_train_loop`, and
+`_run_validation`.
 """
 
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
+import sys
 import time
 
 import keras
@@ -38,13 +46,24 @@ from cspsr_tf.model import build_cspsr
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 STAGES = ("sr", "cvm")
 LR_SCHEDULES = ("constant", "cosine")
-# Fields that may change when a run is resumed (its length and its logging), all others must
-# match the config.json of the training directory.
-RESUMABLE_FIELDS = ("steps", "max_minutes", "save_every", "eval_every", "log_every", "val_frames")
+# Fields that may change when a run is resumed (its length, its logging, and the learning rate,
+# the way out of a diverged run); all others must match the config.json of the training directory.
+RESUMABLE_FIELDS = (
+    "steps", "max_minutes", "save_every", "eval_every", "log_every", "val_frames", "learning_rate"
+)
+# Where the run lives is not a setting: a moved or re-spelled model_dir resumes.
+LOCATION_FIELDS = ("model_dir",)
+# Folders compared by the folder they name, not by how the path is spelled.
+PATH_FIELDS = ("data_dir", "manual_dir", "cvm_init")
+METRICS_FILE = "metrics.jsonl"
 
 
 class ConfigError(ValueError):
     """A bad training setting; train.py prints it as one line and exits with code 2."""
+
+
+class DivergedError(ConfigError):
+    """A non-finite loss or weight; its one-line message says what was kept and how to go on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,32 +177,93 @@ def _atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+def _folder(value, field):
+    if value is None:
+        return sources.DEFAULT_DATA_DIR if field == "data_dir" else None
+    return os.path.realpath(os.path.expanduser(value))
+
+
+def _config_differences(old, new):
+    differences = []
+    for section in ("train", "model"):
+        old_section = old.get(section, {})
+        for key, value in new[section].items():
+            if section == "train" and key in RESUMABLE_FIELDS + LOCATION_FIELDS:
+                continue
+            before = old_section.get(key)
+            if section == "train" and key in PATH_FIELDS:
+                same = key in old_section and _folder(before, key) == _folder(value, key)
+            else:
+                same = before == value
+            if not same:
+                differences.append(f"{key}: {before!r} -> {value!r}")
+    return differences
+
+
+def check_model_dir(train, model):
+    """Raises ConfigError when model_dir holds a run with other settings; writes nothing."""
+    path = os.path.join(train.model_dir, model_io.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        try:
+            old = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path} is not a training config (a JSON object)")
+    differences = _config_differences(old, {"train": train.to_dict(), "model": model.to_dict()})
+    if differences:
+        raise ConfigError(
+            f"{train.model_dir} holds a run with a different config ({'; '.join(differences)}); "
+            "use another --model_dir"
+        )
+
+
 def prepare_model_dir(train, model, chief=True):
     """Creates model_dir and its config.json, or checks that an existing run matches."""
+    check_model_dir(train, model)
     full = {"train": train.to_dict(), "model": model.to_dict()}
-    path = os.path.join(train.model_dir, model_io.CONFIG_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path} is not valid JSON ({error})") from None
-        differences = []
-        for section in ("train", "model"):
-            for key, value in full[section].items():
-                if section == "train" and key in RESUMABLE_FIELDS:
-                    continue
-                if old.get(section, {}).get(key) != value:
-                    differences.append(f"{key}: {old.get(section, {}).get(key)!r} -> {value!r}")
-        if differences:
-            raise ConfigError(
-                f"{train.model_dir} holds a run with a different config ({'; '.join(differences)}); "
-                "use another --model_dir"
-            )
     if chief:
         os.makedirs(train.model_dir, exist_ok=True)
+        path = os.path.join(train.model_dir, model_io.CONFIG_FILE)
         _atomic_write_text(path, json.dumps(full, indent=2, sort_keys=True))
     return full
+
+
+def _remove_unsaved_run(model_dir, created):
+    """After a failure before the first checkpoint: removes what the run wrote (nothing to resume)."""
+    if tf.train.latest_checkpoint(os.path.join(model_dir, model_io.CHECKPOINT_SUBDIR)):
+        return
+    for name in (model_io.CONFIG_FILE, METRICS_FILE, "best.keras"):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for name in ("tensorboard", model_io.CHECKPOINT_SUBDIR):
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+    if created and os.path.isdir(model_dir) and not os.listdir(model_dir):
+        os.rmdir(model_dir)
+
+
+def truncate_metrics(model_dir, step):
+    """Keeps the validations of metrics.jsonl up to `step`, the step a resumed run restarts at.
+
+    A run killed after its last checkpoint validated steps that the resumed run validates
+    again; dropping them (and a line cut short by the kill) keeps the file one series.
+    """
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", math.inf) <= step:
+                kept.append(json.dumps(record) + "\n")
+    _atomic_write_text(path, "".join(kept))
 
 
 def learning_rate_schedule(train):
@@ -270,71 +350,188 @@ class _StopRequested:
         self.requested = True
 
 
+@dataclasses.dataclass
+class _RunState:
+    """What a checkpoint holds, and the managers that write it."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    best_psnr: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+
+    @property
+    def current(self):
+        return int(self.step.numpy())
+
+
 def run_training(train, model_config, strategy=None):
     """Trains (or resumes) a run and returns a summary dict.
+
+    The config, the existing run and the data are all checked before anything is written,
+    so a bad setting or dataset leaves no trace in model_dir. A failure before the first
+    checkpoint removes what the run wrote; a later one keeps the checkpoints.
 
     Args:
         train: TrainConfig.
         model_config: CSPSRConfig.
         strategy: a tf.distribute strategy; default from `train.strategy`.
+
+    Returns:
+        {"step", "target_steps", "stopped" (None, "sigterm" or "time_budget"), "losses",
+        "best_val_psnr", "seconds", "weights_checksum", "model_dir"}.
     """
     validate_configs(train, model_config)
     strategy = strategy or make_strategy(train.strategy)
     chief = is_chief(strategy)
+    check_model_dir(train, model_config)
+    raw_train = sources.load_split(train.dataset, train.train_split, train.data_dir, train.manual_dir)
+    val_frames = load_validation_frames(train, model_config) if chief else []
+    created = not os.path.isdir(train.model_dir)
     full_config = prepare_model_dir(train, model_config, chief=chief)
     logging.info("Config:\n%s", json.dumps(full_config, indent=2, sort_keys=True))
+    try:
+        summary = _train(train, model_config, strategy, chief, raw_train, val_frames)
+    except BaseException:
+        if chief:
+            _remove_unsaved_run(train.model_dir, created)
+        raise
+    logging.info("Training summary: %s", json.dumps(summary))
+    return summary
+
+
+def _train(train, model_config, strategy, chief, raw_train, val_frames):
     if train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(train.seed)
-
     # Each worker writes checkpoints; only the chief's go to model_dir (TF's multi-worker
     # pattern), the others to a scratch folder removed at the end.
     task_type, task_id = _task(strategy)
     write_dir = train.model_dir if chief else os.path.join(
         train.model_dir, f".{task_type}_{task_id}_scratch"
     )
-    ckpt_dir = os.path.join(write_dir, model_io.CHECKPOINT_SUBDIR)
+    state, loss_fn, variables = build_run_state(train, model_config, strategy, write_dir)
+    start = restore_or_initialise(state, train)
+    if chief:
+        truncate_metrics(train.model_dir, start)
+    train_step = make_train_step(strategy, state.optimizer, loss_fn, variables, train)
+    iterator = iter(strategy.experimental_distribute_dataset(
+        make_training_dataset(train, model_config, raw_train, start)
+    ))
+    writer = (
+        tf.summary.create_file_writer(os.path.join(train.model_dir, "tensorboard"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+    validate_at = None
+    if val_frames and train.stage == "sr":
+        predict = tf.function(lambda x: state.model(x, training=False), reduce_retracing=True)
 
+        def validate_at(step):
+            _run_validation(
+                predict, val_frames, state.model, model_config, train, step, state.best_psnr, writer
+            )
+
+    started = time.time()
+    last, stopped = _train_loop(
+        train, state, train_step, iterator, _Progress(train, writer, chief, start), validate_at
+    )
+    if chief and stopped != "sigterm":  # at --steps, or out of time: the model as it is now
+        if train.stage == "cvm":
+            save_cvm_weights(state.model.get_layer("cvm"), os.path.join(train.model_dir, "cvm"))
+        model_io.save_model(state.model, model_config, os.path.join(train.model_dir, "final.keras"))
+    if not chief and tf.io.gfile.exists(write_dir):
+        tf.io.gfile.rmtree(write_dir)
+    return {
+        "step": state.current,
+        "target_steps": train.steps,
+        "stopped": stopped,
+        "losses": last,
+        "best_val_psnr": float(state.best_psnr.numpy()),
+        "seconds": round(time.time() - started, 2),
+        "weights_checksum": float(
+            sum(np.sum(v.numpy(), dtype=np.float64) for v in state.model.weights)
+        ),
+        "model_dir": train.model_dir,
+    }
+
+
+def select_stage(train, model_config, model):
+    """What this run trains: `(loss_fn, variables)`.
+
+    `loss_fn(inputs, targets)` returns per-example losses, a dict with "total" (the one
+    minimised) and its terms (logged). The one place that picks a stage's loss and
+    variables: the loop, checkpoints and logging work with any such pair.
+    """
+    cvm = model.get_layer("cvm") if model_config.use_cvm else None
+    if train.stage == "cvm":
+
+        def cvm_losses(inputs, targets):
+            del targets  # unsupervised (Sec. 3.2)
+            out = cvm((inputs["vis_lr"], inputs["nir_lr"]), training=True)
+            return cvm_unsupervised_loss_per_example(
+                out, inputs["vis_lr"], inputs["nir_lr"], train.cvm_smoothness, train.cvm_consistency
+            )
+
+        return cvm_losses, cvm.trainable_variables
+    if train.freeze_cvm:
+        cvm.trainable = False  # also runs its batch norms in inference mode
+
+    def sr_losses(inputs, targets):
+        outputs = model(inputs, training=True)
+        return cspsr_loss_per_example(outputs, targets, model_config.scale, model_config.lambda_cssc)
+
+    return sr_losses, model.trainable_variables
+
+
+def build_run_state(train, model_config, strategy, write_dir):
+    """The model, optimizer and checkpoint of a run, and the stage's (loss_fn, variables)."""
     with strategy.scope():
         model = build_cspsr(model_config)
         optimizer = make_optimizer(train)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best_psnr = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_psnr")
-    cvm = model.get_layer("cvm") if model_config.use_cvm else None
-    if train.stage == "cvm":
-        train_variables = cvm.trainable_variables
-    else:
-        if train.freeze_cvm:
-            cvm.trainable = False  # also runs its batch norms in inference mode
-        train_variables = model.trainable_variables
+    loss_fn, variables = select_stage(train, model_config, model)
     with strategy.scope():
-        optimizer.build(train_variables)
-
+        optimizer.build(variables)
     checkpoint = tf.train.Checkpoint(
         model_weights=model_io.weights_by_path(model),
         optimizer=optimizer,
         step=step,
         best_psnr=best_psnr,
     )
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
-    chief_manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(train.model_dir, model_io.CHECKPOINT_SUBDIR), max_to_keep=3
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(write_dir, model_io.CHECKPOINT_SUBDIR), max_to_keep=3
     )
-    latest = chief_manager.latest_checkpoint
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d", latest, int(step.numpy()))
-    elif train.cvm_init:
-        load_cvm_weights(cvm, train.cvm_init)
-        logging.info("CVM initialised from %s", train.cvm_init)
-    start = int(step.numpy())
-    if start >= train.steps:
-        logging.info("Run already at step %d >= --steps=%d; nothing to train", start, train.steps)
+    state = _RunState(model, optimizer, step, best_psnr, checkpoint, manager)
+    return state, loss_fn, variables
 
-    raw_train = sources.load_split(train.dataset, train.train_split, train.data_dir, train.manual_dir)
+
+def restore_or_initialise(state, train):
+    """Restores the chief's latest checkpoint (or applies --cvm_init); returns the start step."""
+    latest = tf.train.latest_checkpoint(os.path.join(train.model_dir, model_io.CHECKPOINT_SUBDIR))
+    if latest:
+        state.checkpoint.restore(latest).assert_existing_objects_matched()
+        if not callable(learning_rate_schedule(train)):
+            # The checkpoint holds the old rate; a resumed run may lower it (--learning_rate).
+            state.optimizer.learning_rate = train.learning_rate
+        logging.info("Resumed from %s at step %d", latest, state.current)
+    elif train.cvm_init:
+        load_cvm_weights(state.model.get_layer("cvm"), train.cvm_init)
+        logging.info("CVM initialised from %s", train.cvm_init)
+    if state.current >= train.steps:
+        logging.info(
+            "Run already at step %d >= --steps=%d; nothing to train", state.current, train.steps
+        )
+    return state.current
+
+
+def make_training_dataset(train, model_config, raw_train, start):
+    """The batched training stream, sharded by data under a multi-worker strategy."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = pipeline.make_training_dataset(
+    return pipeline.make_training_dataset(
         raw_train,
         scale=model_config.scale,
         hr_patch_size=train.patch_size,
@@ -344,28 +541,19 @@ def run_training(train, model_config, strategy=None):
         vertical_flip=train.vertical_flip,
         degradation=None if train.degradation == "none" else train.degradation,
     ).with_options(options)
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-    val_frames = load_validation_frames(train, model_config) if chief else []
 
+
+def make_train_step(strategy, optimizer, loss_fn, variables, train):
+    """One optimiser step over a distributed batch; returns the batch-mean losses."""
     global_batch = train.batch_size
-    scale = model_config.scale
-
-    def compute_losses(inputs, targets):
-        if train.stage == "cvm":
-            out = cvm((inputs["vis_lr"], inputs["nir_lr"]), training=True)
-            return cvm_unsupervised_loss_per_example(
-                out, inputs["vis_lr"], inputs["nir_lr"], train.cvm_smoothness, train.cvm_consistency
-            )
-        outputs = model(inputs, training=True)
-        return cspsr_loss_per_example(outputs, targets, scale, model_config.lambda_cssc)
 
     def replica_step(inputs, targets):
         with tf.GradientTape() as tape:
-            per_example = compute_losses(inputs, targets)
+            per_example = loss_fn(inputs, targets)
             loss = tf.nn.compute_average_loss(per_example["total"], global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss) if train.mixed_precision else loss
-        grads = tape.gradient(scaled, train_variables)
-        optimizer.apply_gradients(zip(grads, train_variables, strict=True))
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return {
             name: tf.nn.compute_average_loss(value, global_batch_size=global_batch)
             for name, value in per_example.items()
@@ -381,68 +569,119 @@ def run_training(train, model_config, strategy=None):
             for name, value in per_replica.items()
         }
 
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    writer = (
-        tf.summary.create_file_writer(os.path.join(train.model_dir, "tensorboard"))
-        if chief
-        else tf.summary.create_noop_writer()
-    )
+    return train_step
+
+
+def _train_loop(train, state, train_step, iterator, progress, validate_at):
+    """Steps to --steps; returns (last losses, None | "sigterm" | "time_budget")."""
     stop = _StopRequested()
     previous_handler = signal.signal(signal.SIGTERM, stop) if _in_main_thread() else None
-    progbar = keras.utils.Progbar(train.steps, stateful_metrics=None, verbose=1 if chief else 0)
-    last = {}
-    started = time.time()
-    deadline = started + 60.0 * train.max_minutes if train.max_minutes > 0 else math.inf
-    out_of_time = False
+    deadline = time.time() + 60.0 * train.max_minutes if train.max_minutes > 0 else math.inf
+    last, stopped = {}, None
     try:
-        while int(step.numpy()) < train.steps and not stop.requested:
+        while state.current < train.steps:
+            if stop.requested:
+                stopped = "sigterm"
+                break
             inputs, targets = next(iterator)
             losses = train_step(inputs, targets)
-            step.assign_add(1)
-            current = int(step.numpy())
+            state.step.assign_add(1)
+            current = state.current
             last = {name: float(value) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in last.values()):
-                raise FloatingPointError(f"non-finite loss at step {current}: {last}")
-            progbar.update(current, [(name, value) for name, value in last.items()])
-            if current % train.log_every == 0 or current == train.steps:
-                with writer.as_default(step=current):
-                    for name, value in last.items():
-                        tf.summary.scalar(f"loss/{name}", value)
-                    tf.summary.scalar("learning_rate", _current_lr(train, current))
+                # The weights of step current - 1 gave this loss: a checkpoint of them is no
+                # place to resume from.
+                _drop_latest_checkpoint(state.manager, current - 1)
+                raise DivergedError(_diverged_message(train, state, current, last))
+            progress.update(current, last)
             out_of_time = time.time() > deadline
-            if val_frames and train.stage == "sr" and (
-                current % train.eval_every == 0 or current == train.steps or out_of_time
-            ):
-                _run_validation(
-                    predict, val_frames, model, model_config, train, current, best_psnr, writer
-                )
-            if current % train.save_every == 0 or current == train.steps or out_of_time:
-                manager.save(checkpoint_number=current)
+            end = current == train.steps or out_of_time
+            if validate_at and (current % train.eval_every == 0 or end):
+                validate_at(current)
+            if current % train.save_every == 0 or end:
+                _save_checkpoint(train, state, current, last)
             if out_of_time:
                 logging.info("Time budget of %.1f min reached at step %d", train.max_minutes, current)
+                stopped = "time_budget"
                 break
+        if stopped == "sigterm":
+            _save_checkpoint(train, state, state.current, last)
+            logging.info("Stopped by SIGTERM at step %d; checkpoint saved", state.current)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-    if stop.requested:
-        manager.save(checkpoint_number=int(step.numpy()))
-        logging.info("Stopped by SIGTERM at step %d; checkpoint saved", int(step.numpy()))
-    if chief and (int(step.numpy()) >= train.steps or out_of_time):
-        if train.stage == "cvm":
-            save_cvm_weights(cvm, os.path.join(train.model_dir, "cvm"))
-        model_io.save_model(model, model_config, os.path.join(train.model_dir, "final.keras"))
-    if not chief and tf.io.gfile.exists(write_dir):
-        tf.io.gfile.rmtree(write_dir)
-    summary = {
-        "step": int(step.numpy()),
-        "losses": last,
-        "best_val_psnr": float(best_psnr.numpy()),
-        "seconds": round(time.time() - started, 2),
-        "weights_checksum": float(sum(np.sum(v.numpy(), dtype=np.float64) for v in model.weights)),
-        "model_dir": train.model_dir,
-    }
-    logging.info("Training summary: %s", json.dumps(summary))
-    return summary
+    return last, stopped
+
+
+def _save_checkpoint(train, state, step, losses):
+    # A finite loss can still leave non-finite weights after its update: never save those, so
+    # the last checkpoint is always one to go on from.
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in state.model.trainable_weights):
+        raise DivergedError(_diverged_message(train, state, step, losses, what="weights"))
+    state.manager.save(checkpoint_number=step)
+
+
+def _drop_latest_checkpoint(manager, number):
+    """Deletes the latest checkpoint if it is checkpoint `number`."""
+    latest = manager.latest_checkpoint
+    if not latest or not latest.endswith(f"-{number}"):
+        return
+    for path in tf.io.gfile.glob(latest + ".*"):
+        tf.io.gfile.remove(path)
+    # The state file as CheckpointManager writes it: names relative to the folder, so a
+    # moved run still finds its checkpoints.
+    remaining = [os.path.basename(path) for path in manager.checkpoints if path != latest]
+    state_file = os.path.join(manager.directory, "checkpoint")
+    if remaining:
+        lines = [f'model_checkpoint_path: "{remaining[-1]}"']
+        lines += [f'all_model_checkpoint_paths: "{name}"' for name in remaining]
+        _atomic_write_text(state_file, "\n".join(lines) + "\n")
+    else:
+        tf.io.gfile.remove(state_file)
+
+
+def _diverged_message(train, state, step, losses, what="loss"):
+    values = ", ".join(f"{name}={value:.4g}" for name, value in losses.items())
+    latest = tf.train.latest_checkpoint(state.manager.directory)
+    if latest:
+        kept = (
+            f"the last good checkpoint ({os.path.basename(latest)}) is kept: run again with a "
+            "lower --learning_rate to resume from it"
+        )
+    else:
+        kept = "no good checkpoint was saved: run again with a lower --learning_rate"
+    return (
+        f"training diverged: non-finite {what} at step {step} ({values}) with "
+        f"--learning_rate={train.learning_rate:g}; {kept}"
+    )
+
+
+class _Progress:
+    """Loss scalars to TensorBoard every --log_every steps, and progress on the console: a
+    Keras progress bar on a terminal, one log line every --log_every steps otherwise (a log
+    file would fill with the bar's redraws)."""
+
+    def __init__(self, train, writer, chief, start):
+        self.train, self.writer, self.chief = train, writer, chief
+        self.interactive = chief and sys.stdout.isatty()
+        self.bar = keras.utils.Progbar(train.steps, verbose=1) if self.interactive else None
+        self.since_time, self.since_step = time.time(), start
+
+    def update(self, step, losses):
+        if self.bar is not None:
+            self.bar.update(step, list(losses.items()))
+        if step % self.train.log_every and step != self.train.steps:
+            return
+        with self.writer.as_default(step=step):
+            for name, value in losses.items():
+                tf.summary.scalar(f"loss/{name}", value)
+            tf.summary.scalar("learning_rate", _current_lr(self.train, step))
+        if self.chief and not self.interactive:
+            now = time.time()
+            rate = (step - self.since_step) / max(now - self.since_time, 1e-9)
+            self.since_time, self.since_step = now, step
+            values = " ".join(f"{name}={value:.4g}" for name, value in losses.items())
+            logging.info("step %d/%d: %s (%.2f steps/s)", step, self.train.steps, values, rate)
 
 
 def _in_main_thread():
@@ -477,7 +716,7 @@ def _run_validation(predict, frames, model, model_config, train, step, best_psnr
         if disp is not None:
             colour = disparity_colormap(disp[0, ..., 0].numpy(), model_config.max_disparity)
             tf.summary.image("val/disparity_left", colour[np.newaxis])
-    with open(os.path.join(train.model_dir, "metrics.jsonl"), "a") as f:
+    with open(os.path.join(train.model_dir, METRICS_FILE), "a") as f:
         f.write(json.dumps(summary) + "\n")
     psnr = summary["model/standard/psnr"]
     if psnr > float(best_psnr.numpy()):
