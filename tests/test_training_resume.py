@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.test_training import TINY, run_train
 
@@ -119,3 +121,33 @@ def test_sigterm_stops_with_exit_3(synthetic_data_dir, tmp_path):
     stopped_at = int(last.split("at step ")[1].split()[0])
     assert (model_dir / "checkpoints" / f"ckpt-{stopped_at}.index").exists()
     assert not (model_dir / "final.keras").exists()
+
+
+def test_config_comparison_ignores_location_and_spelling(tmp_path):
+    from cspsr_tf import training
+
+    data = tmp_path / "data"
+    data.mkdir()
+    run = tmp_path / "run"
+    train, model = training.build_configs(
+        dict(preset="tiny", model_dir=str(run), data_dir=str(data)), dict(scale=2)
+    )
+    training.prepare_model_dir(train, model)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "config.json").write_text((run / "config.json").read_text())
+    same = [
+        dict(model_dir=f"{run}{os.sep}"),
+        dict(model_dir=os.path.relpath(run)),
+        dict(model_dir=str(moved)),  # a moved run
+        dict(data_dir=f"{data}{os.sep}.{os.sep}"),
+        dict(learning_rate=1e-5),  # the way out of a diverged run
+    ]
+    for change in same:
+        training.check_model_dir(train.__class__(**{**train.to_dict(), **change}), model)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(training.ConfigError, match="data_dir"):
+        training.check_model_dir(
+            train.__class__(**{**train.to_dict(), "data_dir": str(other)}), model
+        )
