@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import types
 import zipfile
 
@@ -126,7 +127,8 @@ def infer_scale(model, config=None):
 
 
 def _one_line(error, limit=300):
-    text = " ".join(str(error).split())
+    """`error`'s message on one line, without Keras's terminal colour codes, shortened."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
