@@ -24,8 +24,14 @@ What tiling cannot reproduce exactly: (a) convolutions near a tile's cut see the
 the image (the context keeps that out of the core as long as it exceeds the receptive field
 that matters); (b) the CSFT unit's channel weights come from a *global* average pool
 (paper Eq. 2), which a tile computes over itself rather than over the frame. Both effects are
-small for natural images (`tests/test_tiling.py` checks < 0.05 dB PSNR difference against
+small for natural images (`tests/test_tiling.py` checks < 0.001 dB PSNR difference against
 whole-frame inference), but tiled numbers are not bit-identical to whole-frame numbers.
+
+Memory: tiles are processed one row of tiles at a time (`iter_tiled_rows`); per output only
+a band of one tile row is accumulated, the blending weights are normalised 1-D profiles (no
+weight image), and integer inputs are converted to float one tile at a time. `predict`
+streams those bands into the output file; `tiled_predict` stitches them into whole arrays of
+just the outputs asked for.
 """
 
 import math

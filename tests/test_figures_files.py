@@ -64,3 +64,32 @@ def test_staged_files_are_removed_without_commit(tmp_path):
     with open(target, "rb") as f:
         assert f.read() == b"whole"
     assert os.listdir(tmp_path) == ["a.bin"]
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1),
+                                             (np.uint16, 1)])
+def test_streamed_png_decodes_like_the_image(tmp_path, dtype, channels):
+    from cspsr_tf.png_writer import PngWriter
+
+    rng = np.random.default_rng(3)
+    shape = (19, 11, 3) if channels == 3 else (19, 11)
+    image = rng.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    path = str(tmp_path / "streamed.png")
+    with open(path, "wb") as f:
+        writer = PngWriter(f, 11, 19, channels, dtype)
+        for start in range(0, 19, 5):  # uneven bands: 5, 5, 5, 4 rows
+            writer.write_rows(image[start : start + 5])
+        writer.close()
+    decoded = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert decoded.dtype == dtype
+    np.testing.assert_array_equal(decoded[..., ::-1] if channels == 3 else decoded, image)
+
+
+def test_streamed_png_refuses_missing_rows(tmp_path):
+    from cspsr_tf.png_writer import PngWriter
+
+    with open(tmp_path / "short.png", "wb") as f:
+        writer = PngWriter(f, 4, 3, 1, np.uint8)
+        writer.write_rows(np.zeros((2, 4), np.uint8))
+        with pytest.raises(ValueError, match="2 of 3 rows"):
+            writer.close()

@@ -88,15 +88,52 @@ def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap):
 
     psnr_whole = _numpy_psnr(whole["vis_sr"][0], hr)
     psnr_tiled = _numpy_psnr(tiled["vis_sr"][0], hr)
-    assert 20 < psnr_whole < 60  # a meaningful regime for a 0.05 dB tolerance
-    assert abs(psnr_tiled - psnr_whole) < 0.05
-    # Tiled vs whole directly: only the CSFT's global pooling differs between them.
-    assert _numpy_psnr(tiled["vis_sr"][0], whole["vis_sr"][0]) > 45
-    np.testing.assert_allclose(tiled["vis_sr"], whole["vis_sr"], atol=0.02)
+    assert 20 < psnr_whole < 60  # a realistic regime for the tolerance below
+    # What the README claims: tiled is within 0.001 dB of whole-frame inference.
+    assert abs(psnr_tiled - psnr_whole) < 0.001
+    # Tiled vs whole directly: only the CSFT's global pooling differs between them
+    # (measured: 68-73 dB, at most 3e-4 apart).
+    assert _numpy_psnr(tiled["vis_sr"][0], whole["vis_sr"][0]) > 60
+    np.testing.assert_allclose(tiled["vis_sr"], whole["vis_sr"], atol=2e-3)
     # The CVM is local and the tiles are stride-aligned with disparity margins: the
     # disparities and the warped NIR match the whole-frame ones to float round-off.
     for key in ("disp_l", "disp_r", "nir_l"):
         np.testing.assert_allclose(tiled[key], whole[key], atol=1e-4, err_msg=key)
+
+
+def test_tiled_self_ensemble_matches_whole_frame(dual_model, frame):
+    """Each tile averaged with its own flipped pass ~ the whole frame and its flip."""
+    _, lr, nir = frame
+    whole = tiling.predict(dual_model, lr, nir, SCALE, self_ensemble=True)
+    tiled = tiling.predict(dual_model, lr, nir, SCALE, tile=24, overlap=6, self_ensemble=True,
+                           keys=("vis_sr", "disp_l"))
+    assert set(tiled) == {"vis_sr", "disp_l"}
+    np.testing.assert_allclose(tiled["vis_sr"], whole["vis_sr"], atol=2e-3)
+    np.testing.assert_allclose(tiled["disp_l"], whole["disp_l"], atol=1e-4)
+    plain = tiling.predict(dual_model, lr, nir, SCALE, tile=24, overlap=6, keys=("vis_sr",))
+    assert np.abs(plain["vis_sr"] - tiled["vis_sr"]).max() > 1e-3  # the flip did something
+
+
+def test_rows_are_handed_over_in_bounded_bands(dual_model, frame, whole):
+    """Memory: only requested outputs, in bands of at most one tile row, top to bottom."""
+    _, lr, nir = frame
+    vis8 = np.round(lr * 255).astype(np.uint8)  # integer frames are converted tile by tile
+    nir8 = np.round(nir * 255).astype(np.uint8)
+    stats = {}
+    stops = [0]
+    rows = []
+    for start, stop, bands in tiling.iter_tiled_rows(
+        dual_model, vis8, nir8, SCALE, keys=["vis_sr"], tile=16, overlap=4, stats=stats
+    ):
+        assert start == stops[-1] and set(bands) == {"vis_sr"}
+        assert bands["vis_sr"].shape == ((stop - start) * SCALE, LR_WIDTH * SCALE, 3)
+        assert bands["vis_sr"].shape[0] <= 16 * SCALE
+        stops.append(stop)
+        rows.append(bands["vis_sr"])
+    assert stops[-1] == LR_HEIGHT and stats["tiles"] == stats["forward_passes"] == 4 * 5
+    stitched = np.concatenate(rows)
+    reference = tiling.predict_whole(dual_model, vis8 / 255.0, nir8 / 255.0)["vis_sr"][0]
+    assert _numpy_psnr(stitched, reference) > 60
 
 
 def test_model_output_is_not_just_bicubic(frame, whole):
