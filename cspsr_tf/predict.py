@@ -388,6 +388,9 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             f"--out {out_path}: a 16-bit input gives a 16-bit output; use .png or .tif"
         )
 
+    from cspsr_tf.cli import quiet_tensorflow
+
+    quiet_tensorflow()  # no CUDA / oneDNN start-up lines around our one-line errors
     import tensorflow as tf
 
     from cspsr_tf import atomic_files, figures, model_io, tiling
