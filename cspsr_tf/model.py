@@ -12,34 +12,97 @@ from cspsr_tf.layers.residual_block import ResidualBlock
 INPUT_NAMES = ("vis_lr", "nir_lr")
 
 
-def _shallow_features(x, channels, prefix):
+class _Layers:
+    """Creates each named layer once, so that two graphs can share every weight."""
+
+    def __init__(self):
+        self._made = {}
+
+    def __call__(self, name, make):
+        if name not in self._made:
+            self._made[name] = make(name)
+        return self._made[name]
+
+
+def _shallow_features(layers, x, channels, prefix):
     """Two 3x3 convolutions and a residual block (paper Sec. 4.1)."""
-    x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"{prefix}_conv1")(x)
-    x = keras.layers.Conv2D(channels, 3, padding="same", name=f"{prefix}_conv2")(x)
-    return ResidualBlock(channels, name=f"{prefix}_resblock")(x)
+    x = layers(f"{prefix}_conv1", lambda n: keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name=n))(x)
+    x = layers(f"{prefix}_conv2", lambda n: keras.layers.Conv2D(channels, 3, padding="same", name=n))(x)
+    return layers(f"{prefix}_resblock", lambda n: ResidualBlock(channels, name=n))(x)
 
 
-def _reconstruct(features, lr_image, out_channels, config, prefix):
+def _reconstruct(layers, features, lr_image, out_channels, config, prefix):
     """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip."""
     s = config.scale
     # With the bicubic skip, a zero-initialised last conv makes the untrained model output
     # exactly the bicubic image, so training starts from the baseline instead of below it.
     initializer = "zeros" if config.global_skip else "glorot_uniform"
-    x = keras.layers.Conv2D(
-        out_channels * s * s, 3, padding="same", kernel_initializer=initializer,
-        name=f"{prefix}_recon_conv",
-    )(features)
-    x = PixelShuffle(s, name=f"{prefix}_pixel_shuffle")(x)
+    x = layers(f"{prefix}_recon_conv", lambda n: keras.layers.Conv2D(
+        out_channels * s * s, 3, padding="same", kernel_initializer=initializer, name=n))(features)
+    x = layers(f"{prefix}_pixel_shuffle", lambda n: PixelShuffle(s, name=n))(x)
     if config.global_skip:
-        x = keras.layers.Add(name=f"{prefix}_global_skip")(
-            [x, BicubicUpsample(s, name=f"{prefix}_bicubic")(lr_image)]
-        )
+        bicubic = layers(f"{prefix}_bicubic", lambda n: BicubicUpsample(s, name=n))(lr_image)
+        x = layers(f"{prefix}_global_skip", lambda n: keras.layers.Add(name=n))([x, bicubic])
     return x
 
 
-def _output(x, name):
+def _output(layers, x, name):
     # float32 outputs whatever the compute dtype, so losses and metrics stay in float32.
-    return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+    return layers(name, lambda n: keras.layers.Activation("linear", dtype="float32", name=n))(x)
+
+
+def _wire(layers, config, vis_lr, nir_lr, stereo=None):
+    """The functional graph from the inputs to the output dict."""
+    c = config.channels
+    outputs = {}
+    nir = nir_lr
+    if config.use_cvm:
+        cvm = layers("cvm", lambda n: CrossViewMatching(
+            base_channels=config.cvm_base_channels,
+            depth=config.cvm_depth,
+            max_disparity=config.max_disparity,
+            geometry=config.geometry,
+            name=n,
+        ))
+        matched = cvm((vis_lr, nir_lr) if stereo is None else (vis_lr, nir_lr, stereo))
+        nir = matched["nir_l"]
+        outputs["disp_l"] = _output(layers, matched["disp_l"], "disp_l")
+        outputs["disp_r"] = _output(layers, matched["disp_r"], "disp_r")
+        outputs["nir_l"] = _output(layers, nir, "nir_l")
+
+    if config.architecture == "single":
+        x = vis_lr
+        if config.single_branch_input == "vis_nir":
+            x = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n))([vis_lr, nir])
+        f = _shallow_features(layers, x, c, "vis")
+        for t in range(config.num_modules):
+            f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n))(f)
+        outputs["vis_sr"] = _output(layers, _reconstruct(layers, f, vis_lr, 3, config, "vis"), "vis_sr")
+    else:
+        f_vis = _shallow_features(layers, vis_lr, c, "vis")
+        f_nir = _shallow_features(layers, nir, c, "nir")
+        for t in range(config.num_modules):
+            f_vis, f_nir = layers(f"dmf{t + 1}", lambda n: DMF(
+                c,
+                kernel_size=config.kernel_size,
+                use_dynamic_conv=config.use_dynamic_conv,
+                use_csft=config.use_csft,
+                residual=config.dmf_residual,
+                dynamic_conv_implementation=config.dynamic_conv_implementation,
+                kernel_normalization=config.kernel_normalization,
+                name=n,
+            ))((f_vis, f_nir))
+        outputs["vis_sr"] = _output(layers, _reconstruct(layers, f_vis, vis_lr, 3, config, "vis"), "vis_sr")
+        outputs["nir_sr"] = _output(layers, _reconstruct(layers, f_nir, nir, 1, config, "nir"), "nir_sr")
+    return outputs
+
+
+def _check_config(config):
+    config = config or CSPSRConfig()
+    if not isinstance(config, CSPSRConfig):
+        raise TypeError(f"config must be a CSPSRConfig. Received: {type(config).__name__}")
+    return config
 
 
 def build_cspsr(config=None, name="cspsr"):
@@ -52,58 +115,62 @@ def build_cspsr(config=None, name="cspsr"):
     Outputs (a dict): `vis_sr` [B, h*s, w*s, 3] always; `nir_sr` [B, h*s, w*s, 1] (the NIR
     super-resolved in the left view) for dual-branch models; `disp_l`, `disp_r`
     [B, h, w, 1] (LR pixels) and `nir_l` [B, h, w, 1] (the right NIR warped into the left view)
-    when the CVM is used.
+    when the CVM is used. With `config.geometry == "aligned"` the disparities are zero and
+    `nir_l` is `nir_lr`.
 
     Args:
         config: a `CSPSRConfig` (default: the paper preset at x4).
         name: the model name.
     """
-    config = config or CSPSRConfig()
-    if not isinstance(config, CSPSRConfig):
-        raise TypeError(f"config must be a CSPSRConfig. Received: {type(config).__name__}")
-    c = config.channels
+    config = _check_config(config)
     vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
     nir_lr = keras.Input(shape=(None, None, 1), name="nir_lr")
-    outputs = {}
-
-    nir = nir_lr
-    if config.use_cvm:
-        matched = CrossViewMatching(
-            base_channels=config.cvm_base_channels,
-            depth=config.cvm_depth,
-            max_disparity=config.max_disparity,
-            initial_disparity=config.initial_disparity,
-            name="cvm",
-        )((vis_lr, nir_lr))
-        nir = matched["nir_l"]
-        outputs["disp_l"] = _output(matched["disp_l"], "disp_l")
-        outputs["disp_r"] = _output(matched["disp_r"], "disp_r")
-        outputs["nir_l"] = _output(nir, "nir_l")
-
-    if config.architecture == "single":
-        x = vis_lr
-        if config.single_branch_input == "vis_nir":
-            x = keras.layers.Concatenate(name="vis_nir_concat")([vis_lr, nir])
-        f0 = _shallow_features(x, c, "vis")
-        f = f0
-        for t in range(config.num_modules):
-            f = ResidualBlock(c, name=f"vis_block{t + 1}")(f)
-        outputs["vis_sr"] = _output(_reconstruct(f, vis_lr, 3, config, "vis"), "vis_sr")
-    else:
-        f_vis = _shallow_features(vis_lr, c, "vis")
-        f_nir = _shallow_features(nir, c, "nir")
-        for t in range(config.num_modules):
-            f_vis, f_nir = DMF(
-                c,
-                kernel_size=config.kernel_size,
-                use_dynamic_conv=config.use_dynamic_conv,
-                use_csft=config.use_csft,
-                residual=config.dmf_residual,
-                dynamic_conv_implementation=config.dynamic_conv_implementation,
-                kernel_normalization=config.kernel_normalization,
-                name=f"dmf{t + 1}",
-            )((f_vis, f_nir))
-        outputs["vis_sr"] = _output(_reconstruct(f_vis, vis_lr, 3, config, "vis"), "vis_sr")
-        outputs["nir_sr"] = _output(_reconstruct(f_nir, nir, 1, config, "nir"), "nir_sr")
-
+    outputs = _wire(_Layers(), config, vis_lr, nir_lr)
     return keras.Model(inputs={"vis_lr": vis_lr, "nir_lr": nir_lr}, outputs=outputs, name=name)
+
+
+def build_cspsr_with_training_twin(config=None, name="cspsr"):
+    """The model and a twin sharing all its layers that takes a per-example rig flag.
+
+    Training batches may mix stereo pairs and registered pairs; the registered ones must go
+    through with zero disparity. The twin has a third input `stereo` [B, 1] (1.0: stereo
+    pair, 0.0: registered pair) that zeroes the CVM disparities of the registered examples.
+    Both models hold the same variables, so training the twin trains the model that is saved,
+    exported and served (which keeps the two plain inputs). Models without a CVM have no use
+    for the flag: the twin then takes and ignores it.
+
+    Returns:
+        (model, twin).
+    """
+    config = _check_config(config)
+    layers = _Layers()
+    vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
+    nir_lr = keras.Input(shape=(None, None, 1), name="nir_lr")
+    model = keras.Model(
+        inputs={"vis_lr": vis_lr, "nir_lr": nir_lr},
+        outputs=_wire(layers, config, vis_lr, nir_lr),
+        name=name,
+    )
+    vis_t = keras.Input(shape=(None, None, 3), name="vis_lr")
+    nir_t = keras.Input(shape=(None, None, 1), name="nir_lr")
+    stereo = keras.Input(shape=(1,), name="stereo")
+    twin = keras.Model(
+        inputs={"vis_lr": vis_t, "nir_lr": nir_t, "stereo": stereo},
+        outputs=_wire(layers, config, vis_t, nir_t, stereo if config.use_cvm else None),
+        name=f"{name}_training",
+    )
+    return model, twin
+
+
+def with_geometry(model, config, geometry):
+    """The same trained weights in a model built for another rig (`stereo` / `aligned`).
+
+    Returns:
+        (model, config) for `geometry`; the inputs unchanged when nothing changes.
+    """
+    if config.geometry == geometry or not config.use_cvm:
+        return model, config.replace(geometry=geometry) if config.geometry != geometry else config
+    new_config = config.replace(geometry=geometry)
+    new_model = build_cspsr(new_config, name=model.name)
+    new_model.set_weights(model.get_weights())
+    return new_model, new_config

@@ -40,8 +40,9 @@ from cspsr_tf import metrics, model_io
 from cspsr_tf.configs import ABLATIONS, PRESETS, CSPSRConfig
 from cspsr_tf.data import pipeline, sources
 from cspsr_tf.data.resize import bicubic_upscale
-from cspsr_tf.losses import cspsr_loss_per_example, cvm_unsupervised_loss_per_example
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.losses import cspsr_loss_per_example
+from cspsr_tf.matching_losses import cvm_matching_loss_per_example, disparity_to_lr
+from cspsr_tf.model import build_cspsr_with_training_twin
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 STAGES = ("sr", "cvm")
@@ -72,6 +73,14 @@ class TrainConfig:
 
     Paper defaults (Sec. 5.1): Adam (0.9, 0.999), learning rate 1e-4, batch 32, 120x120 HR
     patches. `steps` counts optimiser steps of one global batch.
+
+    The CVM's alignment signal (`matching_losses`): an SR run of a model with a CVM first
+    pre-trains the CVM for `cvm_steps` steps (a `--stage=cvm` run in `<model_dir>/cvm_pretrain`,
+    resumable like any run, at `cvm_learning_rate`, with `cvm_patch_size` HR patches), then
+    trains the SR model from it, keeping `lambda_match` x the matching loss in the joint loss.
+    In the CVM stage, registered (`aligned`) pairs become stereo pairs with a known disparity
+    (random fields up to `synthetic_max_disparity` LR pixels, `data.stereo_synthesis`), whose
+    supervised term has weight `cvm_supervision`; in the SR stage they keep zero disparity.
     """
 
     dataset: str = "nirvis_synthetic"
@@ -100,8 +109,14 @@ class TrainConfig:
     jit_compile: bool = False
     cvm_init: str | None = None
     freeze_cvm: bool = False
-    cvm_smoothness: float = 0.1
-    cvm_consistency: float = 0.1
+    cvm_steps: int = 500
+    cvm_learning_rate: float = 1e-3
+    cvm_patch_size: int | None = None
+    synthetic_max_disparity: float = 8.0
+    lambda_match: float = 0.1
+    cvm_smoothness: float = 0.01
+    cvm_consistency: float = 0.01
+    cvm_supervision: float = 1.0
     save_every: int = 100
     eval_every: int = 500
     log_every: int = 10
@@ -141,6 +156,20 @@ def validate_configs(train, model):
         raise ConfigError("--stage=cvm needs a model with a CVM (use_cvm=True)")
     if (train.freeze_cvm or train.cvm_init) and not model.use_cvm:
         raise ConfigError("--cvm_init / --freeze_cvm need a model with a CVM (use_cvm=True)")
+    if train.cvm_steps < 0:
+        raise ConfigError(f"--cvm_steps must be >= 0, got {train.cvm_steps}")
+    if train.cvm_learning_rate <= 0:
+        raise ConfigError(f"--cvm_learning_rate must be > 0, got {train.cvm_learning_rate}")
+    if train.cvm_patch_size is not None and (
+        train.cvm_patch_size < model.scale or train.cvm_patch_size % model.scale
+    ):
+        raise ConfigError(
+            f"--cvm_patch_size={train.cvm_patch_size} must be a positive multiple of --scale={model.scale}"
+        )
+    for name in ("synthetic_max_disparity", "lambda_match", "cvm_smoothness", "cvm_consistency",
+                 "cvm_supervision"):
+        if getattr(train, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(train, name)}")
 
 
 def make_strategy(name):
@@ -380,7 +409,8 @@ def run_training(train, model_config, strategy=None):
 
     Returns:
         {"step", "target_steps", "stopped" (None, "sigterm" or "time_budget"), "losses",
-        "best_val_psnr", "seconds", "weights_checksum", "model_dir"}.
+        "best_val_psnr", "seconds", "weights_checksum", "model_dir"}, plus "cvm_pretraining"
+        (the summary of the CVM pre-training run) when one ran.
     """
     validate_configs(train, model_config)
     strategy = strategy or make_strategy(train.strategy)
@@ -392,16 +422,56 @@ def run_training(train, model_config, strategy=None):
     full_config = prepare_model_dir(train, model_config, chief=chief)
     logging.info("Config:\n%s", json.dumps(full_config, indent=2, sort_keys=True))
     try:
-        summary = _train(train, model_config, strategy, chief, raw_train, val_frames)
+        pretraining = pretrain_cvm(train, model_config, strategy)
+        if pretraining is not None and pretraining["stopped"] == "sigterm":
+            return {**pretraining, "cvm_pretraining": pretraining}
+        cvm_source = pretraining["model_dir"] if pretraining else None
+        summary = _train(train, model_config, strategy, chief, raw_train, val_frames, cvm_source)
     except BaseException:
         if chief:
             _remove_unsaved_run(train.model_dir, created)
         raise
+    if pretraining is not None:
+        summary["cvm_pretraining"] = pretraining
     logging.info("Training summary: %s", json.dumps(summary))
     return summary
 
 
-def _train(train, model_config, strategy, chief, raw_train, val_frames):
+CVM_PRETRAIN_SUBDIR = "cvm_pretrain"
+
+
+def cvm_pretraining_config(train):
+    """The `--stage=cvm` run that precedes an SR run: `<model_dir>/cvm_pretrain`."""
+    return dataclasses.replace(
+        train,
+        stage="cvm",
+        steps=train.cvm_steps,
+        learning_rate=train.cvm_learning_rate,
+        lr_schedule="constant",
+        model_dir=os.path.join(train.model_dir, CVM_PRETRAIN_SUBDIR),
+        max_minutes=0.0,
+        eval_every=0,
+        cvm_steps=0,
+        cvm_init=None,
+    )
+
+
+def pretrain_cvm(train, model_config, strategy):
+    """Runs (or resumes) the CVM pre-training of an SR run; its summary, or None if not needed.
+
+    Needed for an SR run of a model with a CVM and `cvm_steps > 0`, unless the SR run already
+    has checkpoints (it then resumes past this phase) or starts from `--cvm_init`.
+    """
+    if train.stage != "sr" or not model_config.use_cvm or train.cvm_steps <= 0 or train.cvm_init:
+        return None
+    if tf.train.latest_checkpoint(os.path.join(train.model_dir, model_io.CHECKPOINT_SUBDIR)):
+        return None
+    pretrain = cvm_pretraining_config(train)
+    logging.info("Pre-training the CVM for %d steps in %s", pretrain.steps, pretrain.model_dir)
+    return run_training(pretrain, model_config, strategy)
+
+
+def _train(train, model_config, strategy, chief, raw_train, val_frames, cvm_source=None):
     if train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(train.seed)
@@ -412,7 +482,7 @@ def _train(train, model_config, strategy, chief, raw_train, val_frames):
         train.model_dir, f".{task_type}_{task_id}_scratch"
     )
     state, loss_fn, variables = build_run_state(train, model_config, strategy, write_dir)
-    start = restore_or_initialise(state, train)
+    start = restore_or_initialise(state, train, cvm_source)
     if chief:
         truncate_metrics(train.model_dir, start)
     train_step = make_train_step(strategy, state.optimizer, loss_fn, variables, train)
@@ -457,30 +527,58 @@ def _train(train, model_config, strategy, chief, raw_train, val_frames):
     }
 
 
-def select_stage(train, model_config, model):
+def select_stage(train, model_config, model, twin):
     """What this run trains: `(loss_fn, variables)`.
 
     `loss_fn(inputs, targets)` returns per-example losses, a dict with "total" (the one
     minimised) and its terms (logged). The one place that picks a stage's loss and
-    variables: the loop, checkpoints and logging work with any such pair.
+    variables: the loop, checkpoints and logging work with any such pair. `twin` is the
+    model's training twin (same weights) that takes the per-example rig flag.
     """
     cvm = model.get_layer("cvm") if model_config.use_cvm else None
+    scale = model_config.scale
+
+    def ground_truth(targets):
+        if "disparity_hr" not in targets:
+            return None, None
+        return disparity_to_lr(targets["disparity_hr"], targets["disparity_valid_hr"], scale)
+
     if train.stage == "cvm":
 
         def cvm_losses(inputs, targets):
-            del targets  # unsupervised (Sec. 3.2)
-            out = cvm((inputs["vis_lr"], inputs["nir_lr"]), training=True)
-            return cvm_unsupervised_loss_per_example(
-                out, inputs["vis_lr"], inputs["nir_lr"], train.cvm_smoothness, train.cvm_consistency
+            cvm.return_pyramid = True  # the coarser heads get the supervised term too
+            try:
+                out = cvm((inputs["vis_lr"], inputs["nir_lr"]), training=True)
+            finally:
+                cvm.return_pyramid = False
+            gt, valid = ground_truth(targets)
+            return cvm_matching_loss_per_example(
+                out, inputs["vis_lr"], inputs["nir_lr"], stereo=targets["stereo"],
+                disparity=gt, disparity_valid=valid,
+                smoothness_weight=train.cvm_smoothness, consistency_weight=train.cvm_consistency,
+                supervised_weight=train.cvm_supervision,
             )
 
         return cvm_losses, cvm.trainable_variables
     if train.freeze_cvm:
         cvm.trainable = False  # also runs its batch norms in inference mode
+    match = cvm is not None and train.lambda_match > 0 and not train.freeze_cvm
 
     def sr_losses(inputs, targets):
-        outputs = model(inputs, training=True)
-        return cspsr_loss_per_example(outputs, targets, model_config.scale, model_config.lambda_cssc)
+        # Registered pairs (stereo flag 0) go through with zero disparity.
+        outputs = twin({**inputs, "stereo": tf.reshape(targets["stereo"], [-1, 1])}, training=True)
+        losses = cspsr_loss_per_example(outputs, targets, scale, model_config.lambda_cssc)
+        if match:
+            gt, valid = ground_truth(targets)
+            matching = cvm_matching_loss_per_example(
+                outputs, inputs["vis_lr"], inputs["nir_lr"], stereo=targets["stereo"],
+                disparity=gt, disparity_valid=valid,
+                smoothness_weight=train.cvm_smoothness, consistency_weight=train.cvm_consistency,
+                supervised_weight=train.cvm_supervision,
+            )["total"]
+            losses["match"] = matching
+            losses["total"] = losses["total"] + train.lambda_match * matching
+        return losses
 
     return sr_losses, model.trainable_variables
 
@@ -488,11 +586,11 @@ def select_stage(train, model_config, model):
 def build_run_state(train, model_config, strategy, write_dir):
     """The model, optimizer and checkpoint of a run, and the stage's (loss_fn, variables)."""
     with strategy.scope():
-        model = build_cspsr(model_config)
+        model, twin = build_cspsr_with_training_twin(model_config)
         optimizer = make_optimizer(train)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best_psnr = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_psnr")
-    loss_fn, variables = select_stage(train, model_config, model)
+    loss_fn, variables = select_stage(train, model_config, model, twin)
     with strategy.scope():
         optimizer.build(variables)
     checkpoint = tf.train.Checkpoint(
@@ -508,8 +606,9 @@ def build_run_state(train, model_config, strategy, write_dir):
     return state, loss_fn, variables
 
 
-def restore_or_initialise(state, train):
-    """Restores the chief's latest checkpoint (or applies --cvm_init); returns the start step."""
+def restore_or_initialise(state, train, cvm_source=None):
+    """Restores the chief's latest checkpoint, or loads the CVM weights of --cvm_init or of
+    the pre-training run `cvm_source`; returns the start step."""
     latest = tf.train.latest_checkpoint(os.path.join(train.model_dir, model_io.CHECKPOINT_SUBDIR))
     if latest:
         state.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -517,9 +616,9 @@ def restore_or_initialise(state, train):
             # The checkpoint holds the old rate; a resumed run may lower it (--learning_rate).
             state.optimizer.learning_rate = train.learning_rate
         logging.info("Resumed from %s at step %d", latest, state.current)
-    elif train.cvm_init:
-        load_cvm_weights(state.model.get_layer("cvm"), train.cvm_init)
-        logging.info("CVM initialised from %s", train.cvm_init)
+    elif train.cvm_init or cvm_source:
+        load_cvm_weights(state.model.get_layer("cvm"), train.cvm_init or cvm_source)
+        logging.info("CVM initialised from %s", train.cvm_init or cvm_source)
     if state.current >= train.steps:
         logging.info(
             "Run already at step %d >= --steps=%d; nothing to train", state.current, train.steps
@@ -531,15 +630,19 @@ def make_training_dataset(train, model_config, raw_train, start):
     """The batched training stream, sharded by data under a multi-worker strategy."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    cvm_stage = train.stage == "cvm"
     return pipeline.make_training_dataset(
         raw_train,
         scale=model_config.scale,
-        hr_patch_size=train.patch_size,
+        hr_patch_size=(train.cvm_patch_size or train.patch_size) if cvm_stage else train.patch_size,
         batch_size=train.batch_size,
         seed=_data_seed(train.seed, start),
         random_downscale=(0.5, 1.0) if train.random_downscale else None,
         vertical_flip=train.vertical_flip,
         degradation=None if train.degradation == "none" else train.degradation,
+        synthetic_stereo_max_disparity=(
+            train.synthetic_max_disparity * model_config.scale if cvm_stage else None
+        ),
     ).with_options(options)
 
 

@@ -3,12 +3,13 @@ import pytest
 
 from cspsr_tf.layers.cvm import CrossViewMatching
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from tests.cross_spectral_pairs import cross_spectral_scene
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 13), (16, 16), (33, 50)])
 def test_any_input_size_and_bounded_disparity(size):
     h, w = size
-    layer = CrossViewMatching(base_channels=4, depth=3, max_disparity=6.0, initial_disparity=1.0)
+    layer = CrossViewMatching(base_channels=4, depth=3, max_disparity=6.0)
     vis = np.random.rand(2, h, w, 3).astype(np.float32)
     nir = np.random.rand(2, h, w, 1).astype(np.float32)
     out = layer((vis, nir))
@@ -17,8 +18,6 @@ def test_any_input_size_and_bounded_disparity(size):
     for key in ("disp_l", "disp_r"):
         d = out[key].numpy()
         assert (d >= 0).all() and (d <= 6.0).all()
-    # Untrained heads start near the configured initial disparity.
-    np.testing.assert_allclose(out["disp_l"].numpy(), 1.0, atol=0.1)
     # The warped NIR is Eq. (1) applied with the predicted disparity.
     expected, _ = warp_by_disparity(nir, out["disp_l"], "right_to_left")
     np.testing.assert_allclose(out["nir_l"].numpy(), expected.numpy(), atol=1e-6)
@@ -42,12 +41,26 @@ def test_pyramid_and_config_round_trip():
     assert [tuple(p.shape) for p in out["pyramid"]] == [(1, 6, 6, 2), (1, 12, 12, 2)]
     config = layer.get_config()
     assert CrossViewMatching.from_config(config).get_config() == config
-    for key in ("base_channels", "depth", "max_disparity", "initial_disparity", "return_pyramid"):
+    for key in ("base_channels", "depth", "max_disparity", "return_pyramid", "geometry"):
         assert key in config
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="initial_disparity"):
-        CrossViewMatching(max_disparity=2.0, initial_disparity=3.0)
+    with pytest.raises(ValueError, match="max_disparity"):
+        CrossViewMatching(max_disparity=1.0)
+    with pytest.raises(ValueError, match="geometry"):
+        CrossViewMatching(geometry="mono")
     with pytest.raises(ValueError, match="depth"):
         CrossViewMatching(depth=0)
+
+
+def test_untrained_cvm_follows_a_shift_of_the_nir():
+    # The cost volume's soft-argmin is the base every head corrects (by ~0 before training),
+    # so moving the right NIR by 3 more pixels moves the predicted disparity by about 3.
+    vis, nir_right = cross_spectral_scene(np.random.default_rng(7), 32, 64, 6)
+    layer = CrossViewMatching(base_channels=4, depth=2, max_disparity=10.0)
+    interior = (0, slice(4, -4), slice(10, -4), 0)
+    d2 = layer((vis, nir_right(2)))["disp_l"].numpy()[interior]
+    d5 = layer((vis, nir_right(5)))["disp_l"].numpy()[interior]
+    assert float(np.median(d5 - d2)) == pytest.approx(3.0, abs=0.5)
+    assert float(np.median(d2)) == pytest.approx(2.0, abs=0.75)

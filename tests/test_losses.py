@@ -1,10 +1,7 @@
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from scipy import ndimage
 
-from cspsr_tf.layers.cvm import CrossViewMatching
+from cspsr_tf.layers.disparity_warp import warp_by_disparity
 from cspsr_tf.losses import (
     cspsr_loss,
     cssc_loss_per_example,
@@ -75,51 +72,17 @@ def test_cssc_is_zero_for_a_correctly_shifted_right_view():
     assert float(wrong[0]) > 0.01
 
 
-def smooth_texture(rng, shape, sigma):
-    noise = rng.standard_normal(shape)
-    img = ndimage.gaussian_filter(noise, sigma)
-    return (img - img.min()) / (img.max() - img.min())
-
-
-def test_cssc_moves_the_cvm_disparity_towards_a_known_shift():
-    # NIR = VIS luminance seen from a camera to the right: nir_r(x) = lum(x + D).
-    rng = np.random.default_rng(3)
-    scale, true_lr_disp = 2, 3.0
-    height, width = 32, 80
-    shift_hr = int(true_lr_disp * scale)
-    lum = smooth_texture(rng, (height, width + shift_hr), sigma=3.0)
-    vis_hr = np.stack([lum[:, :width]] * 3, axis=-1)[None].astype(np.float32)
-    nir_hr_r = lum[:, shift_hr:][None, ..., None].astype(np.float32)
-    nir_hr_l = lum[:, :width][None, ..., None].astype(np.float32)  # the ideal SR output
-    vis_lr = tf.image.resize(vis_hr, (height // scale, width // scale), antialias=True)
-    nir_lr = tf.image.resize(nir_hr_r, (height // scale, width // scale), antialias=True)
-
-    keras.utils.set_random_seed(0)
-    cvm = CrossViewMatching(base_channels=8, depth=2, max_disparity=8.0, initial_disparity=1.0)
-    optimizer = keras.optimizers.Adam(3e-3)
-    interior = (slice(None), slice(2, -2), slice(6, -2))  # away from the occluded left border
-
-    def disparity_error():
-        # Batch statistics, as in the training steps (the moving averages lag behind).
-        out = cvm((vis_lr, nir_lr), training=True)
-        return float(tf.reduce_mean(tf.abs(out["disp_l"][interior] - true_lr_disp)))
-
-    cvm((vis_lr, nir_lr))
-    before = disparity_error()
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            out = cvm((vis_lr, nir_lr), training=True)
-            loss = tf.reduce_mean(
-                cssc_loss_per_example(nir_hr_l, nir_hr_r, out["disp_l"], out["disp_r"], scale)
-            )
-        grads = tape.gradient(loss, cvm.trainable_variables)
-        optimizer.apply_gradients(zip(grads, cvm.trainable_variables, strict=True))
-        return loss
-
-    for _ in range(60):
-        step()
-    after = disparity_error()
-    assert before == pytest.approx(2.0, abs=0.2)  # initial disparity 1 px vs true 3 px
-    assert after < 0.5 * before, (before, after)
+def test_cssc_cannot_align_every_consistent_shift_gives_zero():
+    # Why the CVM needs its own matching loss (cspsr_tf/matching_losses.py): in the model the
+    # NIR output follows the CVM's warp, and L_CSSC compares it with the NIR target through the
+    # SAME disparities. So whatever the true shift of the pair (here 2 LR px), every integer
+    # disparity, right or wrong, gives L_CSSC = 0 for the NIR output it produces.
+    rng = np.random.default_rng(4)
+    scale = 2
+    nir_hr_r = rng.random((1, 8, 40, 1)).astype(np.float32)
+    for lr_disp in (0.0, 1.0, 2.0, 3.0):
+        disp = np.full((1, 4, 20, 1), lr_disp, np.float32)
+        hr_disp = np.full((1, 8, 40, 1), lr_disp * scale, np.float32)
+        nir_sr_l, _ = warp_by_disparity(nir_hr_r, hr_disp, "right_to_left")
+        loss = cssc_loss_per_example(nir_sr_l, nir_hr_r, disp, disp, scale)
+        assert float(loss[0]) == pytest.approx(0.0, abs=1e-12), lr_disp

@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -6,7 +8,8 @@ import tensorflow as tf
 from cspsr_tf import model_io
 from cspsr_tf.configs import ABLATIONS, PRESETS, CSPSRConfig, get_config
 from cspsr_tf.losses import cspsr_loss
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.model import build_cspsr, build_cspsr_with_training_twin, with_geometry
+from tests.model_helpers import perturb_weights
 
 
 def random_pair(batch, h, w, seed=0):
@@ -103,14 +106,21 @@ def hand_count(config):
     sr = shallow(3) + shallow(1) + t * dmf + conv_params(3, c, 3 * s * s) + conv_params(3, c, s * s)
     b, depth = config.cvm_base_channels, config.cvm_depth
     bn = lambda ch: 4 * ch  # noqa: E731
-    cvm = conv_params(3, 4, b, bias=False) + bn(b)
+    # Cost volumes: candidates 0, 2, ..., max at half resolution, learned and NCC^2, 2 views.
+    volumes = 4 * (math.ceil(config.max_disparity / 2) + 1)
+    cvm = 1  # the soft-argmin temperature
+    for view_channels in (3, 1):  # matching feature extractors
+        cvm += conv_params(3, view_channels, b) + 2 * conv_params(3, b, b)
+    cvm += conv_params(3, 4, b, bias=False) + bn(b)
+    skip = {0: b}
     for level in range(1, depth + 1):
-        prev, ch = b * 2 ** (level - 1), b * 2**level
+        prev, ch = skip[level - 1], b * 2**level
         cvm += conv_params(3, prev, ch, False) + bn(ch) + conv_params(3, ch, ch, False) + bn(ch)
+        skip[level] = ch + (volumes if level == 1 else 0)
     incoming = b * 2**depth
     for step, level in enumerate(range(depth - 1, -1, -1)):
         ch = b * 2**level
-        cin = incoming + ch + (2 if step else 0)
+        cin = incoming + skip[level] + (2 if step else 0)
         cvm += conv_params(3, cin, ch, False) + bn(ch) + conv_params(3, ch, 2)
         incoming = ch
     return sr, cvm
@@ -126,21 +136,57 @@ def test_paper_preset_parameter_count_equals_hand_count():
     assert cvm_layer.count_params() == cvm
 
 
-def test_one_step_updates_every_trainable_weight():
+def test_two_steps_change_every_trainable_weight():
+    # The reconstruction convs start at zero (the untrained model is bicubic), so the first
+    # step reaches only them; from the second step on, every weight must learn.
     config = get_config("tiny", scale=2)
-    model = build_cspsr(config)
+    model, twin = build_cspsr_with_training_twin(config)
     inputs = random_pair(2, 8, 8)
     rng = np.random.default_rng(5)
     targets = {
         "vis_hr": rng.random((2, 16, 16, 3), dtype=np.float32),
         "nir_hr": rng.random((2, 16, 16, 1), dtype=np.float32),
     }
-    with tf.GradientTape() as tape:
-        loss = cspsr_loss(model(inputs, training=True), targets, config.scale, config.lambda_cssc)["total"]
-    grads = tape.gradient(loss, model.trainable_variables)
-    missing = [v.path for v, g in zip(model.trainable_variables, grads, strict=True) if g is None]
-    assert not missing, f"no gradient reaches {missing}"
-    keras.optimizers.Adam(1e-3).apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    optimizer = keras.optimizers.Adam(1e-3)
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            outputs = twin({**inputs, "stereo": np.ones((2, 1), np.float32)}, training=True)
+            loss = cspsr_loss(outputs, targets, config.scale, config.lambda_cssc)["total"]
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    unchanged = [
+        v.path for v in model.trainable_variables if np.array_equal(v.numpy(), before[v.path])
+    ]
+    assert not unchanged, f"{len(unchanged)} weights did not move: {unchanged}"
+
+
+@pytest.mark.parametrize("ablation", ["full", "wo_cvm", "w_nir"])
+def test_vis_sr_depends_on_the_nir_input(ablation):
+    model = perturb_weights(build_cspsr(get_config("tiny", ablation, scale=2)), seed=1, stddev=0.1)
+    inputs = random_pair(1, 12, 16, seed=2)
+    other_nir = np.random.default_rng(3).random((1, 12, 16, 1), dtype=np.float32)
+    sr = model(inputs)["vis_sr"].numpy()
+    sr_other = model({**inputs, "nir_lr": other_nir})["vis_sr"].numpy()
+    assert np.abs(sr - sr_other).mean() > 1e-3
+
+
+def test_registered_pairs_get_zero_disparity_in_both_mechanisms():
+    config = get_config("tiny", scale=2)
+    model, twin = build_cspsr_with_training_twin(config)
+    perturb_weights(model, seed=4, stddev=0.1)
+    inputs = random_pair(2, 12, 16, seed=5)
+    flagged = twin({**inputs, "stereo": np.array([[1.0], [0.0]], np.float32)})
+    aligned_model, aligned_config = with_geometry(model, config, "aligned")
+    assert aligned_config.geometry == "aligned"
+    aligned = aligned_model(inputs)
+    stereo = model(inputs)
+    assert float(np.abs(stereo["disp_l"].numpy()).min()) > 0.0  # the stereo model shifts
+    np.testing.assert_array_equal(aligned["disp_l"].numpy(), 0.0)
+    np.testing.assert_array_equal(aligned["nir_l"].numpy(), inputs["nir_lr"])
+    np.testing.assert_array_equal(flagged["disp_l"].numpy()[1], 0.0)
+    np.testing.assert_allclose(flagged["vis_sr"].numpy()[1], aligned["vis_sr"].numpy()[1], atol=1e-6)
+    np.testing.assert_allclose(flagged["vis_sr"].numpy()[0], stereo["vis_sr"].numpy()[0], atol=1e-6)
 
 
 def test_two_hundred_steps_halve_the_loss_on_a_fixed_batch():

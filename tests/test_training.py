@@ -10,9 +10,12 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 
+from cspsr_tf.configs import get_config
+from cspsr_tf.model import build_cspsr_with_training_twin
 from tests.conftest import ROOT
 
 TINY = [
@@ -23,6 +26,7 @@ TINY = [
     "--patch_size=32",
     "--val_frames=1",
     "--val_crop=64",
+    "--cvm_steps=0",  # the CVM pre-training has tests of its own
 ]
 
 
@@ -141,7 +145,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         train, model = training.build_configs(
             dict(dataset="nirvis_synthetic", data_dir=data_dir, preset="tiny", steps=1,
                  batch_size=4, patch_size=32, eval_every=0, model_dir=f"{out}/{name}",
-                 random_downscale=False),
+                 random_downscale=False, cvm_steps=0),
             dict(scale=2),
         )
         summary = training.run_training(train, model, strategy=strategy)
@@ -217,7 +221,8 @@ def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
     result = run_train([*common, "--stage=cvm", "--steps=2", f"--model_dir={cvm_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     losses = summary_of(result.stderr)["losses"]
-    assert set(losses) == {"total", "photometric", "smoothness", "consistency"}
+    assert set(losses) == {"total", "photometric", "smoothness", "consistency", "supervised"}
+    assert losses["supervised"] > 0  # nirvis_synthetic knows its disparities
     assert (cvm_dir / "cvm" / "cvm.index").exists()
 
     sr_dir = tmp_path / "sr_stage"
@@ -235,6 +240,35 @@ def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
     assert len(pre_cvm.weights) == len(post_cvm.weights) > 0
     for a, b in zip(pre_cvm.weights, post_cvm.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(synthetic_data_dir, tmp_path):
+    # --cvm_steps runs a --stage=cvm run in <model_dir>/cvm_pretrain first and starts the SR
+    # stage from its CVM (kept fixed here, so the final CVM must equal the pre-trained one).
+    run = tmp_path / "run"
+    args = [*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0", "--save_every=2",
+            "--steps=2", "--cvm_steps=3", "--freeze_cvm", f"--model_dir={run}"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result.stderr)
+    assert summary["step"] == 2 and summary["cvm_pretraining"]["step"] == 3
+    assert (run / "cvm_pretrain" / "cvm" / "cvm.index").exists()
+    from cspsr_tf import model_io
+
+    pre, _ = model_io.load_model(str(run / "cvm_pretrain" / "final.keras"))
+    post, _ = model_io.load_model(str(run / "final.keras"))
+    keras.utils.set_random_seed(0)  # as train.py does before building (--seed=0)
+    fresh = build_cspsr_with_training_twin(get_config("tiny", scale=2))[0].get_layer("cvm")
+    moved = False
+    for a, b, c in zip(pre.get_layer("cvm").weights, post.get_layer("cvm").weights, fresh.weights,
+                       strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        moved = moved or not np.array_equal(a.numpy(), c.numpy())
+    assert moved  # the pre-training trained the CVM from its seeded initial weights
+    # Running the same command again resumes past both phases.
+    again = run_train(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Pre-training the CVM" not in again.stderr
 
 
 def test_mixed_precision_two_steps(synthetic_data_dir, tmp_path):

@@ -44,14 +44,18 @@ from absl import logging
 
 from cspsr_tf.data.degradations import apply_degradation, resolve_degradation
 from cspsr_tf.data.resize import bicubic_downscale
+from cspsr_tf.data.stereo_synthesis import synthesize_stereo
 
 # Channels of every per-pixel field of a frame; fixes static shapes after cropping.
-_CHANNELS = {"vis": 3, "nir": 1, "disparity": 1}
+_CHANNELS = {"vis": 3, "nir": 1, "disparity": 1, "disparity_valid": 1}
 
 # Second word of the base seeds, so training and evaluation streams with the same user seed
 # draw unrelated random numbers.
 _TRAIN_STREAM = 0x7261696E
 _EVAL_STREAM = 0x6576616C
+# Folded into an element's seed for its synthetic disparity field, leaving the other draws
+# (crops, flips, noise) as they were before stereo synthesis existed.
+_STEREO_STREAM = 0x73747265
 
 
 def to_float_image(image):
@@ -71,11 +75,13 @@ def frame_from_example(example):
     """Extracts the per-pixel fields of a builder example as a float32 frame dict.
 
     Args:
-        example: dict with `vis`, `nir` and optionally `disparity` (other keys are ignored).
+        example: dict with `vis`, `nir` and optionally `disparity` and `disparity_valid`
+            (other keys are ignored).
 
     Returns:
         dict with `vis` float32 [H, W, 3], `nir` float32 [H, W, 1] in [0, 1] and, when the
-        example has one, `disparity` float32 [H, W, 1] in HR pixels.
+        example has one, `disparity` float32 [H, W, 1] in HR pixels with `disparity_valid`
+        [H, W, 1] (1.0 where the disparity is known; all ones when the example has no mask).
     """
     frame = {"vis": to_float_image(example["vis"]), "nir": to_float_image(example["nir"])}
     if "disparity" in example:
@@ -83,6 +89,11 @@ def frame_from_example(example):
         if disparity.shape.rank == 2:
             disparity = disparity[..., tf.newaxis]
         frame["disparity"] = disparity
+        if "disparity_valid" in example:
+            valid = tf.cast(example["disparity_valid"], tf.float32)
+            frame["disparity_valid"] = valid[..., tf.newaxis] if valid.shape.rank == 2 else valid
+        else:
+            frame["disparity_valid"] = tf.ones_like(disparity)
     return frame
 
 
@@ -148,6 +159,8 @@ def random_downscale_frame(frame, seed, factor_range, min_size):
             ratio = tf.cast(new_width, tf.float32) / width_f
             resized = tf.image.resize(frame["disparity"], size, method="nearest")
             out["disparity"] = resized * ratio
+        if "disparity_valid" in frame:
+            out["disparity_valid"] = tf.image.resize(frame["disparity_valid"], size, method="nearest")
     return out
 
 
@@ -258,7 +271,9 @@ def crop_to_multiple(frame, multiple, frame_id=None):
     }
 
 
-def prepare_pair(vis, nir, scale, *, disparity=None, degradation=None, seed=None):
+def prepare_pair(
+    vis, nir, scale, *, disparity=None, disparity_valid=None, degradation=None, seed=None
+):
     """Makes the model's (inputs, targets) from one HR pair (or a batch of pairs).
 
     Args:
@@ -266,13 +281,14 @@ def prepare_pair(vis, nir, scale, *, disparity=None, degradation=None, seed=None
         nir: HR NIR image [H, W, 1] or [B, H, W, 1], uint8 or float in [0, 1].
         scale: int, the SR factor; H and W must be divisible by it.
         disparity: optional ground-truth left disparity [H, W, 1] in HR pixels.
+        disparity_valid: optional [H, W, 1] mask of the known disparities (default: all).
         degradation: None, a name or a mapping (see `degradations.resolve_degradation`),
             applied to the LR VIS input only.
         seed: shape [2] integer tensor, needed by the random degradations.
 
     Returns:
         (inputs, targets): inputs = {"vis_lr", "nir_lr"}; targets = {"vis_hr", "nir_hr"} plus
-        "disparity_hr" when `disparity` is given; all float32.
+        "disparity_hr" and "disparity_valid_hr" when `disparity` is given; all float32.
     """
     name, params = resolve_degradation(degradation)
     vis, nir = to_float_image(vis), to_float_image(nir)
@@ -280,8 +296,41 @@ def prepare_pair(vis, nir, scale, *, disparity=None, degradation=None, seed=None
     inputs = {"vis_lr": vis_lr, "nir_lr": bicubic_downscale(nir, scale)}
     targets = {"vis_hr": vis, "nir_hr": nir}
     if disparity is not None:
-        targets["disparity_hr"] = tf.cast(disparity, tf.float32)
+        disparity = tf.cast(disparity, tf.float32)
+        targets["disparity_hr"] = disparity
+        targets["disparity_valid_hr"] = (
+            tf.ones_like(disparity) if disparity_valid is None else tf.cast(disparity_valid, tf.float32)
+        )
     return inputs, targets
+
+
+def is_stereo_example(example):
+    """1.0 unless the example's `geometry` is `aligned` (a registered pair), as float32."""
+    if "geometry" not in example:
+        return tf.constant(1.0)
+    return tf.cast(tf.not_equal(example["geometry"], "aligned"), tf.float32)
+
+
+def with_synthetic_stereo(frame, stereo, seed, max_disparity):
+    """Turns a registered frame (stereo == 0) into a stereo frame with a known disparity.
+
+    Real stereo frames pass through; frames without a ground-truth disparity get a zero map
+    with a zero mask, so every element of a dataset has the same keys.
+
+    Returns:
+        (frame, stereo): the frame with `disparity` and `disparity_valid`, and 1.0.
+    """
+    def synthesize():
+        return {**frame, **synthesize_stereo(frame["nir"], seed, max_disparity)}
+
+    def keep():
+        if "disparity" in frame:
+            return dict(frame)
+        zeros = tf.zeros_like(frame["nir"][..., :1])
+        return {**frame, "disparity": zeros, "disparity_valid": zeros}
+
+    frame = tf.cond(stereo < 0.5, synthesize, keep)
+    return frame, tf.constant(1.0)
 
 
 def _check_scale(scale):
@@ -335,6 +384,7 @@ def make_training_dataset(
     random_downscale=(0.5, 1.0),
     vertical_flip=True,
     degradation=None,
+    synthetic_stereo_max_disparity=None,
     shuffle_buffer=256,
     repeat=True,
     drop_remainder=True,
@@ -354,12 +404,18 @@ def make_training_dataset(
         vertical_flip: whether to flip both views upside down with probability 0.5.
         degradation: None (the paper protocol), a name or a mapping for the LR VIS input;
             see `degradations.resolve_degradation`.
+        synthetic_stereo_max_disparity: None, or the largest disparity in HR pixels of the
+            random piecewise-planar fields that turn registered (`aligned`) patches into
+            stereo pairs with a known disparity (`stereo_synthesis`), for training the CVM.
         shuffle_buffer: frames held by the shuffle buffer; 0 or None disables shuffling.
         repeat: repeat the source forever (then train with `steps_per_epoch`).
         drop_remainder: drop a last partial batch, so the batch dimension is static.
 
     Returns:
-        A dataset of `(inputs, targets)` batches (see the module docstring).
+        A dataset of `(inputs, targets)` batches (see the module docstring); targets also
+        hold `stereo` [B], 1.0 for a stereo pair and 0.0 for a registered one (whose NIR must
+        not be shifted), and, with `synthetic_stereo_max_disparity`, `disparity_hr` and
+        `disparity_valid_hr` for every example (a zero mask where no disparity is known).
 
     Raises:
         ValueError: for a bad argument, or a source without `vis`/`nir`. A frame smaller than
@@ -397,6 +453,7 @@ def make_training_dataset(
         downscale_seed, crop_seed, flip_seed, degrade_seed = tf.unstack(
             tf.random.experimental.stateless_split(element_seed, num=4)
         )
+        stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
         frame = frame_from_example(example)
         if random_downscale is not None:
             frame = random_downscale_frame(
@@ -406,14 +463,22 @@ def make_training_dataset(
         frame = random_crop_frame(frame, hr_patch_size, crop_seed, frame_id=frame_id)
         if vertical_flip:
             frame = random_vertical_flip_frame(frame, flip_seed)
-        return prepare_pair(
+        stereo = is_stereo_example(example)
+        if synthetic_stereo_max_disparity:
+            frame, stereo = with_synthetic_stereo(
+                frame, stereo, stereo_seed, float(synthetic_stereo_max_disparity)
+            )
+        inputs, targets = prepare_pair(
             frame["vis"],
             frame["nir"],
             scale,
             disparity=frame.get("disparity"),
+            disparity_valid=frame.get("disparity_valid"),
             degradation=degradation,
             seed=degrade_seed,
         )
+        targets["stereo"] = stereo
+        return inputs, targets
 
     if shuffle_buffer:
         # Shuffle whole frames before repeating so every epoch sees a new order.
@@ -427,7 +492,9 @@ def make_training_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(ds, *, scale, multiple=1, degradation=None, seed=0):
+def make_eval_dataset(
+    ds, *, scale, multiple=1, degradation=None, seed=0, synthetic_stereo_max_disparity=None
+):
     """Builds the whole-frame evaluation dataset, one frame per batch.
 
     Each frame is cropped at its top-left corner (see `crop_to_multiple`) to a multiple of
@@ -440,7 +507,11 @@ def make_eval_dataset(ds, *, scale, multiple=1, degradation=None, seed=0):
         scale: int, the SR factor.
         multiple: int, what the LR height and width must be a multiple of.
         degradation: None (the paper protocol), a name or a mapping for the LR VIS input.
-        seed: int, seeds the random degradations (per frame, from its position).
+        seed: int, seeds the random degradations and synthetic disparities (per frame, from
+            its position).
+        synthetic_stereo_max_disparity: None, or the largest disparity (HR pixels) of the
+            fields that turn registered frames into stereo frames with a known disparity
+            (held-out measurement of the CVM); their meta geometry then reads `stereo`.
 
     Returns:
         A dataset of `(inputs, targets, meta)` with a batch dimension of 1; meta =
@@ -460,18 +531,24 @@ def make_eval_dataset(ds, *, scale, multiple=1, degradation=None, seed=0):
         element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         frame_id = example["id"] if "id" in example else None
         frame = crop_to_multiple(frame_from_example(example), crop_multiple, frame_id=frame_id)
+        degrade_seed = element_seed
+        stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
+        geometry = _string_or_default(example, "geometry")
+        if synthetic_stereo_max_disparity:
+            frame, _ = with_synthetic_stereo(
+                frame, is_stereo_example(example), stereo_seed, float(synthetic_stereo_max_disparity)
+            )
+            geometry = tf.constant("stereo")
         inputs, targets = prepare_pair(
             frame["vis"],
             frame["nir"],
             scale,
             disparity=frame.get("disparity"),
+            disparity_valid=frame.get("disparity_valid"),
             degradation=degradation,
-            seed=element_seed,
+            seed=degrade_seed,
         )
-        meta = {
-            "id": _string_or_default(example, "id"),
-            "geometry": _string_or_default(example, "geometry"),
-        }
+        meta = {"id": _string_or_default(example, "id"), "geometry": geometry}
         return inputs, targets, meta
 
     ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -5,7 +5,25 @@ import math
 import keras
 import tensorflow as tf
 
+from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
+
+GEOMETRIES = ("stereo", "aligned")
+# Candidates (LR pixels) either side of the best one that the soft-argmin averages over.
+SOFT_ARGMIN_RADIUS = 2.0
+# Spread (LR pixels) of the Gaussian that aggregates the NCC^2 cost volume over neighbours.
+COST_AGGREGATION_SIGMA = 2.0
+# Spread (LR pixels) of the confidence-weighted fill of the base estimate.
+FILL_SIGMA = 3.0
+
+
+def _shift_all_channels(x, offsets):
+    """[x(i, j + offset)] for each offset, border columns replicated beyond the frame."""
+    width = tf.shape(x)[2]
+    return [
+        tf.gather(x, tf.clip_by_value(tf.range(width) + offset, 0, width - 1), axis=2)
+        for offset in offsets
+    ]
 
 
 def _replicate_pad_to_multiple(x, multiple):
@@ -25,25 +43,43 @@ class CrossViewMatching(keras.layers.Layer):
 
     A U-shaped encoder-decoder over concat(vis_lr, nir_lr), after the cross-spectral
     disparity network the paper builds on (Zhi et al. 2018, itself in the DispNet / Monodepth
-    family): `depth` stride-2 stages of two 3x3 conv + batch norm + ELU, a decoder that
-    upsamples, concatenates the encoder skip and the coarser disparity, and a disparity head
-    at every decoder scale. The finest head (input resolution) gives `disp_l` and `disp_r`;
-    the coarser ones are returned with `return_pyramid=True` for multi-scale losses.
+    family), with the correlation layer of DispNetC (Mayer et al. 2016): `depth` stride-2
+    stages of two 3x3 conv + batch norm + ELU, a decoder that upsamples, concatenates the
+    encoder skip and the coarser disparity, and a disparity head at every decoder scale.
 
-    Disparities are in LR pixels, non-negative and bounded by a scaled sigmoid:
-    d = max_disparity * sigmoid(z), initialised near `initial_disparity`. Any input size
-    works: the input is padded by edge replication to a multiple of 2**depth and the outputs
-    are cropped back. The right NIR is moved into the left view with Eq. (1),
-    NIR_l(i, j) = NIR_r(i, j - disp_l(i, j)).
+    Matching. A network that sees only the concatenated images must discover correspondence
+    on its own, which takes far longer than a CPU training budget (measured: no progress in
+    900 steps of supervised training). So the layer builds cost volumes, for each view:
+    (a) the local NCC^2 of the two luminances (`cross_spectral_similarity`: invariant to the
+    gain, offset and contrast reversal that change between VIS and NIR) at every candidate
+    disparity 0, 1, ..., max_disparity, and (b) the correlation of learned, L2-normalised
+    features (one small extractor per view: the spectra differ) at the half-resolution
+    candidates 0, 2, 4, ... Both enter the encoder after its first stage; the soft-argmin of
+    (a) (a softmax over the candidates with a learned temperature) is the base estimate
+    every head corrects: d = max_disparity * sigmoid(logit(base / max_disparity) + head(.)).
+    The heads start at zero correction, so even an untrained CVM follows the best local
+    match, and training learns where to trust it (occlusions, flat regions) and refines it.
+
+    Disparities are in LR pixels, non-negative and bounded by max_disparity. A registered pair
+    (beam splitter, single-sensor RGB-NIR camera, EPFL / RANUS) must not be shifted at all,
+    which the sigmoid cannot output: `geometry="aligned"` makes the layer return zero
+    disparities and the NIR unchanged (its weights are kept, so one trained model serves both
+    rigs), and a per-example flag (third input, 1 = stereo, 0 = registered) does the same for
+    single examples of a mixed batch. Any input size works: the input is padded by edge
+    replication to a multiple of 2**depth and the outputs are cropped back. The right NIR is
+    moved into the left view with Eq. (1), NIR_l(i, j) = NIR_r(i, j - disp_l(i, j)).
 
     Args:
-        base_channels: int, default 16; width of the first stage (doubles per stage).
+        base_channels: int, default 16; width of the first stage (doubles per stage) and of
+            the matching features.
         depth: int, default 3; number of stride-2 stages.
         max_disparity: float, default 24.0; upper bound of the disparity in LR pixels.
-        initial_disparity: float, default 1.0; disparity the untrained heads output.
+        geometry: `stereo` (default; predict the disparity) or `aligned` (zero disparity).
 
     Call arguments:
-        inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1].
+        inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1], or a triple
+            `(vis_lr, nir_lr, stereo)` with `stereo` [B, 1]: the disparities of the examples
+            whose flag is 0 are multiplied by 0.
         training: bool, for the batch norms.
 
     Returns:
@@ -54,7 +90,9 @@ class CrossViewMatching(keras.layers.Layer):
 
     References:
         Wei et al., CSPSR, Sec. 4.2 and Eq. (1); Zhi et al., "Deep Material-aware
-        Cross-spectral Stereo Matching", CVPR 2018.
+        Cross-spectral Stereo Matching", CVPR 2018; Mayer et al., "A Large Dataset to Train
+        Convolutional Networks for Disparity, Optical Flow, and Scene Flow Estimation"
+        (DispNetC), CVPR 2016.
     """
 
     def __init__(
@@ -62,23 +100,24 @@ class CrossViewMatching(keras.layers.Layer):
         base_channels=16,
         depth=3,
         max_disparity=24.0,
-        initial_disparity=1.0,
         return_pyramid=False,
+        geometry="stereo",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}. Received: geometry={geometry!r}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1. Received: depth={depth}")
-        if not 0.0 < initial_disparity < max_disparity:
-            raise ValueError(
-                "initial_disparity must lie in (0, max_disparity). Received: "
-                f"initial_disparity={initial_disparity}, max_disparity={max_disparity}"
-            )
+        if not max_disparity >= 2.0:
+            raise ValueError(f"max_disparity must be >= 2. Received: max_disparity={max_disparity}")
         self.base_channels = base_channels
         self.depth = depth
         self.max_disparity = float(max_disparity)
-        self.initial_disparity = float(initial_disparity)
+        # Candidate disparities of the cost volume, in half-resolution pixels.
+        self.num_candidates = int(math.ceil(self.max_disparity / 2.0)) + 1
         self.return_pyramid = return_pyramid
+        self.geometry = geometry
         policy = self.dtype_policy
 
         def conv_bn_elu(filters, strides, name):
@@ -98,22 +137,30 @@ class CrossViewMatching(keras.layers.Layer):
             self.encoder.append(
                 conv_bn_elu(filters, 2, f"enc{level}a") + conv_bn_elu(filters, 1, f"enc{level}b")
             )
-        p = initial_disparity / max_disparity
-        head_bias = keras.initializers.Constant(math.log(p / (1.0 - p)))
+        self.matching = {
+            view: [
+                keras.layers.Conv2D(base_channels, 3, padding="same", activation="elu",
+                                    name=f"match_{view}1", dtype=policy),
+                keras.layers.Conv2D(base_channels, 3, strides=2, padding="same", activation="elu",
+                                    name=f"match_{view}2", dtype=policy),
+                keras.layers.Conv2D(base_channels, 3, padding="same", name=f"match_{view}3", dtype=policy),
+            ]
+            for view in ("vis", "nir")
+        }
         self.decoder = []
         self.heads = []
         for level in range(depth - 1, -1, -1):
             self.decoder.append(conv_bn_elu(base_channels * 2**level, 1, f"dec{level}"))
             self.heads.append(
                 keras.layers.Conv2D(
-                    2, 3, padding="same", bias_initializer=head_bias,
+                    2, 3, padding="same", bias_initializer="zeros",
                     kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
                     name=f"disp{level}", dtype=policy,
                 )
             )
 
     def build(self, input_shape):
-        vis_shape, nir_shape = input_shape
+        vis_shape, nir_shape = input_shape[0], input_shape[1]
 
         def build_stack(stack, channels_in):
             for layer in stack:
@@ -124,14 +171,90 @@ class CrossViewMatching(keras.layers.Layer):
                     layer.build((None, None, None, channels_in))
             return channels_in
 
+        build_stack(self.matching["vis"], vis_shape[-1])
+        build_stack(self.matching["nir"], nir_shape[-1])
+        # Softmax temperature of the soft-argmin over the cost volume (log-parameterised).
+        self.log_temperature = self.add_weight(
+            name="log_temperature", shape=(), initializer=keras.initializers.Constant(math.log(50.0))
+        )
         skip_channels = [build_stack(self.stem, vis_shape[-1] + nir_shape[-1])]
-        for stage in self.encoder:
+        for index, stage in enumerate(self.encoder):
             skip_channels.append(build_stack(stage, skip_channels[-1]))
+            if index == 0:
+                skip_channels[-1] += 4 * self.num_candidates  # the cost volumes
         incoming = skip_channels[-1]
         for step, (block, head) in enumerate(zip(self.decoder, self.heads, strict=True)):
             level = self.depth - 1 - step
             incoming = build_stack(block, incoming + skip_channels[level] + (2 if step else 0))
             head.build((None, None, None, incoming))
+
+    def _cost_volumes(self, vis, nir):
+        """Matching evidence at every candidate disparity, for both views.
+
+        Returns (volumes, base): `volumes` [B, H/2, W/2, 4 N] for the encoder (learned-feature
+        correlation and local NCC^2 of the luminances, left and right view, at the N
+        half-resolution candidates 0, 2, 4, ... LR px) and `base` [B, H, W, 2], the soft-argmin
+        (left, right) of the full-resolution NCC^2 volumes (candidates 0, 1, ..., max), in LR
+        pixels.
+        """
+        def features(view, image):
+            return tf.math.l2_normalize(self._run(self.matching[view], image, None), axis=-1)
+
+        f_vis, f_nir = features("vis", vis), features("nir", nir)
+        n = self.num_candidates
+        left = [-d for d in range(n)]  # f_nir(j - d), the left view's candidates
+        right = list(range(n))  # f_vis(j + d), the right view's candidates
+        learned_l = tf.stack(
+            [tf.reduce_sum(f_vis * f, -1) for f in _shift_all_channels(f_nir, left)], axis=-1
+        )
+        learned_r = tf.stack(
+            [tf.reduce_sum(f_nir * f, -1) for f in _shift_all_channels(f_vis, right)], axis=-1
+        )
+        lum_vis, lum_nir = luminance(vis), tf.cast(nir, tf.float32)
+        candidates = list(range(2 * (n - 1) + 1))  # 0 .. max_disparity (rounded up to even)
+        # Aggregated over a neighbourhood, as local stereo methods do: one window's NCC is noisy.
+        ncc_l = gaussian_blur(ncc_squared_volume(lum_vis, lum_nir, [-d for d in candidates]),
+                              COST_AGGREGATION_SIGMA)
+        ncc_r = gaussian_blur(ncc_squared_volume(lum_nir, lum_vis, candidates), COST_AGGREGATION_SIGMA)
+        temperature = tf.exp(tf.cast(self.log_temperature, tf.float32))
+        values = tf.constant(candidates, tf.float32)
+
+        def soft_argmin(volume):
+            # Around the best candidate only: an average over all candidates would land
+            # between the modes of an ambiguous (repetitive or flat) pixel.
+            best = tf.cast(tf.argmax(volume, axis=-1), tf.float32)[..., tf.newaxis]
+            near = tf.abs(values - best) <= SOFT_ARGMIN_RADIUS
+            logits = tf.where(near, temperature * volume, tf.fill(tf.shape(volume), -1e9))
+            weights = tf.nn.softmax(logits, axis=-1)
+            return tf.reduce_sum(weights * values, axis=-1, keepdims=True)
+
+        def filled(volume):
+            # Where no candidate matches well (flat or occluded areas) the best one is noise:
+            # a normalised convolution weighted by the peak NCC^2 fills those pixels from the
+            # confident ones around them.
+            confidence = tf.square(tf.reduce_max(volume, axis=-1, keepdims=True))
+            estimate = soft_argmin(volume)
+            return tf.math.divide_no_nan(
+                gaussian_blur(confidence * estimate, FILL_SIGMA), gaussian_blur(confidence, FILL_SIGMA)
+            )
+
+        base = tf.clip_by_value(tf.concat([filled(ncc_l), filled(ncc_r)], axis=-1), 0.0, self.max_disparity)
+
+        def half(volume):  # every second candidate, averaged over 2x2 pixels
+            return tf.nn.avg_pool2d(volume[..., : 2 * n - 1 : 2], 2, 2, "VALID")
+
+        dtype = f_vis.dtype
+        volumes = tf.concat(
+            [learned_l, learned_r, tf.cast(half(ncc_l), dtype), tf.cast(half(ncc_r), dtype)], axis=-1
+        )
+        return volumes, base
+
+    @staticmethod
+    def _base_at_level(base, level):
+        """The full-resolution base estimate at decoder level `level` (resolution / 2^level)."""
+        if level == 0:
+            return base
+        return tf.nn.avg_pool2d(base, 2**level, 2**level, "VALID")
 
     @staticmethod
     def _run(stack, x, training):
@@ -142,12 +265,18 @@ class CrossViewMatching(keras.layers.Layer):
         return x
 
     def call(self, inputs, training=None):
-        vis_lr, nir_lr = inputs
+        vis_lr, nir_lr = inputs[0], inputs[1]
+        stereo = inputs[2] if len(inputs) > 2 else None
+        if self.geometry == "aligned":
+            return self._registered_outputs(vis_lr, nir_lr)
         height, width = tf.shape(vis_lr)[1], tf.shape(vis_lr)[2]
         x = _replicate_pad_to_multiple(tf.concat([vis_lr, nir_lr], axis=-1), 2**self.depth)
+        volumes, base = self._cost_volumes(x[..., :3], x[..., 3:])
         skips = [self._run(self.stem, x, training)]
-        for stage in self.encoder:
+        for index, stage in enumerate(self.encoder):
             skips.append(self._run(stage, skips[-1], training))
+            if index == 0:
+                skips[-1] = tf.concat([skips[-1], tf.cast(volumes, skips[-1].dtype)], -1)
         y = skips[-1]
         disparity = None
         pyramid = []
@@ -159,7 +288,12 @@ class CrossViewMatching(keras.layers.Layer):
                 # Coarser estimate, upsampled, as an extra input (values stay in LR pixels).
                 parts.append(tf.repeat(tf.repeat(disparity, 2, axis=1), 2, axis=2))
             y = self._run(block, tf.concat(parts, axis=-1), training)
-            disparity = self.max_disparity * tf.sigmoid(head(y))
+            # Bounded, and centred on the cost volume's estimate at this level.
+            p = tf.clip_by_value(self._base_at_level(base, level) / self.max_disparity, 1e-3, 1.0 - 1e-3)
+            logits = tf.math.log(p / (1.0 - p)) + tf.cast(head(y), tf.float32)
+            disparity = tf.cast(self.max_disparity * tf.sigmoid(logits), y.dtype)
+            if stereo is not None:
+                disparity = disparity * tf.reshape(tf.cast(stereo, disparity.dtype), [-1, 1, 1, 1])
             pyramid.append(disparity)
         disparity = disparity[:, :height, :width, :]
         disp_l, disp_r = disparity[..., :1], disparity[..., 1:]
@@ -169,14 +303,21 @@ class CrossViewMatching(keras.layers.Layer):
             outputs["pyramid"] = pyramid
         return outputs
 
+    def _registered_outputs(self, vis_lr, nir_lr):
+        zeros = tf.zeros_like(vis_lr[..., :1])
+        outputs = {"nir_l": nir_lr, "valid_l": tf.ones_like(zeros), "disp_l": zeros, "disp_r": zeros}
+        if self.return_pyramid:
+            outputs["pyramid"] = []
+        return outputs
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
+                "geometry": self.geometry,
                 "base_channels": self.base_channels,
                 "depth": self.depth,
                 "max_disparity": self.max_disparity,
-                "initial_disparity": self.initial_disparity,
                 "return_pyramid": self.return_pyramid,
             }
         )

@@ -1,0 +1,90 @@
+"""A similarity of VIS and NIR images that survives the spectral gap: local NCC squared.
+
+Between the visible and the near-infrared band, edges mostly stay where they are while their
+contrast changes with the material: vegetation is dark in VIS and bright in NIR, many dyes
+vanish in NIR, skin and red paint brighten. Locally, the NIR image is roughly an affine
+function of the VIS luminance whose gain may be negative. The squared normalised
+cross-correlation in a small window is invariant to exactly that (gain, offset and sign), so
+it peaks where the two views show the same structure. The CVM's cost volume and its matching
+loss both use it.
+"""
+
+import tensorflow as tf
+
+NCC_WINDOW_SIGMA = 1.5
+NCC_EPSILON = 1e-6
+
+
+def luminance(image):
+    image = tf.cast(image, tf.float32)
+    if image.shape[-1] == 3:
+        return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    return image
+
+
+def _edge_pad(image, radius):
+    """Pads [B, H, W, C] by `radius` on every side, replicating the border (any frame size)."""
+    def indices(length):
+        return tf.clip_by_value(tf.range(-radius, length + radius), 0, length - 1)
+
+    image = tf.gather(image, indices(tf.shape(image)[1]), axis=1)
+    return tf.gather(image, indices(tf.shape(image)[2]), axis=2)
+
+
+def gaussian_kernel(sigma):
+    radius = int(3 * sigma + 0.5)
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(x / sigma))
+    return kernel / tf.reduce_sum(kernel), radius
+
+
+def gaussian_blur(image, sigma):
+    """Separable Gaussian blur of [B, H, W, C] (each channel alone), border replicated."""
+    if sigma <= 0:
+        return image
+    kernel, radius = gaussian_kernel(sigma)
+    channels = image.shape[-1]
+    padded = _edge_pad(image, radius)
+    rows = tf.nn.depthwise_conv2d(
+        padded, tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1]), [1, 1, 1, 1], "VALID"
+    )
+    return tf.nn.depthwise_conv2d(
+        rows, tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1]), [1, 1, 1, 1], "VALID"
+    )
+
+
+def shift_columns(image, offsets):
+    """[B, H, W, 1] -> [B, H, W, len(offsets)]: channel k is image(i, j + offsets[k]), border
+    columns replicated beyond the frame."""
+    width = tf.shape(image)[2]
+    columns = tf.range(width)[tf.newaxis, :] + tf.constant(offsets, tf.int32)[:, tf.newaxis]
+    shifted = tf.gather(image[..., 0], tf.clip_by_value(columns, 0, width - 1), axis=2)
+    return tf.transpose(shifted, [0, 1, 3, 2])
+
+
+def ncc_squared_volume(reference, other, offsets, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
+    """Local NCC^2 of `reference` against `other` moved by each offset: [B, H, W, len(offsets)].
+
+    Channel k compares reference(i, j) with other(i, j + offsets[k]); both [B, H, W, 1].
+    """
+    moved = shift_columns(other, offsets)
+    mean_r = gaussian_blur(reference, window_sigma)
+    var_r = gaussian_blur(reference * reference, window_sigma) - mean_r * mean_r
+    mean_o = shift_columns(gaussian_blur(other, window_sigma), offsets)
+    var_o = shift_columns(gaussian_blur(other * other, window_sigma), offsets) - mean_o * mean_o
+    cov = gaussian_blur(reference * moved, window_sigma) - mean_r * mean_o
+    return tf.square(cov) / (tf.maximum(var_r, 0.0) * tf.maximum(var_o, 0.0) + eps)
+
+
+def local_ncc_squared(a, b, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
+    """Squared normalised cross-correlation of a and b [B, H, W, 1] in Gaussian windows.
+
+    Invariant to a local gain and offset of either image, and (squared) to a reversed
+    contrast, which is what changes between a VIS and a NIR view of the same edge. Flat
+    windows give 0 (no evidence either way) thanks to `eps`.
+    """
+    mean_a, mean_b = gaussian_blur(a, window_sigma), gaussian_blur(b, window_sigma)
+    var_a = gaussian_blur(a * a, window_sigma) - mean_a * mean_a
+    var_b = gaussian_blur(b * b, window_sigma) - mean_b * mean_b
+    cov = gaussian_blur(a * b, window_sigma) - mean_a * mean_b
+    return tf.square(cov) / (tf.maximum(var_a, 0.0) * tf.maximum(var_b, 0.0) + eps)
