@@ -1,53 +1,71 @@
-"""Does the NIR help? The paper's central ablation (Tables 3-4), trained and tested here.
+"""Does the NIR help? VIS-only baseline against the dual branch, clean and in low light.
 
-    .venv/bin/python benchmarks/nir_benefit.py                       # ~30 min on 2 cores
-    .venv/bin/python benchmarks/nir_benefit.py --minutes_per_row=30  # longer
-    .venv/bin/python benchmarks/nir_benefit.py --smoke               # a few minutes
+    .venv/bin/python benchmarks/nir_benefit.py                    # all 12 rows (hours on 2 cores)
+    .venv/bin/python benchmarks/nir_benefit.py --calibrate_only   # time per step, projected total
+    .venv/bin/python benchmarks/nir_benefit.py --resume           # skip rows already done
+    .venv/bin/python benchmarks/nir_benefit.py --rows=clean/full/seed0,clean/baseline/seed0
+    .venv/bin/python benchmarks/nir_benefit.py --smoke            # a few minutes, figures meaningless
 
-Four rows at x4, each trained by the project's own `train.py` (a subprocess) with the same
-data, seed, batch, patch size and number of steps, then evaluated by `evaluate.py` on the
-same held-out frames:
+Data: the shared samples (`nirvis_folder` builder on `<repo>/../shared/data/nirvis_samples`,
+found relative to the repository root; --manual_dir to change it). Split rule, fixed by id
+before any result (and recorded verbatim in the JSON):
 
-    baseline  single branch, VIS only
-    w_nir     single branch, NIR concatenated to the VIS input (no alignment)
-    wo_cvm    dual branch (DMF modules: dynamic conv + CSFT), NIR not aligned (no CVM)
-    full      CSPSR: dual branch with the cross-view matching module
+    EPFL pairs (ids starting with `epfl_nirscene1/`): within each category folder (the id's
+    parent folder name, e.g. `country`, `urban`), sort the ids; the pairs at sorted positions
+    3, 7, 11, ... (position % 4 == 3) are test, the rest train. The Zhi et al. Pittsburgh
+    stereo frames (ids starting with `pittsburgh_stereo/`) are all train (crops of possibly
+    the same frames are never split). The SANet indoor stereo pair
+    (`sanet_own_rgbnir_stereo/...`) and the low-light pair (`lowlight_rgbnir/...`) are test.
+    Any id matching none of these (future rows of pairs.csv) is train.
 
-Data. With the shared samples (`--manual_dir`, default /work/shared/data/nirvis_samples,
-read by the `nirvis_folder` builder) the split is fixed by id, before any result, and
-never by result:
-    test  = the EPFL 'country' pairs with key >= 0040 (0040-0048, 0050, 0051, 0070: 12
-            aligned pairs) + the indoor stereo pair of the SANet authors (a scene and rig
-            found nowhere else in the data), 13 whole frames;
-    train = the 40 other EPFL pairs + the 4 Zhi et al. (Pittsburgh) stereo frames. The
-            Pittsburgh frames stay together in training: three are crops made by another
-            repository, and whether any of them shows the same frame as the fourth is not
-            known, so they are never split.
-`nirvis_folder` has one `train` split, stored in TFDS's own (hashed) order, not the CSV's,
-so `train[:N]` slices of the CSV order do not exist: the rule is applied to the ids, and
-the resulting positions are written as TFDS split strings (`train[3:4]+train[9:12]+...`)
-for train.py and evaluate.py. The script then reads the ids of both split strings back
-and checks that they are exactly the rule's sets, disjoint, and cover every pair (each
-example is a whole frame pair, so no frame is ever cut between the splits). As a check for
-near-duplicate scenes across the split, every test frame's highest correlation with a
-training frame (64x64 grey thumbnails) is reported.
-Without the samples, the builder-defined splits of `nirvis_synthetic` (train / test) are
-used.
+"Parent folder" is taken literally: the CDLSR urban TIFFs (`.../Train_RGB_NIR/NNNN_rgb`) form a
+group `Train_RGB_NIR` of their own, the Tangzl7 pairs the groups of their own folders. Each
+example is a whole frame pair, so no pair is ever cut between the splits. `nirvis_folder` has
+one `train` split in TFDS's own (hashed) order, so the rule is applied to the ids and written
+as TFDS split strings (`train[3:4]+train[9:12]+...`); the ids of both strings are read back
+and checked (disjoint, covering every pair, equal to the rule's sets). Every test frame's most
+similar training frame (64x64 grey thumbnail correlation) is reported (near duplicates).
+evaluate.py names its output folder after the split string, and the test string is longer
+than a file name may be, so the test split goes to evaluate.py (and nir_usage.py) as a
+comma-separated list of shorter split strings (one evaluate.py call); the frames of all of
+them are merged and averaged with `cspsr_tf.evaluation.aggregate`, the function evaluate.py
+itself uses.
 
-Budget. Every row trains the same number of steps. By default that number comes from a
-calibration: two short runs of the most expensive row (`full`, 5 and 25 steps) give its
-time per step, and the steps are chosen so that `full` trains for --minutes_per_row
-(default 6, so that the whole run, with the cheaper rows, calibration and evaluation,
-stays near 30 minutes on 2 cores). --steps fixes the number instead. With the
-calibration, as a safety net, each run is stopped after 1.5 x --minutes_per_row
-(train.py --max_minutes; --time_limit_factor=0 turns it off); a row stopped that way has
-fewer steps, and the table and JSON say so.
+Conditions (training and evaluation use the same one): `clean` (`--degradation=none`,
+bicubic LR, the paper's protocol) and `low_light` (`--degradation=low_light`: the LR VIS is
+darkened x0.25 with shot and read noise; the NIR stays clean, the HR target is the clean VIS).
 
-Validation during training is off (no best.keras chosen on any data): every row is
-evaluated at its final step (final.keras).
+Rows, run in this order so that a partial run is still a useful table (JSON + markdown
+written after every row; --resume skips rows already in the JSON with the same settings):
+    low_light/baseline/seed0, low_light/full/seed0, clean/baseline/seed0, clean/full/seed0,
+    low_light/baseline/seed1, low_light/full/seed1, clean/baseline/seed1, clean/full/seed1,
+    clean/baseline_wide/seed0, low_light/baseline_wide/seed0, clean/w_nir/seed0,
+    clean/wo_cvm/seed0
+`baseline` is the single-branch VIS-only model, `full` CSPSR (dual branch with DMF modules
+and the CVM), `w_nir` the single branch with the NIR concatenated, `wo_cvm` the dual branch
+without the CVM. A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's
+residual block has two, so at equal T the baseline has the stronger VIS path: `baseline_wide`
+is the baseline with `--num_modules` raised until its parameter count is the closest to the
+full model's SR part (the full model's count without the layer `cvm`); both counts are printed
+and recorded.
 
-Target (issue): `full` at least 0.3 dB PSNR (standard protocol: Y channel, `scale` pixels
-shaved) above `baseline` on the held-out frames. Whatever comes out is reported.
+Every row: train.py with the same steps (--steps, default 2000), batch 16, HR patch 96, x4,
+Adam 5e-4 with a cosine schedule, no validation, seed 0 or 1 (weights and data stream), the
+`small` preset by default (--preset, --channels and --num_modules pass through); rows with a
+CVM also get --cvm_steps (CVM pre-training, default 300) when train.py knows that flag. Then
+evaluate.py on the test frames under the row's condition, at the final step (final.keras);
+and for every dual-branch and w_nir row nir_usage.py: PSNR with the NIR replaced by a flat
+grey image and by another frame's NIR, and the mean CSFT gates per DMF module.
+
+Targets (issue; standard protocol: Y, `scale` pixels shaved; full vs baseline, means over
+seeds): low_light >= +1.0 dB, clean >= +0.3 dB; the dual branch must also beat
+`baseline_wide`. Whatever comes out is reported, with the seed spread.
+
+Calibration (by default before the rows; --calibrate_only stops after it): two short runs
+(5 and 25 steps, CVM pre-training as many) of `full`, `baseline` and `baseline_wide` give each
+one's time per step (the difference cancels start-up and tracing), one evaluate.py and one
+nir_usage.py call on 3 frames the evaluation time; the projected total of the selected rows
+is printed and recorded.
 """
 
 import os
@@ -59,79 +77,121 @@ from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
-import glob  # noqa: E402
 import json  # noqa: E402
+import posixpath  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 
 NAME = "nir_benefit"
-ROWS = {
+SAMPLES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirvis_samples"
+SPLIT_RULE = (
+    "EPFL pairs (ids starting with `epfl_nirscene1/`): within each category folder (the id's "
+    "parent folder name, e.g. `country`, `urban`), sort the ids; the pairs at sorted positions "
+    "3, 7, 11, ... (position % 4 == 3) are test, the rest train. The Zhi et al. Pittsburgh "
+    "stereo frames (ids starting with `pittsburgh_stereo/`) are all train (crops of possibly "
+    "the same frames are never split). The SANet indoor stereo pair "
+    "(`sanet_own_rgbnir_stereo/...`) and the low-light pair (`lowlight_rgbnir/...`) are test. "
+    "Any id matching none of these (future rows of pairs.csv) is train."
+)
+CONDITIONS = {"clean": "none", "low_light": "low_light"}
+ABLATIONS = {
     "baseline": "single branch, VIS only",
+    "full": "CSPSR: dual branch (DMF) + CVM",
+    "baseline_wide": "single branch, VIS only, T raised to the full model's SR parameters",
     "w_nir": "single branch, VIS + NIR concatenated",
     "wo_cvm": "dual branch (DMF), no CVM",
-    "full": "CSPSR (dual branch + CVM)",
 }
-TARGET_GAIN_DB = 0.3
-SAMPLES_DIR = "/work/shared/data/nirvis_samples"
-EPFL_ID = re.compile(r"^epfl_nirscene1/.*/country/(\d{4})_rgb$")
-INDOOR_STEREO_ID = "sanet_own_rgbnir_stereo/lustrouselixir_SANet/Ours/01_target"
-SPLIT_RULE = (
-    "test = EPFL country pairs with key >= 0040, plus the indoor SANet stereo pair "
-    f"({INDOOR_STEREO_ID}); train = every other pair (40 EPFL country pairs and the 4 "
-    "Pittsburgh stereo frames). Fixed before any result."
-)
+TRAIN_ABLATION = {"baseline_wide": "baseline"}
+USES_CVM = {"full"}
+NIR_USAGE_ROWS = {"full", "wo_cvm", "w_nir"}
+ROW_ORDER = [
+    "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",
+    "low_light/baseline/seed1", "low_light/full/seed1", "clean/baseline/seed1", "clean/full/seed1",
+    "clean/baseline_wide/seed0", "low_light/baseline_wide/seed0", "clean/w_nir/seed0",
+    "clean/wo_cvm/seed0",
+]
+SMOKE_ROWS = ["low_light/baseline/seed0", "low_light/full/seed0"]
+TARGETS_DB = {"low_light": 1.0, "clean": 0.3}
 CALIBRATION_STEPS = (5, 25)
+CALIBRATION_KINDS = ("full", "baseline", "baseline_wide")
+# evaluate.py names a folder "<dataset>_<split>": keep each split string well below NAME_MAX.
+MAX_SPLIT_CHARS = 180
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results (a .md table is written beside it).")
-flags.DEFINE_bool("smoke", False, "A short run (tiny preset, 2 steps, 2 test frames) to check the script.")
-flags.DEFINE_list("rows", list(ROWS), "Ablation rows to train, in table order.")
+flags.DEFINE_bool("smoke", False, "Tiny preset, 2 steps, 2 test frames, 2 rows: checks the script.")
+flags.DEFINE_list("rows", None, f"Rows to run, by name (default: all, in this order: {','.join(ROW_ORDER)}).")
 flags.DEFINE_string("preset", "small", "Model preset.")
-flags.DEFINE_integer("scale", 4, "SR factor.")
-flags.DEFINE_string("manual_dir", SAMPLES_DIR, "Folder with pairs.csv (nirvis_folder); if absent, nirvis_synthetic.")
-flags.DEFINE_string("dataset", None, "Force a dataset (nirvis_folder or nirvis_synthetic).")
+flags.DEFINE_integer("channels", None, "Override of the preset's channels (passed to train.py).")
+flags.DEFINE_integer("num_modules", None, "Override of the preset's num_modules (passed to train.py).")
+flags.DEFINE_string("manual_dir", str(SAMPLES_DIR), "Folder with pairs.csv (nirvis_folder).")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME),
                     "Training runs, evaluations and logs (runs/ is git-ignored).")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: <work_dir>/tfds, so no stale preparation is reused).")
-flags.DEFINE_float("minutes_per_row", 6.0, "Training minutes of the `full` row (sets --steps by calibration).")
-flags.DEFINE_integer("steps", None, "Steps per row (skips the calibration).")
-flags.DEFINE_float("time_limit_factor", 1.5, "Stop a row after this x --minutes_per_row (0: never).")
-flags.DEFINE_integer("batch_size", 16, "Training batch size (paper: 32).")
-flags.DEFINE_integer("patch_size", 120, "HR patch size (paper: 120).")
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (paper: 1e-4).")
-flags.DEFINE_integer("seed", 0, "Seed of every row (weights and data stream); never chosen by results.")
-flags.DEFINE_bool("include_indoor_test", True, "Add the indoor stereo pair to the test frames.")
-flags.DEFINE_bool("resume", False, "Keep existing row directories (train.py resumes) instead of starting fresh.")
-flags.DEFINE_integer("max_frames", None, "Evaluate at most this many test frames.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: <work_dir>/tfds).")
+flags.DEFINE_integer("steps", 2000, "SR training steps of every row.")
+flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps of rows with a CVM (train.py --cvm_steps).")
+flags.DEFINE_integer("batch_size", 16, "Training batch size.")
+flags.DEFINE_integer("patch_size", 96, "HR patch size.")
+flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate.")
+flags.DEFINE_string("lr_schedule", "cosine", "train.py --lr_schedule.")
+flags.DEFINE_bool("resume", False, "Skip rows already in --out with the same settings; keep run folders (train.py resumes).")
+flags.DEFINE_bool("calibrate", True, "Measure the time per step first and print the projected total.")
+flags.DEFINE_bool("calibrate_only", False, "Stop after the calibration.")
+flags.DEFINE_integer("max_frames", None, "Evaluate only the first N test frames (TFDS order).")
+
+SCALE = 4
+
+
+def rel(path):
+    """A path as the subprocesses see it (cwd = repository root), relative where possible."""
+    relative = os.path.relpath(os.path.abspath(path), bench_util.REPO_ROOT)
+    return relative if not relative.startswith("../../") else os.path.abspath(path)
+
+
+def python_cmd():
+    return rel(sys.executable)
 
 
 # ---------------------------------------------------------------------------------------
 # Splits
 
 
-def read_ids(builder, split):
+def read_ids(builder, split, by_index=False):
+    """The ids of a split: in the order train.py / evaluate.py read them (TFDS's default
+    interleaving of the shard files), or with `by_index` in TFDS index order (`train[i]`)."""
     import tensorflow_datasets as tfds
 
     decoders = {"vis": tfds.decode.SkipDecoding(), "nir": tfds.decode.SkipDecoding()}
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    read_config = tfds.ReadConfig(interleave_cycle_length=1) if by_index else None
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=read_config)
     return [example["id"].numpy().decode() for example in ds]
 
 
-def is_test_id(frame_id, include_indoor):
-    match = EPFL_ID.match(frame_id)
-    if match:
-        return int(match.group(1)) >= 40
-    return include_indoor and frame_id == INDOOR_STEREO_ID
+def rule_test_ids(ids):
+    """The test ids of SPLIT_RULE among `ids` (everything else is train)."""
+    groups = {}
+    test = set()
+    for frame_id in ids:
+        if frame_id.startswith("epfl_nirscene1/"):
+            category = posixpath.basename(posixpath.dirname(frame_id))
+            groups.setdefault(category, []).append(frame_id)
+        elif frame_id.startswith(("sanet_own_rgbnir_stereo/", "lowlight_rgbnir/")):
+            test.add(frame_id)
+    for members in groups.values():
+        test.update(m for position, m in enumerate(sorted(members)) if position % 4 == 3)
+    return test
 
 
-def split_string(indices, base="train"):
-    """Sorted positions -> 'train[a:b]+train[c:d]' with one slice per run of positions."""
+def slices(indices, base="train"):
+    """Sorted positions -> ['train[a:b]', ...], one slice per run of consecutive positions."""
     parts, start, previous = [], None, None
     for index in sorted(indices):
         if start is None:
@@ -143,7 +203,24 @@ def split_string(indices, base="train"):
             start = previous = index
     if start is not None:
         parts.append(f"{base}[{start}:{previous + 1}]")
-    return "+".join(parts)
+    return parts
+
+
+def split_string(indices):
+    return "+".join(slices(indices))
+
+
+def chunked_split_strings(indices, max_chars=MAX_SPLIT_CHARS):
+    """Split strings of at most ~max_chars each whose concatenation covers `indices` in order."""
+    chunks, current = [], []
+    for part in slices(indices):
+        if current and len("+".join([*current, part])) > max_chars:
+            chunks.append("+".join(current))
+            current = []
+        current.append(part)
+    if current:
+        chunks.append("+".join(current))
+    return chunks
 
 
 def thumbnails(builder, split):
@@ -161,50 +238,98 @@ def thumbnails(builder, split):
     return out
 
 
-def define_splits(dataset, data_dir, manual_dir, include_indoor):
+def define_splits(data_dir, manual_dir, max_frames=None):
     """The train / test split strings, their ids, and the checks; prepares the data."""
     from cspsr_tf.data import sources
 
-    builder = sources.get_builder(dataset, data_dir, manual_dir)
-    if dataset != "nirvis_folder":
-        train_ids, test_ids = read_ids(builder, "train"), read_ids(builder, "test")
-        return {
-            "rule": "the nirvis_synthetic builder's own train / test splits",
-            "train_split": "train", "test_split": "test",
-            "train_ids": train_ids, "test_ids": test_ids,
-            "checks": {"disjoint": not set(train_ids) & set(test_ids)},
-        }, builder
-    ids = read_ids(builder, "train")
-    test_pos = [i for i, frame_id in enumerate(ids) if is_test_id(frame_id, include_indoor)]
-    train_pos = [i for i in range(len(ids)) if i not in set(test_pos)]
+    builder = sources.get_builder("nirvis_folder", data_dir, manual_dir)
+    # Positions must be TFDS indices: a plain read of a split of several shard files
+    # interleaves them, so its order is not `train[i]`'s.
+    ids = read_ids(builder, "train", by_index=True)
+    expected_test = rule_test_ids(ids)
+    test_pos = [i for i, frame_id in enumerate(ids) if frame_id in expected_test]
+    train_pos = [i for i in range(len(ids)) if ids[i] not in expected_test]
     if not test_pos or not train_pos:
-        raise app.UsageError(f"the split rule leaves an empty side on {manual_dir}: {SPLIT_RULE}")
+        raise app.UsageError(f"the split rule leaves an empty side on {manual_dir}")
     test_split, train_split = split_string(test_pos), split_string(train_pos)
     read_test, read_train = read_ids(builder, test_split), read_ids(builder, train_split)
-    expected_test = {ids[i] for i in test_pos}
+    eval_pos = test_pos[:max_frames] if max_frames else test_pos
+    eval_splits = chunked_split_strings(eval_pos)
+    read_eval = [i for s in eval_splits for i in read_ids(builder, s)]
     checks = {
         "test_ids_match_rule": set(read_test) == expected_test,
         "train_ids_match_rule": set(read_train) == set(ids) - expected_test,
         "disjoint": not set(read_test) & set(read_train),
-        "cover_all_pairs": len(read_test) + len(read_train) == len(ids),
+        "cover_all_pairs": len(read_test) + len(read_train) == len(ids) == len(set(ids)),
+        "eval_splits_give_the_test_frames": sorted(read_eval) == sorted(ids[i] for i in eval_pos),
         "num_pairs": len(ids),
     }
     if not all(v for k, v in checks.items() if k != "num_pairs"):
         raise RuntimeError(f"split strings do not give the rule's frames: {checks}")
-    # Near-duplicate scenes across the split (informational).
     thumbs = thumbnails(builder, "train")
     nearest = {}
     for frame_id in read_test:
         best = max((float(thumbs[frame_id] @ thumbs[t]), t) for t in read_train)
         nearest[frame_id] = {"max_correlation": round(best[0], 4), "train_frame": best[1]}
     checks["nearest_train_frame_by_thumbnail"] = nearest
-    rule = SPLIT_RULE if include_indoor else SPLIT_RULE.replace(
-        f", plus the indoor SANet stereo pair ({INDOOR_STEREO_ID})", ""
-    ).replace("train = every other pair (40 EPFL", "train = every other pair except the indoor pair (40 EPFL")
     return {
-        "rule": rule, "train_split": train_split, "test_split": test_split,
+        "rule": SPLIT_RULE, "train_split": train_split, "test_split": test_split,
+        "eval_splits": eval_splits, "eval_ids": read_eval, "test_positions": test_pos,
         "train_ids": sorted(read_train), "test_ids": sorted(read_test), "checks": checks,
-    }, builder
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+def model_overrides(num_modules=None):
+    overrides = {}
+    if FLAGS.channels is not None:
+        overrides["channels"] = FLAGS.channels
+    if num_modules is not None:
+        overrides["num_modules"] = num_modules
+    elif FLAGS.num_modules is not None:
+        overrides["num_modules"] = FLAGS.num_modules
+    return overrides
+
+
+def param_counts(preset):
+    """SR parameters of full (CVM left out) and baseline, and the baseline_wide T."""
+    import keras
+
+    from cspsr_tf.configs import get_config
+    from cspsr_tf.model import build_cspsr
+
+    def count(ablation, **overrides):
+        model = build_cspsr(get_config(preset, ablation, scale=SCALE, **overrides))
+        total = model.count_params()
+        try:
+            cvm = model.get_layer("cvm").count_params()
+        except ValueError:
+            cvm = 0
+        keras.backend.clear_session()
+        return total, cvm
+
+    full_total, full_cvm = count("full", **model_overrides())
+    target = full_total - full_cvm
+    base_t = get_config(preset, "baseline", **model_overrides()).num_modules
+    candidates = {}
+    t = 1
+    while True:
+        candidates[t] = count("baseline", **model_overrides(t))[0]
+        if candidates[t] >= target or t > 200:
+            break
+        t += 1
+    wide_t = min(candidates, key=lambda k: (abs(candidates[k] - target), k))
+    return {
+        "full_total": full_total, "full_cvm": full_cvm, "full_sr": target,
+        "baseline_num_modules": base_t,
+        "baseline": count("baseline", **model_overrides())[0],
+        "baseline_wide_num_modules": wide_t, "baseline_wide": candidates[wide_t],
+        "wo_cvm": count("wo_cvm", **model_overrides())[0],
+        "w_nir": count("w_nir", **model_overrides())[0],
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,7 +337,7 @@ def define_splits(dataset, data_dir, manual_dir, include_indoor):
 
 
 def run_logged(argv, log_path):
-    """Runs a command with stdout + stderr to a log file; returns (returncode, wall s, text)."""
+    """Runs a command (cwd: repository root) logging stdout + stderr; (returncode, wall s, text)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -223,95 +348,386 @@ def run_logged(argv, log_path):
     return proc.returncode, wall, text
 
 
-def train_row(row, steps, model_dir, common, max_minutes, log_path, fresh=True):
+_TRAIN_FLAGS = None
+
+
+def train_flags():
+    """The flags train.py defines (from --helpfull), to pass --cvm_steps only where known."""
+    global _TRAIN_FLAGS
+    if _TRAIN_FLAGS is None:
+        proc = subprocess.run([sys.executable, "train.py", "--helpfull"], capture_output=True,
+                              text=True, cwd=bench_util.REPO_ROOT)
+        _TRAIN_FLAGS = set(re.findall(r"--(?:\[no\])?([a-z_0-9]+):", proc.stdout + proc.stderr))
+    return _TRAIN_FLAGS
+
+
+def train_argv(ctx, condition, ablation, seed, steps, model_dir, cvm_steps):
+    argv = [python_cmd(), "train.py", "--dataset=nirvis_folder", f"--manual_dir={rel(ctx['manual_dir'])}",
+            f"--data_dir={rel(ctx['data_dir'])}", f"--train_split={ctx['split']['train_split']}",
+            f"--preset={ctx['preset']}", f"--ablation={TRAIN_ABLATION.get(ablation, ablation)}",
+            f"--scale={SCALE}", f"--batch_size={ctx['batch']}", f"--patch_size={ctx['patch']}",
+            f"--steps={steps}", f"--learning_rate={FLAGS.learning_rate}",
+            f"--lr_schedule={FLAGS.lr_schedule}", f"--seed={seed}",
+            f"--degradation={CONDITIONS[condition]}", "--eval_every=0",
+            f"--save_every={max(steps // 4, 50)}", f"--model_dir={rel(model_dir)}"]
+    wide = ctx["params"]["baseline_wide_num_modules"] if ablation == "baseline_wide" else None
+    for key, value in model_overrides(wide).items():
+        argv.append(f"--{key}={value}")
+    if ablation in USES_CVM and "cvm_steps" in train_flags():
+        argv.append(f"--cvm_steps={cvm_steps}")
+    return argv
+
+
+def train(argv, model_dir, log_path, fresh=True):
     if fresh and os.path.isdir(model_dir):
         shutil.rmtree(model_dir)
-    argv = [sys.executable, os.path.join(bench_util.REPO_ROOT, "train.py"), f"--ablation={row}",
-            f"--steps={steps}", f"--model_dir={model_dir}", f"--save_every={max(steps // 4, 50)}",
-            "--eval_every=0", *common]
-    if max_minutes:
-        argv.append(f"--max_minutes={max_minutes}")
     code, wall, text = run_logged(argv, log_path)
-    summary = None
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+              "command": " ".join(argv)}
     found = re.findall(r"Training summary: (\{.*\})", text)
     if found:
         summary = json.loads(found[-1])
-    result = {"returncode": code, "wall_s": round(wall, 1), "log": log_path,
-              "command": " ".join(argv[1:])}
-    if summary:
-        result.update({"step": summary["step"], "train_loop_s": summary["seconds"],
+        result.update({"step": summary["step"], "target_steps": summary["target_steps"],
+                       "stopped": summary.get("stopped"), "train_loop_s": summary["seconds"],
                        "final_losses": summary["losses"]})
-    if code != 0:
+        pre = summary.get("cvm_pretraining")
+        if pre:
+            result["cvm_pretraining"] = {"step": pre["step"], "seconds": pre["seconds"],
+                                         "final_losses": pre["losses"]}
+    if code != 0 or not found:
         result["error"] = text[-2000:]
     return result
 
 
-def evaluate_row(model_path, out_dir, common_eval, log_path, max_frames):
+def eval_label(split):
+    """evaluate.py's sub-folder name of a (nirvis_folder, split)."""
+    return f"nirvis_folder_{split}".replace("[", "_").replace("]", "").replace(":", "-")
+
+
+def evaluate(ctx, condition, model_path, out_dir, log_path):
+    """evaluate.py on the test frames (one call, the split strings comma-separated), merged."""
+    from cspsr_tf.evaluation import aggregate
+
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
-    argv = [sys.executable, os.path.join(bench_util.REPO_ROOT, "evaluate.py"),
-            f"--model={model_path}", f"--out_dir={out_dir}", "--save_images=false", *common_eval]
-    if max_frames:
-        argv.append(f"--max_frames={max_frames}")
+    argv = [python_cmd(), "evaluate.py", f"--model={rel(model_path)}", "--dataset=nirvis_folder",
+            f"--manual_dir={rel(ctx['manual_dir'])}", f"--data_dir={rel(ctx['data_dir'])}",
+            f"--split={','.join(ctx['split']['eval_splits'])}",
+            f"--degradation={CONDITIONS[condition]}", "--save_images=false",
+            f"--out_dir={rel(out_dir)}"]
     code, wall, text = run_logged(argv, log_path)
-    paths = glob.glob(os.path.join(out_dir, "*", "results.json"))
-    if code != 0 or len(paths) != 1:
-        return {"returncode": code, "error": text[-2000:], "log": log_path}
-    with open(paths[0]) as f:
-        results = json.load(f)
-    return {"returncode": code, "wall_s": round(wall, 1), "log": log_path,
-            "results_json": paths[0], "mean": results["mean"], "groups": results.get("groups", {}),
-            "frames": [{"id": fr["id"], "model": fr["model"], "bicubic": fr["bicubic"]}
-                       for fr in results.get("frames", [])]}
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+              "command": " ".join(argv)}
+    frames = []
+    try:
+        for split in ctx["split"]["eval_splits"]:
+            with open(os.path.join(out_dir, eval_label(split), "results.json")) as f:
+                frames += json.load(f)["frames"]
+    except (OSError, ValueError, KeyError) as error:
+        result["error"] = f"{error}\n{text[-2000:]}"
+        return result
+    if code != 0:
+        result["error"] = text[-2000:]
+        return result
+    groups = {}
+    for frame in frames:
+        groups.setdefault(frame["group"], []).append(frame)
+    result.update({
+        "mean": aggregate(frames),
+        "groups": {g: aggregate(items) for g, items in sorted(groups.items())},
+        "frames": [{"id": fr["id"], "model": fr["model"], "bicubic": fr["bicubic"],
+                    "seconds": fr.get("seconds")} for fr in frames],
+    })
+    return result
+
+
+def nir_usage(ctx, condition, model_path, out_path, log_path):
+    argv = [python_cmd(), "benchmarks/nir_usage.py", f"--model={rel(model_path)}",
+            "--dataset=nirvis_folder", f"--manual_dir={rel(ctx['manual_dir'])}",
+            f"--data_dir={rel(ctx['data_dir'])}", f"--split={','.join(ctx['split']['eval_splits'])}",
+            f"--degradation={CONDITIONS[condition]}", f"--out={rel(out_path)}"]
+    if os.path.exists(out_path):
+        os.remove(out_path)
+    code, wall, text = run_logged(argv, log_path)
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+              "command": " ".join(argv)}
+    if code != 0 or not os.path.exists(out_path):
+        result["error"] = text[-2000:]
+        return result
+    with open(out_path) as f:
+        usage = json.load(f)
+    usage.pop("frames", None)  # per-frame figures stay in out_path
+    result.update(usage)
+    result["json"] = rel(out_path)
+    return result
 
 
 # ---------------------------------------------------------------------------------------
-# Tables
+# Calibration
 
 
-def metric_cells(block):
-    return [bench_util.fmt(block["paper"]["psnr"], 2), bench_util.fmt(block["paper"]["ssim"], 4),
-            bench_util.fmt(block["standard"]["psnr"], 2), bench_util.fmt(block["standard"]["ssim"], 4)]
+def calibrate(ctx, kinds, steps_pair, condition="low_light"):
+    """Time per SR step (and CVM step) of each kind; evaluation time per frame."""
+    work = os.path.join(ctx["work_dir"], "calibration")
+    out = {"steps": list(steps_pair), "condition": condition, "kinds": {}}
+    for kind in kinds:
+        runs = []
+        for n in steps_pair:
+            model_dir = os.path.join(work, f"{kind}_{n}")
+            argv = train_argv(ctx, condition, kind, 0, n, model_dir, n)
+            argv = [a if not a.startswith("--save_every=") else f"--save_every={n}" for a in argv]
+            print(f"  {kind}, {n} steps ...", flush=True)
+            runs.append(train(argv, model_dir, os.path.join(work, "logs", f"{kind}_{n}.log")))
+        if any("error" in r for r in runs):
+            raise RuntimeError(f"calibration of {kind} failed: {[r.get('error') for r in runs]}")
+        d_steps = steps_pair[1] - steps_pair[0]
+        entry = {"runs": runs,
+                 "step_s": max((runs[1]["train_loop_s"] - runs[0]["train_loop_s"]) / d_steps, 1e-4),
+                 "startup_s": runs[0]["wall_s"] - runs[0]["train_loop_s"]}
+        if "cvm_pretraining" in runs[0] and "cvm_pretraining" in runs[1]:
+            a, b = runs[0]["cvm_pretraining"], runs[1]["cvm_pretraining"]
+            entry["cvm_step_s"] = max((b["seconds"] - a["seconds"]) / max(b["step"] - a["step"], 1), 1e-4)
+            entry["startup_s"] -= a["seconds"]
+        out["kinds"][kind] = entry
+        print(f"    {entry['step_s']:.3f} s/step" + (
+            f", CVM {entry['cvm_step_s']:.3f} s/step" if "cvm_step_s" in entry else "")
+            + f", start-up {entry['startup_s']:.0f} s", flush=True)
+    if "full" in kinds:
+        model = os.path.join(work, f"full_{steps_pair[1]}", "final.keras")
+        sub = dict(ctx, split=dict(ctx["split"], eval_splits=chunked_split_strings(
+            ctx["test_pos"][:3])))
+        print("  evaluate.py and nir_usage.py on 3 frames ...", flush=True)
+        ev = evaluate(sub, condition, model, os.path.join(work, "eval"),
+                      os.path.join(work, "logs", "eval.log"))
+        usage = nir_usage(sub, condition, model, os.path.join(work, "usage.json"),
+                          os.path.join(work, "logs", "usage.log"))
+        if "error" in ev or "error" in usage:
+            raise RuntimeError(f"calibration evaluation failed: {ev.get('error')} {usage.get('error')}")
+        frame_s = sum(fr["seconds"] for fr in ev["frames"]) / len(ev["frames"])
+        out["eval"] = {"frames": len(ev["frames"]), "wall_s": ev["wall_s"], "frame_s": frame_s,
+                       "startup_s": ev["wall_s"] - frame_s * len(ev["frames"]),
+                       "usage_wall_s": usage["wall_s"]}
+    return out
 
 
-def table_rows(rows_results, bicubic, base_psnr):
-    table = [["bicubic", "-", "-", *metric_cells(bicubic), "-"]]
-    for row, r in rows_results.items():
-        ev = r.get("evaluation", {})
-        if "mean" not in ev:
-            table.append([row, ROWS.get(row, ""), str(r["training"].get("step", "-")),
-                          "FAILED", "", "", "", ""])
+def project(calibration, rows, steps, cvm_steps, num_test):
+    """Projected wall seconds of each row from the calibration (estimates)."""
+    kinds = calibration["kinds"]
+    ev = calibration.get("eval")
+    per_row = {}
+    for name in rows:
+        _, ablation, _ = parse_row(name)
+        kind = {"w_nir": "baseline", "wo_cvm": "full"}.get(ablation, ablation)
+        if kind not in kinds:
             continue
-        psnr = ev["mean"]["model"]["standard"]["psnr"]
-        delta = "-" if base_psnr is None else f"{psnr - base_psnr:+.2f}"
-        table.append([row, ROWS.get(row, ""), str(r["training"].get("step", "-")),
-                      *metric_cells(ev["mean"]["model"]), delta])
-    return table
+        k = kinds[kind]
+        seconds = k["startup_s"] + steps * k["step_s"]
+        if ablation in USES_CVM:
+            seconds += cvm_steps * k.get("cvm_step_s", 0.0)
+        if ev:
+            seconds += ev["startup_s"] + num_test * ev["frame_s"]
+            if ablation in NIR_USAGE_ROWS:
+                seconds += ev["usage_wall_s"] / ev["frames"] * num_test
+        per_row[name] = round(seconds)
+    return {"per_row_s": per_row, "total_s": sum(per_row.values()),
+            "note": "estimate: w_nir timed as baseline, wo_cvm as full without the CVM phase"}
 
 
-HEADERS = ["method", "what", "steps", "PSNR paper", "SSIM paper", "PSNR std", "SSIM std",
-           "dPSNR std vs baseline"]
+# ---------------------------------------------------------------------------------------
+# Rows and tables
 
 
-def markdown(data, table):
+def parse_row(name):
+    match = re.fullmatch(r"(clean|low_light)/([a-z_]+)/seed(\d+)", name)
+    if not match or match.group(2) not in ABLATIONS:
+        raise app.UsageError(f"bad row {name!r}: <clean|low_light>/<{'|'.join(ABLATIONS)}>/seed<N>")
+    return match.group(1), match.group(2), int(match.group(3))
+
+
+def row_settings(ctx, name):
+    condition, ablation, seed = parse_row(name)
+    return {
+        "condition": condition, "ablation": ablation, "seed": seed, "steps": ctx["steps"],
+        "cvm_steps": ctx["cvm_steps"] if ablation in USES_CVM else None,
+        "preset": ctx["preset"], "overrides": model_overrides(
+            ctx["params"]["baseline_wide_num_modules"] if ablation == "baseline_wide" else None),
+        "batch_size": ctx["batch"], "patch_size": ctx["patch"], "scale": SCALE,
+        "learning_rate": FLAGS.learning_rate, "lr_schedule": FLAGS.lr_schedule,
+        "train_split": ctx["split"]["train_split"], "eval_splits": ctx["split"]["eval_splits"],
+    }
+
+
+def psnr_of(row):
+    ev = row.get("evaluation", {})
+    return ev["mean"]["model"]["standard"]["psnr"] if "mean" in ev else None
+
+
+def summarize(rows_results):
+    """Per condition and ablation: mean, min, max over seeds of the evaluated rows."""
+    out = {}
+    for name, row in rows_results.items():
+        condition, ablation, seed = parse_row(name)
+        psnr = psnr_of(row)
+        if psnr is None:
+            continue
+        entry = out.setdefault(condition, {}).setdefault(ablation, {"seeds": [], "psnr": [], "ssim": [],
+                                                                     "psnr_paper": [], "steps": [],
+                                                                     "grey": [], "other": []})
+        mean = row["evaluation"]["mean"]["model"]
+        entry["seeds"].append(seed)
+        entry["psnr"].append(psnr)
+        entry["ssim"].append(mean["standard"]["ssim"])
+        entry["psnr_paper"].append(mean["paper"]["psnr"])
+        entry["steps"].append(row["training"].get("step"))
+        usage = row.get("nir_usage", {})
+        if usage.get("delta_grey_db") is not None:
+            entry["grey"].append(usage["delta_grey_db"])
+            entry["other"].append(usage["delta_other_db"])
+        entry["bicubic"] = row["evaluation"]["mean"]["bicubic"]["standard"]["psnr"]
+    for condition in out.values():
+        for entry in condition.values():
+            values = entry["psnr"]
+            entry.update({"mean": sum(values) / len(values), "min": min(values), "max": max(values)})
+    return out
+
+
+def mean_of(values):
+    return sum(values) / len(values) if values else None
+
+
+def targets(summary):
+    out = {}
+    for condition, target in TARGETS_DB.items():
+        entries = summary.get(condition, {})
+        full, base, wide = entries.get("full"), entries.get("baseline"), entries.get("baseline_wide")
+        result = {"target_db": target, "full_minus_baseline_db": None, "met": None,
+                  "full_minus_baseline_wide_db": None, "beats_baseline_wide": None,
+                  "worst_case_full_min_minus_baseline_max_db": None}
+        if full and base:
+            gain = full["mean"] - base["mean"]
+            result.update({"full_minus_baseline_db": gain, "met": gain >= target,
+                           "worst_case_full_min_minus_baseline_max_db": full["min"] - base["max"],
+                           "seeds_full": full["seeds"], "seeds_baseline": base["seeds"]})
+        if full and wide:
+            result["full_minus_baseline_wide_db"] = full["mean"] - wide["mean"]
+            result["beats_baseline_wide"] = full["mean"] > wide["mean"]
+        if result["met"] is None:
+            result["verdict"] = "not measured"
+        else:
+            result["verdict"] = (f"{result['full_minus_baseline_db']:+.2f} dB vs >= +{target} dB: "
+                                 f"{'MET' if result['met'] else 'MISSED'}")
+            if result["beats_baseline_wide"] is not None:
+                result["verdict"] += (f"; vs baseline_wide {result['full_minus_baseline_wide_db']:+.2f} dB"
+                                      f" ({'wins' if result['beats_baseline_wide'] else 'LOSES'})")
+            else:
+                result["verdict"] += "; baseline_wide not measured"
+        out[condition] = result
+    return out
+
+
+TABLE_HEADERS = ["row", "seeds", "steps", "PSNR std (mean)", "spread min..max", "SSIM std",
+                 "PSNR paper", "gain vs baseline", "NIR->grey", "NIR->other"]
+
+
+def table(summary, condition):
+    entries = summary.get(condition, {})
+    if not entries:
+        return []
+    any_entry = next(iter(entries.values()))
+    rows = [["bicubic", "-", "-", bench_util.fmt(any_entry["bicubic"], 2), "", "", "", "", "", ""]]
+    base = entries.get("baseline")
+    for ablation in ABLATIONS:
+        e = entries.get(ablation)
+        if not e:
+            continue
+        gain = "-" if not base else f"{e['mean'] - base['mean']:+.2f}"
+        rows.append([ablation, ",".join(map(str, e["seeds"])), ",".join(map(str, e["steps"])),
+                     bench_util.fmt(e["mean"], 2),
+                     f"{e['min']:.2f}..{e['max']:.2f} (+-{(e['max'] - e['min']) / 2:.2f})",
+                     bench_util.fmt(mean_of(e["ssim"]), 4), bench_util.fmt(mean_of(e["psnr_paper"]), 2),
+                     gain, bench_util.fmt(mean_of(e["grey"]), 2, " dB"),
+                     bench_util.fmt(mean_of(e["other"]), 2, " dB")])
+    return rows
+
+
+def gate_lines(rows_results):
+    lines = []
+    for name, row in rows_results.items():
+        usage = row.get("nir_usage", {})
+        for module, g in usage.get("gates", {}).items():
+            lines.append([name, module, *(f"{g[k]:.3f}" for k in ("w_s1", "w_s2", "w_c1", "w_c2")),
+                          f"{g['nir_term_rms']:.4f}", f"{g['vis_term_rms']:.4f}"])
+    return lines
+
+
+def markdown(data):
+    f = data["flags"]
+    split = data["split"]
     lines = [
-        f"# NIR benefit (x{data['flags']['scale']}, {data['flags']['preset']} preset)", "",
-        f"Dataset `{data['dataset']}`; test: {len(data['split']['test_ids'])} held-out frames "
-        f"({data['frames_evaluated']} evaluated), "
-        f"train: {len(data['split']['train_ids'])} frames. Split rule: {data['split']['rule']}", "",
-        f"Same steps ({data['steps_per_row']}), seed {data['flags']['seed']}, batch "
-        f"{data['flags']['batch_size']}, HR patch {data['flags']['patch_size']}, Adam "
-        f"lr {data['flags']['learning_rate']} for every row; evaluated at the final step. "
-        "`paper`: RGB, 0-255, no shave; `std`: Y (BT.601), `scale` pixels shaved.", "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "---|" * len(HEADERS),
+        f"# NIR benefit (x{SCALE}, `{f['preset']}` preset{', SMOKE: figures meaningless' if f['smoke'] else ''})",
+        "",
+        f"Test: {len(split['test_ids'])} held-out whole frame pairs ({len(split['eval_ids'])} "
+        f"evaluated), train: {len(split['train_ids'])}. Split rule (fixed before any result): "
+        f"{split['rule']}", "",
+        f"Every row: {f['steps']} SR steps, batch {f['batch_size']}, HR patch {f['patch_size']}, "
+        f"Adam {f['learning_rate']} ({f['lr_schedule']}), no validation, final step; rows with a "
+        f"CVM: {f['cvm_steps']} CVM pre-training steps (if train.py has --cvm_steps: "
+        f"{data['train_has_cvm_steps']}). Parameters: full {data['params']['full_sr']} "
+        f"(+{data['params']['full_cvm']} CVM), baseline {data['params']['baseline']} "
+        f"(T={data['params']['baseline_num_modules']}), baseline_wide "
+        f"{data['params']['baseline_wide']} (T={data['params']['baseline_wide_num_modules']}). "
+        "`std`: Y (BT.601), 4 pixels shaved; `paper`: RGB, no shave. Spread: min..max over "
+        "seeds. NIR->grey / NIR->other: PSNR change when the NIR input is a flat grey image / "
+        "another frame's NIR (nir_usage.py).", "",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table]
-    lines += ["", f"Target: `full` >= {TARGET_GAIN_DB} dB (std PSNR) above `baseline`: "
-              f"{data['verdict']}.", "", f"Machine: {data['machine']['cpu_model']}, "
-              f"{data['machine']['cpu_affinity']} cores, TensorFlow {data['machine']['tensorflow']}; "
-              f"{data['date_utc']}.", ""]
+    for condition in CONDITIONS:
+        rows = table(data["summary"], condition)
+        if not rows:
+            continue
+        lines += [f"## {condition}", "", "| " + " | ".join(TABLE_HEADERS) + " |",
+                  "|" + "---|" * len(TABLE_HEADERS)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    lines += ["## Targets (full vs baseline, standard PSNR, means over seeds)", ""]
+    for condition, t in data["targets"].items():
+        worst = t.get("worst_case_full_min_minus_baseline_max_db")
+        lines.append(f"- {condition}: {t['verdict']}" + (
+            f" (worst seed pair {worst:+.2f} dB)" if worst is not None else ""))
+    gates = gate_lines(data["rows_results"])
+    if gates:
+        heads = ["row", "module", "w_s1", "w_s2", "w_c1", "w_c2", "NIR term RMS", "VIS term RMS"]
+        lines += ["", "## CSFT gates (means over test pixels and frames, real NIR)", "",
+                  "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(r) + " |" for r in gates]
+    lines += ["", "## Per group (standard PSNR, model / bicubic)", ""]
+    for name, row in data["rows_results"].items():
+        groups = row.get("evaluation", {}).get("groups", {})
+        cells = [f"{g} {v['model']['standard']['psnr']:.2f}/{v['bicubic']['standard']['psnr']:.2f}"
+                 f" ({v['num_frames']})" for g, v in groups.items()]
+        if cells:
+            lines.append(f"- {name}: " + "; ".join(cells))
+    failed = [n for n, r in data["rows_results"].items() if psnr_of(r) is None]
+    if failed:
+        lines += ["", f"Failed rows (see the JSON): {', '.join(failed)}"]
+    lines += ["", f"Machine: {data['machine']['cpu_model']}, {data['machine']['cpu_affinity']} cores, "
+              f"TensorFlow {data['machine']['tensorflow']}; {data['date_utc']}.", ""]
     return "\n".join(lines)
+
+
+def out_path():
+    """--out; a smoke run without --out writes into its work folder, never over the results."""
+    if FLAGS.smoke and not FLAGS["out"].present:
+        return os.path.join(FLAGS.work_dir + "_smoke", f"{NAME}.json")
+    return FLAGS.out
+
+
+def write(data):
+    data["summary"] = summarize(data["rows_results"])
+    data["targets"] = targets(data["summary"])
+    bench_util.write_json(out_path(), data, quiet=True)
+    md_path = os.path.splitext(out_path())[0] + ".md"
+    with open(md_path, "w") as f:
+        f.write(markdown(data))
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,134 +741,133 @@ def main(argv):
 
     quiet_library_logs()
     tfds.disable_progress_bar()
-    preset, batch, patch, rows = FLAGS.preset, FLAGS.batch_size, FLAGS.patch_size, FLAGS.rows
-    work_dir, max_frames, steps = FLAGS.work_dir, FLAGS.max_frames, FLAGS.steps
+    preset, batch, patch, steps, cvm_steps = (FLAGS.preset, FLAGS.batch_size, FLAGS.patch_size,
+                                              FLAGS.steps, FLAGS.cvm_steps)
+    rows, max_frames, work_dir = FLAGS.rows or ROW_ORDER, FLAGS.max_frames, FLAGS.work_dir
+    calibration_steps = CALIBRATION_STEPS
     if FLAGS.smoke:
-        preset, batch, patch, steps = "tiny", 2, 24, FLAGS.steps or 2
-        max_frames = max_frames or 2
-        work_dir = FLAGS.work_dir + "_smoke"
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise app.UsageError(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    data_dir = FLAGS.data_dir or os.path.join(work_dir, "tfds")
+        preset, batch, patch, steps, cvm_steps = "tiny", 2, 24, 2, 2
+        rows, max_frames = FLAGS.rows or SMOKE_ROWS, max_frames or 2
+        work_dir, calibration_steps = work_dir + "_smoke", (2, 4)
+    for name in rows:
+        parse_row(name)
     manual_dir = FLAGS.manual_dir
-    dataset = FLAGS.dataset or (
-        "nirvis_folder" if manual_dir and os.path.isfile(os.path.join(manual_dir, "pairs.csv"))
-        else "nirvis_synthetic"
-    )
-    if dataset != "nirvis_folder":
-        manual_dir = None
+    if not os.path.isfile(os.path.join(manual_dir, "pairs.csv")):
+        raise app.UsageError(f"no pairs.csv in {manual_dir} (the shared samples)")
+    data_dir = FLAGS.data_dir or os.path.join(work_dir, "tfds")
     started = time.time()
 
-    print(f"Preparing {dataset} in {data_dir} and checking the split ...", flush=True)
-    split, _ = define_splits(dataset, data_dir, manual_dir, FLAGS.include_indoor_test)
-    print(f"  train: {len(split['train_ids'])} frames ({split['train_split']})")
-    print(f"  test:  {len(split['test_ids'])} frames ({split['test_split']})")
-    for frame_id, near in split["checks"].get("nearest_train_frame_by_thumbnail", {}).items():
+    print(f"Preparing nirvis_folder in {rel(data_dir)} and checking the split ...", flush=True)
+    split = define_splits(data_dir, manual_dir, max_frames)
+    print(f"  train: {len(split['train_ids'])} pairs; test: {len(split['test_ids'])} pairs "
+          f"({len(split['eval_ids'])} evaluated, {len(split['eval_splits'])} split strings)")
+    for frame_id, near in split["checks"]["nearest_train_frame_by_thumbnail"].items():
         if near["max_correlation"] > 0.95:
             print(f"  note: test frame {frame_id} looks like training frame "
                   f"{near['train_frame']} (thumbnail correlation {near['max_correlation']})")
+    test_pos = split["test_positions"]
 
-    common = [f"--dataset={dataset}", f"--data_dir={data_dir}", f"--preset={preset}",
-              f"--scale={FLAGS.scale}", f"--batch_size={batch}", f"--patch_size={patch}",
-              f"--learning_rate={FLAGS.learning_rate}", f"--seed={FLAGS.seed}",
-              f"--train_split={split['train_split']}", f"--val_split={split['train_split']}"]
-    common_eval = [f"--dataset={dataset}", f"--data_dir={data_dir}",
-                   f"--split={split['test_split']}"]
-    if manual_dir:
-        common.append(f"--manual_dir={manual_dir}")
-        common_eval.append(f"--manual_dir={manual_dir}")
+    params = param_counts(preset)
+    print(f"Parameters (SR part): full {params['full_sr']} (+ CVM {params['full_cvm']}), "
+          f"baseline {params['baseline']} (T={params['baseline_num_modules']}), baseline_wide "
+          f"{params['baseline_wide']} (T={params['baseline_wide_num_modules']}), wo_cvm "
+          f"{params['wo_cvm']}, w_nir {params['w_nir']}", flush=True)
+    ctx = {"manual_dir": manual_dir, "data_dir": data_dir, "work_dir": work_dir, "split": split,
+           "preset": preset, "batch": batch, "patch": patch, "steps": steps,
+           "cvm_steps": cvm_steps, "params": params, "test_pos": test_pos}
 
-    calibration = None
-    if steps is None:
-        print(f"Calibrating the step time of `full` ({CALIBRATION_STEPS} steps) ...", flush=True)
-        runs = []
-        for n in CALIBRATION_STEPS:
-            runs.append(train_row("full", n, os.path.join(work_dir, f"calibration_{n}"), common,
-                                  0, os.path.join(work_dir, "logs", f"calibration_{n}.log")))
-        if any("train_loop_s" not in r for r in runs):
-            raise RuntimeError(f"calibration failed: {runs}")
-        per_step = (runs[1]["train_loop_s"] - runs[0]["train_loop_s"]) / (
-            CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-        per_step = max(per_step, 1e-3)
-        steps = max(1, int(FLAGS.minutes_per_row * 60 / per_step))
-        calibration = {"runs": runs, "full_step_s": per_step, "minutes_per_row": FLAGS.minutes_per_row}
-        print(f"  full: {per_step:.3f} s/step -> {steps} steps per row", flush=True)
-    max_minutes = 0.0
-    if FLAGS.time_limit_factor > 0 and not FLAGS.smoke:
-        max_minutes = FLAGS.time_limit_factor * FLAGS.minutes_per_row
-        if FLAGS.steps is not None and calibration is None:
-            max_minutes = 0.0  # fixed steps asked for: no time cut
+    flag_values = {
+        "rows": rows, "preset": preset, "channels": FLAGS.channels, "num_modules": FLAGS.num_modules,
+        "scale": SCALE, "batch_size": batch, "patch_size": patch, "steps": steps,
+        "cvm_steps": cvm_steps, "learning_rate": FLAGS.learning_rate,
+        "lr_schedule": FLAGS.lr_schedule, "max_frames": max_frames, "smoke": FLAGS.smoke,
+        "work_dir": rel(work_dir), "data_dir": rel(data_dir), "manual_dir": rel(manual_dir),
+        "resume": FLAGS.resume,
+    }
+    previous = {}
+    if FLAGS.resume and os.path.exists(out_path()):
+        with open(out_path()) as f:
+            previous = json.load(f)
+    data = bench_util.header(NAME, flag_values)
+    data.update({"split": split, "params": params, "train_has_cvm_steps": "cvm_steps" in train_flags(),
+                 "conditions": CONDITIONS, "targets_db": TARGETS_DB,
+                 "calibration": previous.get("calibration"), "rows_results": {}})
 
-    results = {}
-    for row in rows:
-        model_dir = os.path.join(work_dir, row)
-        print(f"Training {row} ({ROWS[row]}) for {steps} steps ...", flush=True)
-        training = train_row(row, steps, model_dir, common, max_minutes,
-                             os.path.join(work_dir, "logs", f"train_{row}.log"),
-                             fresh=not FLAGS.resume)
-        results[row] = {"description": ROWS[row], "training": training}
-        if "error" in training:
-            print(f"  training failed (see {training['log']})")
-            continue
-        print(f"  step {training.get('step')}, {training.get('train_loop_s')} s; evaluating ...",
+    if FLAGS.calibrate and not (FLAGS.resume and data["calibration"]):
+        print(f"Calibrating ({preset}, batch {batch}, patch {patch}, x{SCALE}) ...", flush=True)
+        data["calibration"] = calibrate(ctx, CALIBRATION_KINDS if not FLAGS.smoke else ("full",),
+                                        calibration_steps)
+    if data["calibration"]:
+        data["projection"] = project(data["calibration"], rows, steps, cvm_steps,
+                                     len(split["eval_ids"]))
+        print(f"Projected: {data['projection']['total_s'] / 3600:.2f} h for {len(rows)} rows "
+              f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in data['projection']['per_row_s'].items())})",
               flush=True)
-        evaluation = evaluate_row(os.path.join(model_dir, "final.keras"),
-                                  os.path.join(work_dir, "eval", row), common_eval,
-                                  os.path.join(work_dir, "logs", f"eval_{row}.log"), max_frames)
-        results[row]["evaluation"] = evaluation
-        if "error" in evaluation:
-            print(f"  evaluation failed (see {evaluation['log']})")
+    if FLAGS.calibrate_only:
+        write(data)
+        print(f"Wrote {out_path()}")
+        return
 
-    evaluated = [r["evaluation"] for r in results.values() if "mean" in r.get("evaluation", {})]
-    bicubic = evaluated[0]["mean"]["bicubic"] if evaluated else None
-    base = results.get("baseline", {}).get("evaluation", {}).get("mean")
-    full = results.get("full", {}).get("evaluation", {}).get("mean")
-    base_psnr = base["model"]["standard"]["psnr"] if base else None
-    gain = None
-    if base and full:
-        gain = full["model"]["standard"]["psnr"] - base_psnr
-    step_counts = {row: r["training"].get("step") for row, r in results.items()}
-    equal_steps = len(set(step_counts.values())) == 1 and steps in step_counts.values()
-    if gain is None:
-        verdict = "not measured (a row failed)"
-    else:
-        verdict = f"{gain:+.2f} dB, {'MET' if gain >= TARGET_GAIN_DB else 'NOT MET'}"
-        if not equal_steps:
-            verdict += f" (rows trained unequal steps: {step_counts})"
+    old_rows = previous.get("rows_results", {})
+    for name in rows:
+        condition, ablation, seed = parse_row(name)
+        settings = row_settings(ctx, name)
+        old = old_rows.get(name)
+        if FLAGS.resume and old and old.get("settings") == settings and psnr_of(old) is not None \
+                and (ablation not in NIR_USAGE_ROWS or "error" not in old.get("nir_usage", {"error": 1})):
+            print(f"{name}: already done ({psnr_of(old):.2f} dB), skipped")
+            data["rows_results"][name] = old
+            continue
+        tag = f"{condition}_{ablation}_seed{seed}"
+        model_dir = os.path.join(work_dir, tag)
+        print(f"{name} ({ABLATIONS[ablation]}): training {steps} steps ...", flush=True)
+        argv = train_argv(ctx, condition, ablation, seed, steps, model_dir, cvm_steps)
+        result = {"description": ABLATIONS[ablation], "settings": settings,
+                  "training": train(argv, model_dir, os.path.join(work_dir, "logs", f"train_{tag}.log"),
+                                    fresh=not FLAGS.resume)}
+        data["rows_results"][name] = result
+        if "error" not in result["training"]:
+            t = result["training"]
+            print(f"  step {t['step']}, {t['wall_s']:.0f} s; evaluating ...", flush=True)
+            model_path = os.path.join(model_dir, "final.keras")
+            result["evaluation"] = evaluate(ctx, condition, model_path,
+                                            os.path.join(work_dir, "eval", tag),
+                                            os.path.join(work_dir, "logs", f"eval_{tag}.log"))
+            if ablation in NIR_USAGE_ROWS and "error" not in result["evaluation"]:
+                result["nir_usage"] = nir_usage(ctx, condition, model_path,
+                                                os.path.join(work_dir, "usage", f"{tag}.json"),
+                                                os.path.join(work_dir, "logs", f"usage_{tag}.log"))
+                usage = result["nir_usage"]
+                if "error" not in usage:
+                    usage["real_minus_evaluate_py_db"] = (usage["psnr_standard"]["real"]
+                                                          - psnr_of(result))
+        for part in ("training", "evaluation", "nir_usage"):
+            if "error" in result.get(part, {}):
+                print(f"  {part} failed (see {result[part]['log']})")
+        if psnr_of(result) is not None:
+            mean = result["evaluation"]["mean"]
+            line = (f"  PSNR std {mean['model']['standard']['psnr']:.2f} dB "
+                    f"(bicubic {mean['bicubic']['standard']['psnr']:.2f})")
+            usage = result.get("nir_usage", {})
+            if "delta_grey_db" in usage:
+                line += (f"; NIR->grey {usage['delta_grey_db']:+.2f} dB, NIR->other "
+                         f"{usage['delta_other_db']:+.2f} dB")
+            print(line, flush=True)
+        data["total_minutes"] = round((time.time() - started) / 60, 1)
+        write(data)
 
-    data = bench_util.header(NAME, {
-        "rows": rows, "preset": preset, "scale": FLAGS.scale, "batch_size": batch,
-        "patch_size": patch, "learning_rate": FLAGS.learning_rate, "seed": FLAGS.seed,
-        "minutes_per_row": FLAGS.minutes_per_row, "steps_flag": FLAGS.steps,
-        "time_limit_minutes_per_row": max_minutes, "max_frames": max_frames,
-        "include_indoor_test": FLAGS.include_indoor_test, "smoke": FLAGS.smoke,
-        "work_dir": work_dir, "data_dir": data_dir, "manual_dir": manual_dir,
-    })
-    data.update({
-        "dataset": dataset, "split": split, "calibration": calibration,
-        "steps_per_row": steps, "step_counts": step_counts, "equal_steps": equal_steps,
-        "bicubic": bicubic, "rows_results": results,
-        "gain_full_over_baseline_standard_psnr_db": gain,
-        "target": {"full_minus_baseline_standard_psnr_db_min": TARGET_GAIN_DB},
-        "meets_target": None if gain is None else gain >= TARGET_GAIN_DB,
-        "verdict": verdict, "total_minutes": round((time.time() - started) / 60, 1),
-    })
-    table = table_rows(results, bicubic, base_psnr) if bicubic else []
-    data["frames_evaluated"] = evaluated[0]["mean"]["num_frames"] if evaluated else 0
+    data["total_minutes"] = round((time.time() - started) / 60, 1)
+    write(data)
     print()
-    print(f"x{FLAGS.scale}, {preset} preset, {steps} steps per row, "
-          f"{data['frames_evaluated']} of {len(split['test_ids'])} held-out frames evaluated "
-          f"({dataset})")
-    if table:
-        bench_util.print_table(HEADERS, table)
-    print(f"Target: full >= {TARGET_GAIN_DB} dB above baseline (std PSNR): {verdict}")
-    print(f"Total {data['total_minutes']} min")
-    bench_util.write_json(FLAGS.out, data)
-    md_path = os.path.splitext(FLAGS.out)[0] + ".md"
-    with open(md_path, "w") as f:
-        f.write(markdown(data, table))
-    print(f"Wrote {md_path}")
+    for condition in CONDITIONS:
+        rows_table = table(data["summary"], condition)
+        if rows_table:
+            print(f"{condition}:")
+            bench_util.print_table(TABLE_HEADERS, rows_table)
+    for condition, t in data["targets"].items():
+        print(f"Target {condition}: {t['verdict']}")
+    print(f"Total {data['total_minutes']} min; wrote {out_path()} and "
+          f"{os.path.splitext(out_path())[0]}.md")
 
 
 if __name__ == "__main__":
