@@ -28,6 +28,8 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+# The shared samples live beside the repository (`../shared` from its root), never at a fixed path.
+SAMPLES_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "nirvis_samples")
 RESULT_MARKER = "BENCH_RESULT "
 GIB = 1024**3
 MIB = 1024**2

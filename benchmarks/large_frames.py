@@ -62,7 +62,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights and of their perturbation."
 flags.DEFINE_float("perturb_rel", 0.1, "Perturbation std relative to each weight's std.")
 flags.DEFINE_float("perturb_abs", 1e-3, "Perturbation std of constant (e.g. zero) weights.")
 flags.DEFINE_float("residual_rms", 0.03, "RMS of vis_sr - bicubic the recon convs are scaled to.")
-flags.DEFINE_string("sample_dir", "/work/shared/data/nirvis_samples",
+flags.DEFINE_string("sample_dir", bench_util.SAMPLES_DIR,
                     "Folder of the shared nirvis samples (synthetic input if absent).")
 flags.DEFINE_integer("child_timeout", 3600, "Seconds allowed for one child.")
 

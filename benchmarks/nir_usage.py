@@ -53,7 +53,7 @@ GATES = ("w_s1", "w_s2", "w_c1", "w_c2")
 
 
 def load_frames(dataset, splits, data_dir, manual_dir, scale, degradation, max_frames=None):
-    """[(id, vis_lr [1,h,w,3], nir_lr [1,h,w,1], hr uint8 [H,W,3])] of the splits, in order."""
+    """[(id, vis_lr [1,h,w,3], nir_lr [1,h,w,1], hr uint8 [H,W,3], geometry)] of the splits."""
     from cspsr_tf.data import pipeline, sources
     from cspsr_tf.evaluation import quantize
 
@@ -68,9 +68,11 @@ def load_frames(dataset, splits, data_dir, manual_dir, scale, degradation, max_f
                 return frames
             frame_id = np.asarray(meta["id"]).reshape(-1)[0]
             frame_id = frame_id.decode() if isinstance(frame_id, bytes) else str(frame_id)
+            geometry = np.asarray(meta["geometry"]).reshape(-1)[0]
+            geometry = geometry.decode() if isinstance(geometry, bytes) else str(geometry)
             frames.append((frame_id, np.asarray(inputs["vis_lr"], np.float32),
                            np.asarray(inputs["nir_lr"], np.float32),
-                           quantize(np.asarray(targets["vis_hr"])[0])))
+                           quantize(np.asarray(targets["vis_hr"])[0]), geometry))
     return frames
 
 
@@ -143,12 +145,18 @@ def measure(model_path, frames, *, tile=None, loaded=None):
     if not frames:
         raise ValueError("no frames to measure")
     start = time.perf_counter()
-    model, config = loaded or model_io.load_model(model_path)
-    scale = tiling.model_scale(model, config)
-    gates = gate_model(model)
+    from cspsr_tf.model import with_geometry
+
+    stereo_model, config = loaded or model_io.load_model(model_path)
+    scale = tiling.model_scale(stereo_model, config)
+    # Registered frames go through with zero disparity, as evaluate.py and train.py do.
+    registered = with_geometry(stereo_model, config, "aligned")[0] if config is not None else stereo_model
+    gate_models = {"stereo": gate_model(stereo_model), "aligned": gate_model(registered)}
     per_frame = []
     gate_sums = None
-    for index, (frame_id, vis_lr, nir_lr, hr) in enumerate(frames):
+    for index, (frame_id, vis_lr, nir_lr, hr, geometry) in enumerate(frames):
+        model = registered if geometry == "aligned" else stereo_model
+        gates = gate_models["aligned" if geometry == "aligned" else "stereo"]
         other_nir = frames[(index + 1) % len(frames)][2]
         nirs = {
             "real": nir_lr,

@@ -41,6 +41,7 @@ from absl import logging
 from cspsr_tf import figures, tiling
 from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.metrics import PROTOCOLS, evaluate_pair, to_uint8
+from cspsr_tf.model import with_geometry
 
 UNGROUPED = "all"
 METHODS = ("bicubic", "model")
@@ -63,7 +64,7 @@ def quantize(image):
     return to_uint8(np.clip(np.asarray(image, np.float64), 0.0, 1.0))
 
 
-def disparity_errors(disp_l, disparity_hr, scale):
+def disparity_errors(disp_l, disparity_hr, scale, valid_hr=None):
     """End-point error and >1 px share of a predicted LR disparity against HR ground truth.
 
     Args:
@@ -72,6 +73,8 @@ def disparity_errors(disp_l, disparity_hr, scale):
         disparity_hr: [h*s, w*s] ground-truth left disparity in HR pixels; 0 and non-finite
             values are unknown and skipped.
         scale: int, the SR factor.
+        valid_hr: optional [h*s, w*s] mask of the known disparities (`disparity_valid_hr`:
+            occluded and out-of-frame pixels are 0); it narrows the valid pixels further.
 
     Returns:
         {"epe": float or None, "bad1": float or None, "valid_pixels": int}; None where no
@@ -86,6 +89,8 @@ def disparity_errors(disp_l, disparity_hr, scale):
     upsampled = tf.image.resize(pred[np.newaxis, ..., np.newaxis], gt.shape, method="bilinear")
     upsampled = upsampled.numpy()[0, ..., 0].astype(np.float64) * scale
     valid = np.isfinite(gt) & (gt > 0)
+    if valid_hr is not None:
+        valid &= _single_map(valid_hr) > 0.5
     count = int(valid.sum())
     if not count:
         return {"epe": None, "bad1": None, "valid_pixels": 0}
@@ -269,7 +274,8 @@ def evaluate_dataset(
     Args:
         model: a CSPSR Keras model.
         config: its `CSPSRConfig`, or None (then only recorded as null; the disparity colour
-            scale comes from the model's CVM).
+            scale comes from the model's CVM). With a config, frames whose meta `geometry` is
+            `aligned` (registered pairs) are evaluated with zero disparity.
         eval_ds: iterable of `(inputs, targets, meta)` with a batch dimension of 1 (see
             `data.pipeline.make_eval_dataset`): inputs {"vis_lr", "nir_lr"}, targets
             {"vis_hr", ...; optional "disparity_hr"}, meta {"id", ...}.
@@ -298,6 +304,7 @@ def evaluate_dataset(
     write_images = out_dir is not None and save_images
     frame_results = []
     seen_ids = set()
+    registered_model = None
     for index, element in enumerate(eval_ds):
         if max_frames is not None and index >= max_frames:
             break
@@ -312,9 +319,16 @@ def evaluate_dataset(
             frame_id = f"{frame_id}#{index}"
         seen_ids.add(frame_id)
 
+        geometry = _as_text(np.asarray(meta["geometry"]).reshape(-1)[0]) if "geometry" in meta else ""
+        frame_model = model
+        if geometry == "aligned" and config is not None and config.use_cvm:
+            # A registered pair is not shifted (train.py trains such pairs the same way).
+            if registered_model is None:
+                registered_model, _ = with_geometry(model, config, "aligned")
+            frame_model = registered_model
         start = time.perf_counter()
         outputs = tiling.predict(
-            model, vis_lr, nir_lr, scale, tile=tile, self_ensemble=self_ensemble,
+            frame_model, vis_lr, nir_lr, scale, tile=tile, self_ensemble=self_ensemble,
             overlap=overlap, context=context,
         )
         seconds = time.perf_counter() - start
@@ -336,7 +350,7 @@ def evaluate_dataset(
         }
         if "disparity_hr" in targets and "disp_l" in outputs:
             frame["disparity"] = disparity_errors(
-                outputs["disp_l"], targets["disparity_hr"], scale
+                outputs["disp_l"], targets["disparity_hr"], scale, targets.get("disparity_valid_hr")
             )
         frame_results.append(frame)
         logging.info(

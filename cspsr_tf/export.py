@@ -230,15 +230,20 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
     return out_dir
 
 
-def export_from_path(model_path, out_dir, overwrite=False, multiple=1):
+def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=None):
     """Loads a `.keras` file or training directory (`model_io.load_model`) and exports it.
 
-    The target is checked before the (slow) load. Raises what `load_model` and
-    `export_savedmodel` raise: FileNotFoundError, FileExistsError, ValueError (e.g. a
-    corrupt `.keras`), each naming the file.
+    The target is checked before the (slow) load. `geometry="aligned"` exports the model for
+    a registered camera (zero disparity, `model.with_geometry`); None keeps the model's own.
+    Raises what `load_model` and `export_savedmodel` raise: FileNotFoundError,
+    FileExistsError, ValueError (e.g. a corrupt `.keras`), each naming the file.
     """
     check_target(out_dir, overwrite)
     model, config = model_io.load_model(model_path)
+    if geometry is not None:
+        from cspsr_tf.model import with_geometry
+
+        model, config = with_geometry(model, config, geometry)
     return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple)
 
 

@@ -43,6 +43,11 @@ flags.DEFINE_integer("tile", None, "Tile side in LR pixels for large frames (def
 flags.DEFINE_integer("tile_overlap", 8, "LR pixels shared and blended by neighbouring tiles.")
 flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped prediction.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out / --disparity_out.")
+flags.DEFINE_enum(
+    "geometry", None, ["stereo", "aligned"],
+    "Camera rig of the pair: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
+    "registered pair: zero disparity). Default: the model's own (stereo unless trained otherwise).",
+)
 
 FLAGS = flags.FLAGS
 
@@ -360,7 +365,7 @@ def _whole_frame_bands(model, vis, nir, scale, keys, self_ensemble):
 
 
 def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=None,
-        overlap=8, self_ensemble=False, overwrite=False, stats=None):
+        overlap=8, self_ensemble=False, overwrite=False, stats=None, geometry=None):
     """Reads a pair of files, super-resolves it and writes the results.
 
     With `tile`, memory stays bounded by one row of tiles: each finished band of rows goes
@@ -370,6 +375,8 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
     Args:
         stats: optional dict, filled with "scale", "output_size" (w, h), and with `tile`
             "tiles", "forward_passes", "model_seconds" (see `tiling.iter_tiled_rows`).
+        geometry: None (the model's own), `stereo`, or `aligned` (a registered pair: zero
+            disparity; needs a `.keras` model or training directory).
 
     Raises:
         InputError: for any problem with the arguments, the files or the memory needed;
@@ -399,6 +406,15 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
         model, config = model_io.load_model(model_path)
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"--model {model_path}: cannot load ({error})") from None
+    if geometry is not None:
+        if config is None:
+            raise InputError(
+                f"--geometry: {model_path} carries no CSPSR config (an exported SavedModel?); "
+                "export it with --geometry instead"
+            )
+        from cspsr_tf.model import with_geometry
+
+        model, config = with_geometry(model, config, geometry)
     max_disparity, _ = tiling.model_geometry(model)
     if disparity_out is not None and not max_disparity:
         raise InputError(
@@ -468,7 +484,7 @@ def main(argv):
         run(
             FLAGS.model, FLAGS.vis, FLAGS.nir, FLAGS.out, disparity_out=FLAGS.disparity_out,
             tile=FLAGS.tile, overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble,
-            overwrite=FLAGS.overwrite,
+            overwrite=FLAGS.overwrite, geometry=FLAGS.geometry,
         )
     except InputError as error:
         fail("predict", str(error))

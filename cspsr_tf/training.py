@@ -570,12 +570,24 @@ def select_stage(train, model_config, model, twin):
         losses = cspsr_loss_per_example(outputs, targets, scale, model_config.lambda_cssc)
         if match:
             gt, valid = ground_truth(targets)
-            matching = cvm_matching_loss_per_example(
-                outputs, inputs["vis_lr"], inputs["nir_lr"], stereo=targets["stereo"],
-                disparity=gt, disparity_valid=valid,
-                smoothness_weight=train.cvm_smoothness, consistency_weight=train.cvm_consistency,
-                supervised_weight=train.cvm_supervision,
-            )["total"]
+
+            def matching_loss():
+                return cvm_matching_loss_per_example(
+                    outputs, inputs["vis_lr"], inputs["nir_lr"], stereo=targets["stereo"],
+                    disparity=gt, disparity_valid=valid,
+                    smoothness_weight=train.cvm_smoothness, consistency_weight=train.cvm_consistency,
+                    supervised_weight=train.cvm_supervision,
+                )["total"]
+
+            if gt is None:
+                # Without ground truth only stereo examples have a matching loss: a batch of
+                # registered pairs skips computing zeros.
+                matching = tf.cond(
+                    tf.reduce_any(targets["stereo"] > 0.5), matching_loss,
+                    lambda: tf.zeros_like(targets["stereo"]),
+                )
+            else:
+                matching = matching_loss()
             losses["match"] = matching
             losses["total"] = losses["total"] + train.lambda_match * matching
         return losses

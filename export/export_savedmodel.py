@@ -1,6 +1,6 @@
 """Exports a trained CSPSR model as a TensorFlow SavedModel for serving.
 
-    cd /work/main && .venv/bin/python export/export_savedmodel.py \\
+    .venv/bin/python export/export_savedmodel.py \\
         --model runs/tiny_x2/model.keras --out exported/cspsr_x2/1 [--overwrite]
 
 `--model` is a `.keras` file (with its `.config.json` sidecar when present) or a training
@@ -38,6 +38,11 @@ flags.DEFINE_integer(
     "Pad LR inputs (edge replication) to a multiple of this inside the graph and crop the "
     "outputs back; 1 = no padding (CSPSR takes any size).",
 )
+flags.DEFINE_enum(
+    "geometry", None, ["stereo", "aligned"],
+    "Camera rig to serve: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
+    "registered camera: zero disparity). Default: the model's own (stereo unless trained otherwise).",
+)
 flags.mark_flags_as_required(["model", "out"])
 
 
@@ -47,7 +52,8 @@ def main(argv):
     quiet_library_logs()
     try:
         out_dir = export.export_from_path(
-            FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple
+            FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,
+            geometry=FLAGS.geometry,
         )
     except (OSError, ValueError, tf.errors.OpError) as error:
         # FileNotFoundError / FileExistsError are OSErrors; a corrupt .keras is a ValueError.

@@ -21,6 +21,7 @@ import tensorflow as tf
 from cspsr_tf import export, model_io, scratch_dirs
 from cspsr_tf.configs import get_config
 from cspsr_tf.data.resize import bicubic_upscale
+from cspsr_tf.model import build_cspsr
 from cspsr_tf.model_io import save_model
 from tests.model_helpers import tiny_perturbed_model
 
@@ -396,3 +397,21 @@ def test_export_from_path_checks_the_target_before_loading(upsampler, tmp_path):
     upsampler.save(keras_path)  # no config sidecar: the scale is measured
     export.export_from_path(keras_path, str(out), overwrite=True)
     assert os.path.isfile(out / "saved_model.pb") and not os.path.exists(out / "keep.txt")
+
+
+def test_export_for_a_registered_camera_serves_zero_disparity(tiny, tmp_path):
+    model, config = tiny
+    path = str(tmp_path / "tiny.keras")
+    model_io.save_model(model, config, path)
+    out = export.export_from_path(path, str(tmp_path / "aligned"), geometry="aligned")
+    served = tf.saved_model.load(out).signatures["serving_float"]
+    registered = build_cspsr(config.replace(geometry="aligned"))  # reference, same weights
+    registered.set_weights(model.get_weights())
+    rng = np.random.default_rng(3)
+    vis, nir = (x.astype(np.float32) / 255.0 for x in _random_pair(rng, 1, 10, 14))
+    got = served(vis_lr=tf.constant(vis), nir_lr=tf.constant(nir))
+    want = registered({"vis_lr": vis, "nir_lr": nir}, training=False)
+    np.testing.assert_allclose(got["vis_sr"].numpy(), want["vis_sr"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got["disp_l"].numpy(), 0.0)
+    stereo = model({"vis_lr": vis, "nir_lr": nir}, training=False)["vis_sr"].numpy()
+    assert np.abs(stereo - got["vis_sr"].numpy()).max() > 1e-3

@@ -277,3 +277,21 @@ def test_bad_output_arguments(pair, tmp_path):
         predict.run("m.keras", vis_path, nir_path, str(tmp_path / "sr.gif"))
     with pytest.raises(predict.InputError, match="--tile"):
         predict.run("m.keras", vis_path, nir_path, str(tmp_path / "sr.png"), tile=0)
+
+
+def test_registered_geometry_predicts_with_zero_disparity(saved_model, pair, tmp_path):
+    model, config, model_path = saved_model
+    vis, nir, vis_path, nir_path = pair
+    out, disp = str(tmp_path / "sr.png"), str(tmp_path / "disp.npy")
+    predict.run(model_path, vis_path, nir_path, out, disparity_out=disp, geometry="aligned")
+    # Reference: the same weights in a model built for a registered rig.
+    from cspsr_tf.model import build_cspsr
+
+    registered = build_cspsr(config.replace(geometry="aligned"))
+    registered.set_weights(model.get_weights())
+    expected, _ = _model_outputs(registered, vis, nir)
+    stereo, _ = _model_outputs(model, vis, nir)
+    sr = cv2.imread(out, cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
+    assert np.abs(sr - expected).max() <= 1
+    assert np.abs(sr - stereo).max() > 1  # the stereo model does shift the NIR
+    np.testing.assert_array_equal(np.load(disp), 0.0)

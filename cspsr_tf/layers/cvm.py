@@ -17,6 +17,12 @@ COST_AGGREGATION_SIGMA = 2.0
 FILL_SIGMA = 3.0
 
 
+def _replicas_sync():
+    """True under a strategy with several replicas: their synchronised batch norms must all run
+    the same branch, so no replica may skip the network on its own."""
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def _shift_all_channels(x, offsets):
     """[x(i, j + offset)] for each offset, border columns replicated beyond the frame."""
     width = tf.shape(x)[2]
@@ -269,6 +275,17 @@ class CrossViewMatching(keras.layers.Layer):
         stereo = inputs[2] if len(inputs) > 2 else None
         if self.geometry == "aligned":
             return self._registered_outputs(vis_lr, nir_lr)
+        if stereo is not None and not self.return_pyramid and not _replicas_sync():
+            # A batch of registered pairs only (common with registered datasets) skips the
+            # whole matching network: its output would be multiplied by zero anyway.
+            return tf.cond(
+                tf.reduce_any(tf.cast(stereo, tf.float32) > 0.5),
+                lambda: self._matched_outputs(vis_lr, nir_lr, stereo, training),
+                lambda: self._registered_outputs(vis_lr, nir_lr),
+            )
+        return self._matched_outputs(vis_lr, nir_lr, stereo, training)
+
+    def _matched_outputs(self, vis_lr, nir_lr, stereo, training):
         height, width = tf.shape(vis_lr)[1], tf.shape(vis_lr)[2]
         x = _replicate_pad_to_multiple(tf.concat([vis_lr, nir_lr], axis=-1), 2**self.depth)
         volumes, base = self._cost_volumes(x[..., :3], x[..., 3:])
@@ -305,7 +322,8 @@ class CrossViewMatching(keras.layers.Layer):
 
     def _registered_outputs(self, vis_lr, nir_lr):
         zeros = tf.zeros_like(vis_lr[..., :1])
-        outputs = {"nir_l": nir_lr, "valid_l": tf.ones_like(zeros), "disp_l": zeros, "disp_r": zeros}
+        outputs = {"nir_l": tf.identity(nir_lr), "valid_l": tf.ones_like(zeros), "disp_l": zeros,
+                   "disp_r": tf.zeros_like(zeros)}
         if self.return_pyramid:
             outputs["pyramid"] = []
         return outputs

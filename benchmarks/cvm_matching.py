@@ -1,0 +1,170 @@
+"""Does the CVM learn disparity? End-point error before and after its matching-loss training.
+
+    .venv/bin/python benchmarks/cvm_matching.py             # ~15 min on 2 cores
+    .venv/bin/python benchmarks/cvm_matching.py --smoke     # a minute
+
+The CVM of the `small` preset at x4 is trained alone (`--stage=cvm`, the first phase of every
+SR run, `cspsr_tf.training.pretrain_cvm`) on the training pairs of the shared samples: their
+registered pairs become stereo pairs with a known random piecewise-planar disparity
+(`cspsr_tf.data.stereo_synthesis`, up to --synthetic_max_disparity LR px), and the real stereo
+frames (no ground truth) contribute the label-free terms only. It is measured on
+
+  warped   the held-out registered pairs (test split of benchmarks/nir_benefit.py's rule, by
+           id), each moved into a virtual right camera by a fixed disparity field;
+  synthetic the `nirvis_synthetic` test split (scikit-image photos with a synthetic right
+           view, and the Middlebury Motorcycle pair's real disparity);
+
+as end-point error (mean |d - d_gt| over valid pixels, LR pixels) and the share of pixels off
+by more than 1 px. Rows:
+
+  constant      the best single disparity for all pixels (the median ground truth of the
+                evaluation set: an oracle no matcher should lose to)
+  untrained     the CVM as built (its cost volume's local soft-argmin, no learning)
+  default       trained with the default recipe (label-free + supervised where known)
+  label_free    trained with the label-free terms only (--cvm_supervision=0)
+
+Target (issue): EPE <= 1.0 LR px at x4. Whatever comes out is reported.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
+
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import bench_util  # noqa: E402
+from benchmarks.nir_benefit import SAMPLES_DIR, define_splits  # noqa: E402
+
+NAME = "cvm_matching"
+TARGET_EPE = 1.0
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results (a .md table is written beside it).")
+flags.DEFINE_bool("smoke", False, "A short run (tiny preset, 3 steps, 2 frames) to check the script.")
+flags.DEFINE_string("preset", "small", "Model preset.")
+flags.DEFINE_integer("scale", 4, "SR factor.")
+flags.DEFINE_integer("steps", 1500, "CVM training steps per trained row.")
+flags.DEFINE_integer("batch_size", 8, "Batch size.")
+flags.DEFINE_integer("patch_size", 192, "HR patch side (48 LR px at x4).")
+flags.DEFINE_float("synthetic_max_disparity", 8.0, "Largest synthetic disparity, LR px.")
+flags.DEFINE_list("rows", ["default", "label_free"], "Trained rows.")
+flags.DEFINE_string("manual_dir", SAMPLES_DIR, "Shared samples folder (pairs.csv).")
+flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Runs (git-ignored).")
+flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per set.")
+
+
+def evaluation_sets(data_dir, manual_dir, scale, max_disparity_hr, max_frames):
+    from cspsr_tf.data import pipeline, sources
+
+    splits, _ = define_splits("nirvis_folder", data_dir, manual_dir)
+    held_out = sources.load_split("nirvis_folder", splits["test_split"], data_dir, manual_dir)
+    # Only the registered pairs get a known disparity; the real stereo test frames have none.
+    warped = pipeline.make_eval_dataset(
+        held_out, scale=scale, synthetic_stereo_max_disparity=max_disparity_hr, seed=2026
+    )
+    synthetic = pipeline.make_eval_dataset(sources.load_split("nirvis_synthetic", "test", data_dir), scale=scale)
+    sets = {"warped": list(warped.take(max_frames or -1)), "synthetic": list(synthetic.take(max_frames or -1))}
+    return sets, splits
+
+
+def constant_row(sets, scale):
+    import numpy as np
+
+    from cspsr_tf.matching_losses import disparity_errors, disparity_to_lr
+
+    row = {}
+    for name, frames in sets.items():
+        gts, valids = [], []
+        for _, targets, _ in frames:
+            if "disparity_hr" not in targets:
+                continue
+            gt, valid = disparity_to_lr(targets["disparity_hr"], targets["disparity_valid_hr"], scale)
+            gts.append(gt.numpy().ravel())
+            valids.append(valid.numpy().ravel())
+        gt, valid = np.concatenate(gts), np.concatenate(valids)
+        median = float(np.median(gt[valid > 0.5]))
+        errors = disparity_errors(np.full_like(gt, median), gt, valid)
+        row[name] = {**errors, "constant": median}
+    return row
+
+
+def measured_row(cvm, sets, scale):
+    from cspsr_tf.disparity_eval import measure_disparity
+
+    row = {}
+    for name, frames in sets.items():
+        result = measure_disparity(cvm, frames, scale)
+        row[name] = {k: result[k] for k in ("epe", "bad1", "frame_epe", "pixels")}
+    return row
+
+
+def train_row(name, splits, data_dir, manual_dir):
+    from cspsr_tf import model_io, training
+
+    overrides = dict(
+        dataset="nirvis_folder", data_dir=data_dir, manual_dir=manual_dir,
+        train_split=splits["train_split"], preset=FLAGS.preset, stage="cvm", steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size, patch_size=FLAGS.patch_size, eval_every=0,
+        learning_rate=training.TrainConfig.cvm_learning_rate,
+        synthetic_max_disparity=FLAGS.synthetic_max_disparity,
+        model_dir=os.path.join(FLAGS.work_dir, name), save_every=max(FLAGS.steps // 4, 1),
+    )
+    if name == "label_free":
+        overrides["cvm_supervision"] = 0.0
+    train, model_config = training.build_configs(overrides, dict(scale=FLAGS.scale))
+    started = time.time()
+    summary = training.run_training(train, model_config)
+    model, _ = model_io.load_model(os.path.join(train.model_dir, "final.keras"))
+    return model.get_layer("cvm"), {"steps": summary["step"], "train_seconds": round(time.time() - started, 1),
+                                    "final_losses": summary["losses"]}
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from cspsr_tf.configs import get_config
+    from cspsr_tf.model import build_cspsr
+
+    if FLAGS.smoke:
+        FLAGS.preset, FLAGS.steps, FLAGS.max_frames, FLAGS.patch_size = "tiny", 3, 2, 64
+        FLAGS.rows = ["default"]
+    if not os.path.isfile(os.path.join(FLAGS.manual_dir, "pairs.csv")):
+        raise app.UsageError(f"{FLAGS.manual_dir} has no pairs.csv: the shared samples are needed")
+    bench_util.header(NAME, {k: FLAGS[k].value for k in ("preset", "scale", "steps", "batch_size", "patch_size")})
+    data_dir = os.path.join(FLAGS.work_dir, "tfds")
+    max_hr = FLAGS.synthetic_max_disparity * FLAGS.scale
+    sets, splits = evaluation_sets(data_dir, FLAGS.manual_dir, FLAGS.scale, max_hr, FLAGS.max_frames)
+    results = {"machine": bench_util.machine_info(), "split_rule": splits["rule"],
+               "flags": {k: FLAGS[k].value for k in FLAGS.get_key_flags_for_module(sys.argv[0])},
+               "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
+    results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
+    keras.utils.set_random_seed(0)
+    untrained = build_cspsr(get_config(FLAGS.preset, scale=FLAGS.scale)).get_layer("cvm")
+    results["rows"]["untrained"] = measured_row(untrained, sets, FLAGS.scale)
+    bench_util.write_json(FLAGS.out, results)
+    for name in FLAGS.rows:
+        cvm, info = train_row(name, splits, data_dir, FLAGS.manual_dir)
+        results["rows"][name] = {**measured_row(cvm, sets, FLAGS.scale), **info}
+        bench_util.write_json(FLAGS.out, results)
+    table = [
+        [name] + [bench_util.fmt(row[s]["epe"]) + " / " + bench_util.fmt(100 * row[s]["bad1"], 1) + "%"
+                  for s in sets]
+        for name, row in results["rows"].items()
+    ]
+    bench_util.print_table(["row"] + [f"{s} EPE / >1px" for s in sets], table)
+    best = results["rows"].get("default", {}).get("warped", {}).get("epe")
+    if best is not None:
+        verdict = "met" if best <= TARGET_EPE else "MISSED"
+        print(f"Target EPE <= {TARGET_EPE} LR px on the warped held-out pairs: {best:.3f} ({verdict})")
+
+
+if __name__ == "__main__":
+    app.run(main)
