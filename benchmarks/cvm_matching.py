@@ -9,8 +9,8 @@ registered pairs become stereo pairs with a known random piecewise-planar dispar
 (`cspsr_tf.data.stereo_synthesis`, up to --synthetic_max_disparity LR px), and the real stereo
 frames (no ground truth) contribute the label-free terms only. It is measured on
 
-  warped   the held-out registered pairs (test split of benchmarks/nir_benefit.py's rule, by
-           id), each moved into a virtual right camera by a fixed disparity field;
+  warped   the held-out registered pairs (the test split of benchmarks/sample_split.py's rule,
+           by id), each moved into a virtual right camera by a fixed disparity field;
   synthetic the `nirvis_synthetic` test split (scikit-image photos with a synthetic right
            view, and the Middlebury Motorcycle pair's real disparity);
 
@@ -40,7 +40,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from benchmarks.nir_benefit import SAMPLES_DIR, define_splits  # noqa: E402
+from benchmarks.sample_split import define_splits  # noqa: E402
 
 NAME = "cvm_matching"
 TARGET_EPE = 1.0
@@ -55,7 +55,7 @@ flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("patch_size", 192, "HR patch side (48 LR px at x4).")
 flags.DEFINE_float("synthetic_max_disparity", 8.0, "Largest synthetic disparity, LR px.")
 flags.DEFINE_list("rows", ["default", "label_free"], "Trained rows.")
-flags.DEFINE_string("manual_dir", SAMPLES_DIR, "Shared samples folder (pairs.csv).")
+flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Shared samples folder (pairs.csv).")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Runs (git-ignored).")
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per set.")
 
@@ -63,7 +63,7 @@ flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per 
 def evaluation_sets(data_dir, manual_dir, scale, max_disparity_hr, max_frames):
     from cspsr_tf.data import pipeline, sources
 
-    splits, _ = define_splits("nirvis_folder", data_dir, manual_dir)
+    splits = define_splits(data_dir, manual_dir)
     held_out = sources.load_split("nirvis_folder", splits["test_split"], data_dir, manual_dir)
     # Only the registered pairs get a known disparity; the real stereo test frames have none.
     warped = pipeline.make_eval_dataset(
@@ -143,7 +143,7 @@ def main(argv):
     max_hr = FLAGS.synthetic_max_disparity * FLAGS.scale
     sets, splits = evaluation_sets(data_dir, FLAGS.manual_dir, FLAGS.scale, max_hr, FLAGS.max_frames)
     results = {"machine": bench_util.machine_info(), "split_rule": splits["rule"],
-               "flags": {k: FLAGS[k].value for k in FLAGS.get_key_flags_for_module(sys.argv[0])},
+               "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.argv[0])},
                "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
     keras.utils.set_random_seed(0)
