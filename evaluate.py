@@ -9,7 +9,7 @@ results.json, results.md, SR images, disparity maps and comparison figures, and
 --out_dir/summary.md gathers the overall tables. Bad settings print one line and exit 2.
 """
 
-from cspsr_tf.cli import fail, quiet_library_logs, quiet_tensorflow
+from cspsr_tf.cli import fail, quiet_dataset_progress, quiet_library_logs, quiet_tensorflow
 
 quiet_tensorflow()
 
@@ -87,6 +87,7 @@ def main(argv):
         fail("evaluate.py", f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
+    quiet_dataset_progress()
     from cspsr_tf.data.sources import DataError
 
     if not FLAGS.model:
