@@ -98,10 +98,11 @@ ABLATIONS = {
     "baseline_wide": "single branch, VIS only, T raised to the full model's SR parameters",
     "w_nir": "single branch, VIS + NIR concatenated",
     "wo_cvm": "dual branch (DMF), no CVM",
+    "full_early": "CSPSR with the NIR also concatenated to the VIS branch input",
 }
 TRAIN_ABLATION = {"baseline_wide": "baseline"}
-USES_CVM = {"full"}
-NIR_USAGE_ROWS = {"full", "wo_cvm", "w_nir"}
+USES_CVM = {"full", "full_early"}
+NIR_USAGE_ROWS = {"full", "full_early", "wo_cvm", "w_nir"}
 ROW_ORDER = [
     "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",
     "low_light/baseline/seed1", "low_light/full/seed1", "clean/baseline/seed1", "clean/full/seed1",

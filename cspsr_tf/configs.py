@@ -27,6 +27,9 @@ class CSPSRConfig:
         use_csft: CSFT fusion (False: fusion by concatenation + 1x1 conv, "w/o CSFT").
         use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
         dmf_residual: residual connection around each DMF module (a documented choice).
+        nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
+            (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
+            the paper; a switch for measuring where the NIR should enter).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
         dynamic_conv_implementation: `shift` (fast, default) or `patches` (reference).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
@@ -48,6 +51,7 @@ class CSPSRConfig:
     use_csft: bool = True
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
+    nir_early_fusion: bool = False
     global_skip: bool = True
     dynamic_conv_implementation: str = "shift"
     kernel_normalization: str = "softmax"
@@ -81,6 +85,9 @@ class CSPSRConfig:
                 raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd. Received: kernel_size={self.kernel_size}")
+        if self.nir_early_fusion and self.architecture != "dual":
+            raise ValueError("nir_early_fusion is a dual-branch switch; a single branch uses "
+                             "single_branch_input='vis_nir'")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
 
@@ -127,6 +134,7 @@ ABLATIONS = {
     "wo_csft": dict(use_csft=False),
     "wo_dyconv": dict(use_dynamic_conv=False),
     "wo_cssc": dict(lambda_cssc=0.0),
+    "full_early": dict(nir_early_fusion=True),
     "full": dict(),
 }
 

@@ -80,7 +80,10 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
             f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n))(f)
         outputs["vis_sr"] = _output(layers, _reconstruct(layers, f, vis_lr, 3, config, "vis"), "vis_sr")
     else:
-        f_vis = _shallow_features(layers, vis_lr, c, "vis")
+        vis_input = vis_lr
+        if config.nir_early_fusion:
+            vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n))([vis_lr, nir])
+        f_vis = _shallow_features(layers, vis_input, c, "vis")
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
             f_vis, f_nir = layers(f"dmf{t + 1}", lambda n: DMF(
