@@ -42,7 +42,9 @@ from absl import logging
 
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 8
-DEFAULT_CONTEXT = 16
+# Beyond the CVM's receptive field: its NCC cost volume reads a Gaussian window (radius 5 LR
+# px), is aggregated (radius 6) and filled from confident neighbours (radius 9), 20 px in all.
+DEFAULT_CONTEXT = 24
 
 
 def model_scale(model, config=None):
@@ -417,7 +419,7 @@ def tiled_predict(
             frame).
         overlap: int, default 8: LR pixels shared by neighbouring cores and cross-faded.
             Must be smaller than the tile.
-        context: int, default 16: LR pixels of extra input on each side of a core, computed
+        context: int, default 24: LR pixels of extra input on each side of a core, computed
             and discarded.
         max_disparity: float or None: extra horizontal context, in LR pixels, for the stereo
             warp; None reads it from the model's CVM (0 without a CVM).

@@ -290,8 +290,8 @@ def test_registered_geometry_predicts_with_zero_disparity(saved_model, pair, tmp
     registered = build_cspsr(config.replace(geometry="aligned"))
     registered.set_weights(model.get_weights())
     expected, _ = _model_outputs(registered, vis, nir)
-    stereo, _ = _model_outputs(model, vis, nir)
+    _, stereo_disparity = _model_outputs(model, vis, nir)
     sr = cv2.imread(out, cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
     assert np.abs(sr - expected).max() <= 1
-    assert np.abs(sr - stereo).max() > 1  # the stereo model does shift the NIR
+    assert np.abs(stereo_disparity).max() > 0.1  # the stereo model does shift the NIR
     np.testing.assert_array_equal(np.load(disp), 0.0)
