@@ -413,5 +413,5 @@ def test_export_for_a_registered_camera_serves_zero_disparity(tiny, tmp_path):
     want = registered({"vis_lr": vis, "nir_lr": nir}, training=False)
     np.testing.assert_allclose(got["vis_sr"].numpy(), want["vis_sr"].numpy(), atol=1e-5)
     np.testing.assert_array_equal(got["disp_l"].numpy(), 0.0)
-    stereo = model({"vis_lr": vis, "nir_lr": nir}, training=False)["vis_sr"].numpy()
-    assert np.abs(stereo - got["vis_sr"].numpy()).max() > 1e-3
+    stereo = model({"vis_lr": vis, "nir_lr": nir}, training=False)["disp_l"].numpy()
+    assert np.abs(stereo).max() > 0.1  # the same weights shift the NIR in the stereo model
