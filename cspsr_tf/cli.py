@@ -20,7 +20,11 @@ def quiet_tensorflow():
     its arguments) must call this just before that import, not only set the variable.
     Calling it again is free. Set CSPSR_VERBOSE_TF=1 to see everything.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Level 3 also hides run-time C++ notices such as oneDNN's "supports DT_INT32 only on
+    # platforms with AVX-512" (printed by a gradient op during training); a user who set a
+    # lower level on purpose (0 or 1, to debug) keeps it.
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("", "2"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if os.environ.get("CSPSR_VERBOSE_TF") == "1" or "tensorflow" in sys.modules:
         return
     sys.stderr.flush()
