@@ -374,6 +374,13 @@ def _tail(text, chars=3000):
 # Output
 
 
+def rel(path):
+    """A path relative to the repository root where possible (results must not name this
+    machine's folders); paths far outside it stay absolute."""
+    relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    return relative if not relative.startswith("../../") else os.path.abspath(path)
+
+
 def default_out(name):
     return os.path.join(RESULTS_DIR, f"{name}.json")
 

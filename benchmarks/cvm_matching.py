@@ -44,6 +44,7 @@ from benchmarks.sample_split import define_splits  # noqa: E402
 
 NAME = "cvm_matching"
 TARGET_EPE = 1.0
+PATH_FLAGS = ("out", "manual_dir", "work_dir")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results (a .md table is written beside it).")
@@ -77,7 +78,8 @@ def evaluation_sets(data_dir, manual_dir, scale, max_disparity_hr, max_frames):
 def constant_row(sets, scale):
     import numpy as np
 
-    from cspsr_tf.matching_losses import disparity_errors, disparity_to_lr
+    from cspsr_tf.disparity_eval import disparity_errors
+    from cspsr_tf.matching_losses import disparity_to_lr
 
     row = {}
     for name, frames in sets.items():
@@ -143,7 +145,8 @@ def main(argv):
     max_hr = FLAGS.synthetic_max_disparity * FLAGS.scale
     sets, splits = evaluation_sets(data_dir, FLAGS.manual_dir, FLAGS.scale, max_hr, FLAGS.max_frames)
     results = {"machine": bench_util.machine_info(), "split_rule": splits["rule"],
-               "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.argv[0])},
+               "flags": {f.name: bench_util.rel(f.value) if f.name in PATH_FLAGS else f.value
+                         for f in FLAGS.get_key_flags_for_module(sys.argv[0])},
                "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
     keras.utils.set_random_seed(0)

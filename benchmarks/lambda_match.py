@@ -53,14 +53,15 @@ def main(argv):
     for value in FLAGS.values:
         # Each run in a process of its own (train.py), as a user would start it.
         model_dir = os.path.join(FLAGS.work_dir, f"lambda_{value}")
-        command = [sys.executable, os.path.join(bench_util.REPO_ROOT, "train.py"),
-                   "--dataset=nirvis_synthetic", f"--data_dir={data_dir}", f"--preset={preset}",
+        command = [bench_util.rel(sys.executable), "train.py",
+                   "--dataset=nirvis_synthetic", f"--data_dir={bench_util.rel(data_dir)}", f"--preset={preset}",
                    "--scale=4", "--patch_size=96", "--batch_size=8", "--learning_rate=5e-4",
                    "--lr_schedule=cosine", f"--steps={steps}", f"--cvm_steps={cvm_steps}",
                    f"--lambda_match={value}", "--eval_every=0", f"--save_every={max(steps // 2, 1)}",
-                   f"--model_dir={model_dir}"]
+                   f"--model_dir={bench_util.rel(model_dir)}"]
         started = time.time()
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        proc = subprocess.run(command, capture_output=True, text=True, check=False,
+                              cwd=bench_util.REPO_ROOT)
         if proc.returncode != 0:
             raise RuntimeError(f"train.py failed for lambda_match={value}: {proc.stderr[-2000:]}")
         seconds = time.time() - started

@@ -140,14 +140,8 @@ flags.DEFINE_integer("max_frames", None, "Evaluate only the first N test frames 
 SCALE = 4
 
 
-def rel(path):
-    """A path as the subprocesses see it (cwd = repository root), relative where possible."""
-    relative = os.path.relpath(os.path.abspath(path), bench_util.REPO_ROOT)
-    return relative if not relative.startswith("../../") else os.path.abspath(path)
-
-
 def python_cmd():
-    return rel(sys.executable)
+    return bench_util.rel(sys.executable)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,14 +227,14 @@ def train_flags():
 
 
 def train_argv(ctx, condition, ablation, seed, steps, model_dir, cvm_steps):
-    argv = [python_cmd(), "train.py", "--dataset=nirvis_folder", f"--manual_dir={rel(ctx['manual_dir'])}",
-            f"--data_dir={rel(ctx['data_dir'])}", f"--train_split={ctx['split']['train_split']}",
+    argv = [python_cmd(), "train.py", "--dataset=nirvis_folder", f"--manual_dir={bench_util.rel(ctx['manual_dir'])}",
+            f"--data_dir={bench_util.rel(ctx['data_dir'])}", f"--train_split={ctx['split']['train_split']}",
             f"--preset={ctx['preset']}", f"--ablation={TRAIN_ABLATION.get(ablation, ablation)}",
             f"--scale={SCALE}", f"--batch_size={ctx['batch']}", f"--patch_size={ctx['patch']}",
             f"--steps={steps}", f"--learning_rate={FLAGS.learning_rate}",
             f"--lr_schedule={FLAGS.lr_schedule}", f"--seed={seed}",
             f"--degradation={CONDITIONS[condition]}", "--eval_every=0",
-            f"--save_every={max(steps // 4, 50)}", f"--model_dir={rel(model_dir)}"]
+            f"--save_every={max(steps // 4, 50)}", f"--model_dir={bench_util.rel(model_dir)}"]
     wide = ctx["params"]["baseline_wide_num_modules"] if ablation == "baseline_wide" else None
     for key, value in model_overrides(wide).items():
         argv.append(f"--{key}={value}")
@@ -253,7 +247,7 @@ def train(argv, model_dir, log_path, fresh=True):
     if fresh and os.path.isdir(model_dir):
         shutil.rmtree(model_dir)
     code, wall, text = run_logged(argv, log_path)
-    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": bench_util.rel(log_path),
               "command": " ".join(argv)}
     found = re.findall(r"Training summary: (\{.*\})", text)
     if found:
@@ -281,13 +275,13 @@ def evaluate(ctx, condition, model_path, out_dir, log_path):
 
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
-    argv = [python_cmd(), "evaluate.py", f"--model={rel(model_path)}", "--dataset=nirvis_folder",
-            f"--manual_dir={rel(ctx['manual_dir'])}", f"--data_dir={rel(ctx['data_dir'])}",
+    argv = [python_cmd(), "evaluate.py", f"--model={bench_util.rel(model_path)}", "--dataset=nirvis_folder",
+            f"--manual_dir={bench_util.rel(ctx['manual_dir'])}", f"--data_dir={bench_util.rel(ctx['data_dir'])}",
             f"--split={','.join(ctx['split']['eval_splits'])}",
             f"--degradation={CONDITIONS[condition]}", "--save_images=false",
-            f"--out_dir={rel(out_dir)}"]
+            f"--out_dir={bench_util.rel(out_dir)}"]
     code, wall, text = run_logged(argv, log_path)
-    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": bench_util.rel(log_path),
               "command": " ".join(argv)}
     frames = []
     try:
@@ -313,14 +307,14 @@ def evaluate(ctx, condition, model_path, out_dir, log_path):
 
 
 def nir_usage(ctx, condition, model_path, out_path, log_path):
-    argv = [python_cmd(), "benchmarks/nir_usage.py", f"--model={rel(model_path)}",
-            "--dataset=nirvis_folder", f"--manual_dir={rel(ctx['manual_dir'])}",
-            f"--data_dir={rel(ctx['data_dir'])}", f"--split={','.join(ctx['split']['eval_splits'])}",
-            f"--degradation={CONDITIONS[condition]}", f"--out={rel(out_path)}"]
+    argv = [python_cmd(), "benchmarks/nir_usage.py", f"--model={bench_util.rel(model_path)}",
+            "--dataset=nirvis_folder", f"--manual_dir={bench_util.rel(ctx['manual_dir'])}",
+            f"--data_dir={bench_util.rel(ctx['data_dir'])}", f"--split={','.join(ctx['split']['eval_splits'])}",
+            f"--degradation={CONDITIONS[condition]}", f"--out={bench_util.rel(out_path)}"]
     if os.path.exists(out_path):
         os.remove(out_path)
     code, wall, text = run_logged(argv, log_path)
-    result = {"returncode": code, "wall_s": round(wall, 1), "log": rel(log_path),
+    result = {"returncode": code, "wall_s": round(wall, 1), "log": bench_util.rel(log_path),
               "command": " ".join(argv)}
     if code != 0 or not os.path.exists(out_path):
         result["error"] = text[-2000:]
@@ -329,7 +323,7 @@ def nir_usage(ctx, condition, model_path, out_path, log_path):
         usage = json.load(f)
     usage.pop("frames", None)  # per-frame figures stay in out_path
     result.update(usage)
-    result["json"] = rel(out_path)
+    result["json"] = bench_util.rel(out_path)
     return result
 
 
@@ -628,7 +622,7 @@ def main(argv):
     data_dir = FLAGS.data_dir or os.path.join(work_dir, "tfds")
     started = time.time()
 
-    print(f"Preparing nirvis_folder in {rel(data_dir)} and checking the split ...", flush=True)
+    print(f"Preparing nirvis_folder in {bench_util.rel(data_dir)} and checking the split ...", flush=True)
     split = define_splits(data_dir, manual_dir, max_frames)
     print(f"  train: {len(split['train_ids'])} pairs; test: {len(split['test_ids'])} pairs "
           f"({len(split['eval_ids'])} evaluated, {len(split['eval_splits'])} split strings)")
@@ -652,7 +646,7 @@ def main(argv):
         "scale": SCALE, "batch_size": batch, "patch_size": patch, "steps": steps,
         "cvm_steps": cvm_steps, "learning_rate": FLAGS.learning_rate,
         "lr_schedule": FLAGS.lr_schedule, "max_frames": max_frames, "smoke": FLAGS.smoke,
-        "work_dir": rel(work_dir), "data_dir": rel(data_dir), "manual_dir": rel(manual_dir),
+        "work_dir": bench_util.rel(work_dir), "data_dir": bench_util.rel(data_dir), "manual_dir": bench_util.rel(manual_dir),
         "resume": FLAGS.resume,
     }
     previous = {}

@@ -9,7 +9,25 @@ only when its whole block has a known disparity.
 import numpy as np
 import tensorflow as tf
 
-from cspsr_tf.matching_losses import disparity_errors, disparity_to_lr
+from cspsr_tf.matching_losses import disparity_to_lr
+
+
+def disparity_errors(predicted, gt, valid):
+    """End-point error (mean |d - gt|) and the share of pixels off by more than 1 px.
+
+    Args:
+        predicted, gt: disparities of the same shape, in the same pixels; valid: the mask of
+            known ground truth (> 0.5 counts).
+
+    Returns:
+        dict with `epe`, `bad1` (floats, NaN without a valid pixel) and `pixels` (int).
+    """
+    predicted, gt = np.asarray(predicted, np.float64), np.asarray(gt, np.float64)
+    mask = np.asarray(valid) > 0.5
+    if not mask.any():
+        return {"epe": float("nan"), "bad1": float("nan"), "pixels": 0}
+    error = np.abs(predicted - gt)[mask]
+    return {"epe": float(error.mean()), "bad1": float((error > 1.0).mean()), "pixels": int(mask.sum())}
 
 
 def measure_disparity(cvm, eval_ds, scale, max_frames=None):

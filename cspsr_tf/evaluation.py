@@ -40,6 +40,7 @@ from absl import logging
 
 from cspsr_tf import figures, tiling
 from cspsr_tf.data.resize import bicubic_upscale
+from cspsr_tf.disparity_eval import disparity_errors as stats_of_disparity
 from cspsr_tf.metrics import PROTOCOLS, evaluate_pair, to_uint8
 from cspsr_tf.model import with_geometry
 
@@ -91,11 +92,10 @@ def disparity_errors(disp_l, disparity_hr, scale, valid_hr=None):
     valid = np.isfinite(gt) & (gt > 0)
     if valid_hr is not None:
         valid &= _single_map(valid_hr) > 0.5
-    count = int(valid.sum())
-    if not count:
+    errors = stats_of_disparity(upsampled, np.where(valid, gt, 0.0), valid)
+    if not errors["pixels"]:
         return {"epe": None, "bad1": None, "valid_pixels": 0}
-    error = np.abs(upsampled[valid] - gt[valid].astype(np.float64))
-    return {"epe": float(error.mean()), "bad1": float(np.mean(error > 1.0)), "valid_pixels": count}
+    return {"epe": errors["epe"], "bad1": errors["bad1"], "valid_pixels": errors["pixels"]}
 
 
 def _single_map(array):

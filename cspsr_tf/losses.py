@@ -15,19 +15,23 @@ def upsample_disparity(disparity, hr_size, scale):
     return tf.image.resize(disparity, hr_size, method="bilinear") * float(scale)
 
 
+def masked_mean_per_example(values, mask):
+    """Mean of [B, H, W, C] values per example [B], over the pixels where mask [B, H, W, 1] == 1.
+
+    An example with no valid pixel gives 0 rather than NaN.
+    """
+    mask = tf.cast(mask, tf.float32)
+    channels = tf.cast(tf.shape(values)[-1], tf.float32)
+    total = tf.reduce_sum(values * mask, axis=[1, 2, 3])
+    return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2, 3]) * channels)
+
+
 def masked_mse_per_example(a, b, mask=None):
     """Mean squared error per example [B], averaged over the pixels where mask == 1."""
-    a = tf.cast(a, tf.float32)
-    b = tf.cast(b, tf.float32)
-    squared = tf.square(a - b)
+    squared = tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32))
     if mask is None:
         return tf.reduce_mean(squared, axis=[1, 2, 3])
-    mask = tf.cast(mask, tf.float32)
-    channels = tf.cast(tf.shape(squared)[-1], tf.float32)
-    total = tf.reduce_sum(squared * mask, axis=[1, 2, 3])
-    count = tf.reduce_sum(mask, axis=[1, 2, 3]) * channels
-    # An example with no valid pixel contributes 0 rather than NaN.
-    return tf.math.divide_no_nan(total, count)
+    return masked_mean_per_example(squared, mask)
 
 
 def cssc_loss_per_example(nir_sr_l, nir_hr_r, disp_l, disp_r, scale):

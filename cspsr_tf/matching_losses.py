@@ -32,19 +32,12 @@ import tensorflow as tf
 
 from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, local_ncc_squared, luminance
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from cspsr_tf.losses import masked_mean_per_example
 
 STRUCTURE_SIGMAS = (0.0, 1.0, 2.0)
 OCCLUDED_WEIGHT = 0.2
 # Disparity disagreement (LR pixels) beyond which a pixel counts as occluded.
 CONSISTENCY_THRESHOLD = 1.0
-
-
-def masked_mean_per_example(values, mask):
-    """Mean of [B, H, W, C] values over the pixels where mask [B, H, W, 1] is set: [B]."""
-    mask = tf.cast(mask, tf.float32)
-    channels = tf.cast(tf.shape(values)[-1], tf.float32)
-    total = tf.reduce_sum(values * mask, axis=[1, 2, 3])
-    return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=[1, 2, 3]) * channels)
 
 
 def edge_aware_smoothness_per_example(disparity, image):
@@ -179,22 +172,3 @@ def cvm_matching_loss_per_example(
         "consistency": consistency,
         "supervised": supervised,
     }
-
-
-def disparity_errors(predicted, gt, valid):
-    """End-point error (mean |d - gt|) and the share of pixels off by more than 1 px.
-
-    Args:
-        predicted, gt: [..., 1] disparities in the same pixels; valid: the mask of known gt.
-
-    Returns:
-        dict with `epe`, `bad1` (floats) and `pixels` (int), over the valid pixels.
-    """
-    import numpy as np
-
-    predicted, gt = np.asarray(predicted, np.float64), np.asarray(gt, np.float64)
-    mask = np.asarray(valid) > 0.5
-    if not mask.any():
-        return {"epe": float("nan"), "bad1": float("nan"), "pixels": 0}
-    error = np.abs(predicted - gt)[mask]
-    return {"epe": float(error.mean()), "bad1": float((error > 1.0).mean()), "pixels": int(mask.sum())}

@@ -73,7 +73,7 @@ def ncc_squared_volume(reference, other, offsets, window_sigma=NCC_WINDOW_SIGMA,
     mean_o = shift_columns(gaussian_blur(other, window_sigma), offsets)
     var_o = shift_columns(gaussian_blur(other * other, window_sigma), offsets) - mean_o * mean_o
     cov = gaussian_blur(reference * moved, window_sigma) - mean_r * mean_o
-    return tf.square(cov) / (tf.maximum(var_r, 0.0) * tf.maximum(var_o, 0.0) + eps)
+    return _ncc_squared(cov, var_r, var_o, eps)
 
 
 def local_ncc_squared(a, b, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
@@ -87,4 +87,9 @@ def local_ncc_squared(a, b, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
     var_a = gaussian_blur(a * a, window_sigma) - mean_a * mean_a
     var_b = gaussian_blur(b * b, window_sigma) - mean_b * mean_b
     cov = gaussian_blur(a * b, window_sigma) - mean_a * mean_b
+    return _ncc_squared(cov, var_a, var_b, eps)
+
+
+def _ncc_squared(cov, var_a, var_b, eps):
+    # Variances computed as differences of means can dip just below zero in float32.
     return tf.square(cov) / (tf.maximum(var_a, 0.0) * tf.maximum(var_b, 0.0) + eps)
