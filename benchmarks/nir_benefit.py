@@ -674,6 +674,16 @@ def main(argv):
         return
 
     old_rows = previous.get("rows_results", {})
+    if FLAGS.resume:
+        # Rows of earlier invocations that this one does not run stay in the results,
+        # as long as they were trained with the same settings.
+        for name, old in old_rows.items():
+            if name not in rows and old.get("settings") == row_settings(ctx, name):
+                data["rows_results"][name] = old
+        if previous.get("note"):
+            data["note"] = previous["note"]
+        if previous.get("total_minutes"):
+            started -= previous["total_minutes"] * 60
     for name in rows:
         condition, ablation, seed = parse_row(name)
         settings = row_settings(ctx, name)
