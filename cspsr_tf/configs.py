@@ -31,7 +31,11 @@ class CSPSRConfig:
             (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
             the paper; a switch for measuring where the NIR should enter).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
-        dynamic_conv_implementation: `shift` (fast, default) or `patches` (reference).
+        dynamic_conv_implementation: how the element-wise parts of each DMF module run:
+            `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
+            CSFT's gates compiled by XLA, computed in float32), `shift` (plain TensorFlow
+            ops) or `patches` (tf.image.extract_patches reference). Same numbers; inference
+            CLIs can switch a trained model to another (`--ops`).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
         cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
         max_disparity: bound of the predicted disparity, in LR pixels.
@@ -53,7 +57,7 @@ class CSPSRConfig:
     dmf_residual: bool = True
     nir_early_fusion: bool = False
     global_skip: bool = True
-    dynamic_conv_implementation: str = "shift"
+    dynamic_conv_implementation: str = "fused"
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
     cvm_depth: int = 3

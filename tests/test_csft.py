@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+import tensorflow as tf
 from scipy import ndimage
 
 from cspsr_tf.layers.csft import CSFT
@@ -25,12 +27,13 @@ def batch_norm(x, gamma, beta, mean, var, eps):
     return gamma * (x - mean) / np.sqrt(var + eps) + beta
 
 
-def test_equals_numpy_evaluation_of_eq2():
+@pytest.mark.parametrize("implementation", ["plain", "fused"])
+def test_equals_numpy_evaluation_of_eq2(implementation):
     rng = np.random.default_rng(0)
     c = 6
     f_vis = rng.standard_normal((2, 5, 7, c)).astype(np.float32)
     f_nir = rng.standard_normal((2, 5, 7, c)).astype(np.float32)
-    layer = CSFT()
+    layer = CSFT(implementation=implementation)
     layer((f_vis, f_nir))
     # Non-trivial batch-norm statistics and affine parameters, so the BN path is tested.
     for norm in (layer.norm_nir, layer.norm_vis):
@@ -66,3 +69,28 @@ def test_numpy_conv_helper_agrees_with_scipy():
 def test_layer_checks():
     f = np.random.rand(2, 4, 5, 8).astype(np.float32)
     run_layer_checks(CSFT, {"momentum": 0.9, "epsilon": 1e-3}, (f, f), expected_output_shapes=(2, 4, 5, 8))
+    run_layer_checks(CSFT, {"implementation": "fused"}, (f, f), expected_output_shapes=(2, 4, 5, 8))
+
+
+def test_fused_gradients_equal_the_plain_ones_in_training_mode():
+    rng = np.random.default_rng(2)
+    f_vis = tf.Variable(rng.standard_normal((2, 5, 6, 4)).astype(np.float32))
+    f_nir = tf.Variable(rng.standard_normal((2, 5, 6, 4)).astype(np.float32))
+    upstream = rng.standard_normal((2, 5, 6, 4)).astype(np.float32)
+    plain, fused = CSFT(implementation="plain"), CSFT(implementation="fused")
+    for layer in (plain, fused):
+        layer.build((f_vis.shape, f_nir.shape))
+    fused.set_weights(plain.get_weights())
+    results = []
+    for layer in (plain, fused):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer((f_vis, f_nir), training=True) * upstream)
+        grads = tape.gradient(loss, [f_vis, f_nir] + layer.trainable_variables)
+        results.append([g.numpy() for g in grads])
+    for reference, got in zip(*results, strict=True):
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="implementation"):
+        CSFT(implementation="magic")

@@ -24,7 +24,7 @@ def naive_per_pixel_filter(features, kernels, k):
     return out
 
 
-@pytest.mark.parametrize("implementation", ["patches", "shift"])
+@pytest.mark.parametrize("implementation", ["patches", "shift", "fused"])
 @pytest.mark.parametrize("k", [3, 5])
 def test_matches_naive_double_loop(implementation, k):
     rng = np.random.default_rng(k)
@@ -94,3 +94,44 @@ def test_hand_written_gradient_of_the_shift_path_equals_the_reference(k):
         grads[implementation] = [g.numpy() for g in tape.gradient(loss, [features, kernels])]
     for reference, fast in zip(grads["patches"], grads["shift"], strict=True):
         np.testing.assert_allclose(fast, reference, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
+def test_fused_layer_equals_the_reference_values_and_gradients(normalization):
+    # The XLA-compiled path (softmax and multiply-adds in one kernel) against `patches`,
+    # forward and backward, inside the layer (its own normalisation code path).
+    rng = np.random.default_rng(3)
+    f_vis = rng.standard_normal((2, 7, 9, 4)).astype(np.float32)
+    f_nir = tf.Variable(rng.standard_normal((2, 7, 9, 4)).astype(np.float32))
+    layers = {
+        impl: DynamicConv(3, normalization=normalization, implementation=impl)
+        for impl in ("patches", "fused")
+    }
+    for layer in layers.values():
+        layer.build((f_vis.shape, f_nir.shape))
+    layers["fused"].set_weights(layers["patches"].get_weights())
+    upstream = rng.standard_normal((2, 7, 9, 4)).astype(np.float32)
+    results = {}
+    for impl, layer in layers.items():
+        with tf.GradientTape() as tape:
+            out = layer((f_vis, f_nir))
+            loss = tf.reduce_sum(out * upstream)
+        grads = tape.gradient(loss, [f_nir] + layer.trainable_variables)
+        results[impl] = [out.numpy()] + [g.numpy() for g in grads]
+    for reference, fused in zip(results["patches"], results["fused"], strict=True):
+        np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_path_computes_in_float32_and_returns_the_input_dtype():
+    # bfloat16 features (mixed precision): the sum is formed in float32, so the result is
+    # the float32 result rounded once to bfloat16, not a sum of nine rounded products.
+    rng = np.random.default_rng(4)
+    features = tf.cast(rng.standard_normal((1, 6, 6, 5)), tf.bfloat16)
+    kernels = tf.cast(rng.standard_normal((1, 6, 6, 9)), tf.bfloat16)
+    got = apply_per_pixel_kernels(features, kernels, 3, "fused")
+    assert got.dtype == tf.bfloat16
+    expected = naive_per_pixel_filter(
+        tf.cast(features, tf.float32).numpy(), tf.cast(kernels, tf.float32).numpy(), 3
+    )
+    rounded = tf.cast(tf.cast(expected, tf.float32), tf.bfloat16).numpy().astype(np.float64)
+    np.testing.assert_allclose(got.numpy().astype(np.float64), rounded, rtol=1e-6, atol=1e-6)

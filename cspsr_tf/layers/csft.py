@@ -4,6 +4,26 @@ import keras
 import tensorflow as tf
 
 
+_IMPLEMENTATIONS = ("plain", "fused")
+
+
+def _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit):
+    """F'_nir * w_s1 * w_c2 + F_vis * w_s1 * w_s2 * w_c1 from the gates' logits, in float32."""
+    dtype = f_vis.dtype
+    f_vis, f_nir, s1_logit, s2_logit, c_logit = (
+        tf.cast(t, tf.float32) for t in (f_vis, f_nir, s1_logit, s2_logit, c_logit)
+    )
+    channels = f_vis.shape[-1]
+    w_s1, w_s2, w_c = tf.sigmoid(s1_logit), tf.sigmoid(s2_logit), tf.sigmoid(c_logit)
+    w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
+    return tf.cast(w_s1 * (f_nir * w_c2 + f_vis * w_s2 * w_c1), dtype)
+
+
+# XLA turns the sigmoids and the products into one pass over F_vis and F'_nir (plain
+# TensorFlow makes a full-size temporary per product). The convolutions stay outside.
+_fused_weighted_sum = tf.function(_weighted_sum, jit_compile=True, autograph=False)
+
+
 @keras.saving.register_keras_serializable(package="cspsr_tf")
 class CSFT(keras.layers.Layer):
     """Confidence-based transfer of NIR features into the VIS feature space (Eq. 2).
@@ -21,6 +41,8 @@ class CSFT(keras.layers.Layer):
 
     Args:
         momentum, epsilon: batch-norm settings (Keras defaults 0.99, 1e-3).
+        implementation: `plain` (TensorFlow ops) or `fused` (the gates' sigmoids and the
+            weighted sum compiled by XLA into one pass, computed in float32); same numbers.
 
     Call arguments:
         inputs: a pair `(f_vis, f_nir_dyn)` of [B, H, W, C] tensors.
@@ -33,8 +55,13 @@ class CSFT(keras.layers.Layer):
         Wei et al., CSPSR, Sec. 4.3 and Eq. (2).
     """
 
-    def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
+    def __init__(self, momentum=0.99, epsilon=1e-3, implementation="plain", **kwargs):
         super().__init__(**kwargs)
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {_IMPLEMENTATIONS}. Received: {implementation!r}"
+            )
+        self.implementation = implementation
         self.momentum = momentum
         self.epsilon = epsilon
         policy = self.dtype_policy
@@ -68,12 +95,17 @@ class CSFT(keras.layers.Layer):
     def call(self, inputs, training=None):
         f_vis, f_nir = inputs
         channels = f_vis.shape[-1]
-        w_s1 = tf.sigmoid(self.spatial_vis(f_vis))
         normed = tf.concat(
             [self.norm_nir(f_nir, training=training), self.norm_vis(f_vis, training=training)],
             axis=-1,
         )
         pooled = tf.reduce_mean(normed, axis=[1, 2], keepdims=True)
+        if self.implementation == "fused":
+            return _fused_weighted_sum(
+                f_vis, f_nir, self.spatial_vis(f_vis), self.spatial_fused(normed),
+                self.channel_conv(pooled),
+            )
+        w_s1 = tf.sigmoid(self.spatial_vis(f_vis))
         w_c = tf.sigmoid(self.channel_conv(pooled))
         w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
         w_s2 = tf.sigmoid(self.spatial_fused(normed))
@@ -84,5 +116,7 @@ class CSFT(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"momentum": self.momentum, "epsilon": self.epsilon})
+        config.update(
+            {"momentum": self.momentum, "epsilon": self.epsilon, "implementation": self.implementation}
+        )
         return config

@@ -110,6 +110,9 @@ class CrossViewMatching(keras.layers.Layer):
         geometry="stereo",
         **kwargs,
     ):
+        # The images enter in float32 whatever the policy: the cost volumes (NCC from local
+        # moments) and the warp need it; the convolutions cast their own inputs.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}. Received: geometry={geometry!r}")
@@ -161,7 +164,9 @@ class CrossViewMatching(keras.layers.Layer):
                 keras.layers.Conv2D(
                     2, 3, padding="same", bias_initializer="zeros",
                     kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
-                    name=f"disp{level}", dtype=policy,
+                    # The disparity is float32 under any policy: bfloat16 has 8 mantissa bits,
+                    # too few for sub-pixel positions.
+                    name=f"disp{level}", dtype="float32",
                 )
             )
 
@@ -303,14 +308,14 @@ class CrossViewMatching(keras.layers.Layer):
             parts = [y, skips[level]]
             if disparity is not None:
                 # Coarser estimate, upsampled, as an extra input (values stay in LR pixels).
-                parts.append(tf.repeat(tf.repeat(disparity, 2, axis=1), 2, axis=2))
+                parts.append(tf.cast(tf.repeat(tf.repeat(disparity, 2, axis=1), 2, axis=2), y.dtype))
             y = self._run(block, tf.concat(parts, axis=-1), training)
             # Bounded, and centred on the cost volume's estimate at this level.
             p = tf.clip_by_value(self._base_at_level(base, level) / self.max_disparity, 1e-3, 1.0 - 1e-3)
-            logits = tf.math.log(p / (1.0 - p)) + tf.cast(head(y), tf.float32)
-            disparity = tf.cast(self.max_disparity * tf.sigmoid(logits), y.dtype)
+            logits = tf.math.log(p / (1.0 - p)) + head(y)
+            disparity = self.max_disparity * tf.sigmoid(logits)
             if stereo is not None:
-                disparity = disparity * tf.reshape(tf.cast(stereo, disparity.dtype), [-1, 1, 1, 1])
+                disparity = disparity * tf.reshape(tf.cast(stereo, tf.float32), [-1, 1, 1, 1])
             pyramid.append(disparity)
         disparity = disparity[:, :height, :width, :]
         disp_l, disp_r = disparity[..., :1], disparity[..., 1:]

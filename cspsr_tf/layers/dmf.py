@@ -29,7 +29,8 @@ class DMF(keras.layers.Layer):
         use_dynamic_conv: bool, default True.
         use_csft: bool, default True.
         residual: bool, default True.
-        dynamic_conv_implementation: `shift` (default) or `patches` (reference).
+        dynamic_conv_implementation: `shift` (default), `patches` (reference) or `fused`
+            (the dynamic convolution and CSFT's gates XLA-compiled; see DynamicConv, CSFT).
         kernel_normalization: `softmax` (default) or `none`.
 
     Call arguments:
@@ -73,7 +74,11 @@ class DMF(keras.layers.Layer):
                 channels, 3, padding="same", name="nir_conv", dtype=policy
             )
         if use_csft:
-            self.fusion = CSFT(name="csft", dtype=policy)
+            self.fusion = CSFT(
+                implementation="fused" if dynamic_conv_implementation == "fused" else "plain",
+                name="csft",
+                dtype=policy,
+            )
         else:
             self.fusion = keras.layers.Conv2D(channels, 1, name="concat_fusion", dtype=policy)
         self.conv_vis = keras.layers.Conv2D(channels, 3, padding="same", name="conv_vis", dtype=policy)

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-_IMPLEMENTATIONS = ("shift", "patches")
+_IMPLEMENTATIONS = ("shift", "patches", "fused")
 _NORMALIZATIONS = ("softmax", "none")
 
 
@@ -35,6 +35,8 @@ def apply_per_pixel_kernels(features, kernels, kernel_size, implementation="shif
         return tf.reduce_sum(patches * kernels[..., tf.newaxis], axis=3)
     if implementation == "shift":
         return _shift_and_accumulate(features, kernels, k)
+    if implementation == "fused":
+        return _fused_dynamic_conv(features, kernels, k, "none")
     raise ValueError(
         f"implementation must be one of {_IMPLEMENTATIONS}. Received: {implementation!r}"
     )
@@ -104,6 +106,25 @@ def _shift_and_accumulate(features, kernels, k):
     return forward(features, kernels)
 
 
+def _normalized_shift_sum(features, kernels, k, normalization):
+    """Kernel normalisation + shift-and-accumulate, computed in float32 whatever the inputs'
+    dtype (bfloat16 element-wise arithmetic is no faster on CPU, and the softmax wants
+    float32); the result comes back in the dtype of `features`."""
+    dtype = features.dtype
+    kernels = tf.cast(kernels, tf.float32)
+    if normalization == "softmax":
+        kernels = tf.nn.softmax(kernels, axis=-1)
+    out = _shift_and_accumulate(tf.cast(features, tf.float32), kernels, k)
+    return tf.cast(out, dtype)
+
+
+# XLA compiles the k*k shifted multiply-adds (and the softmax before them) into one loop
+# that reads the features and the kernels once; outside XLA each tap is a separate pass
+# over memory. Only this element-wise part is compiled: TensorFlow's own (oneDNN)
+# convolutions around it stay faster than XLA's on CPU (benchmarks/latency_breakdown.py).
+_fused_dynamic_conv = tf.function(_normalized_shift_sum, jit_compile=True, autograph=False)
+
+
 @keras.saving.register_keras_serializable(package="cspsr_tf")
 class DynamicConv(keras.layers.Layer):
     """Dynamic convolution of the DMF module (paper Sec. 4.3).
@@ -157,6 +178,8 @@ class DynamicConv(keras.layers.Layer):
     def call(self, inputs):
         f_vis, f_nir = inputs
         kernels = self.kernel_predictor(tf.concat([f_vis, f_nir], axis=-1))
+        if self.implementation == "fused":
+            return _fused_dynamic_conv(f_nir, kernels, self.kernel_size, self.normalization)
         if self.normalization == "softmax":
             kernels = tf.nn.softmax(kernels, axis=-1)
         return apply_per_pixel_kernels(f_nir, kernels, self.kernel_size, self.implementation)
