@@ -6,7 +6,9 @@
 --model takes a `.keras` file or a training directory (its latest checkpoint). --dataset and
 --split take comma-separated lists; each (dataset, split) gets a sub-folder of --out_dir with
 results.json, results.md, SR images, disparity maps and comparison figures, and
---out_dir/summary.md gathers the overall tables. Bad settings print one line and exit 2.
+--out_dir/summary.md gathers the overall tables. --precision=bfloat16 (or float16) evaluates
+the model computing in that precision (cspsr_tf/precision.py). Bad settings print one line and
+exit 2.
 """
 
 from cspsr_tf.cli import fail, quiet_dataset_progress, quiet_library_logs, quiet_tensorflow
@@ -17,6 +19,8 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
+
+from cspsr_tf.precision import PRECISIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
@@ -31,14 +35,33 @@ flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped p
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per split.")
 flags.DEFINE_bool("save_images", True, "Write SR images, disparity maps and comparison figures.")
 flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure.")
+flags.DEFINE_string(
+    "precision", None,
+    f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
+    "the precision it was exported in).",
+)
+flags.DEFINE_enum(
+    "ops", None, ["fused", "shift", "patches"],
+    "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the default), "
+    "shift (plain TensorFlow ops) or patches (reference). Same numbers.",
+)
 
 
 def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=None, tile=None,
              tile_overlap=8, self_ensemble=False, max_frames=None, save_images=True,
-             degradation="none"):
-    """Evaluates one model on every (dataset, split); returns {name: results}."""
+             degradation="none", precision=None, ops=None):
+    """Evaluates one model on every (dataset, split); returns {name: results}.
+
+    `precision`: None (float32; an exported SavedModel: its own), `float32`, `bfloat16` or
+    `float16` (`precision.select_precision`). `ops`: None (`fused`; an exported SavedModel: its
+    own), `fused`, `shift` or `patches` (`model_io.select_ops`).
+    """
     from cspsr_tf import evaluation, model_io, tiling
     from cspsr_tf.data import pipeline, sources
+    from cspsr_tf.precision import check_precision, model_precision, select_precision
+
+    if precision is not None:
+        check_precision(precision)
 
     for name in datasets:
         if name not in sources.DATASETS:
@@ -46,6 +69,8 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
                 f"unknown dataset {name!r}; choose one of {', '.join(sources.DATASETS)}"
             )
     model, config = model_io.load_model(model_path)
+    model = select_precision(model, config, precision)
+    model, config = model_io.select_ops(model, config, ops)
     scale = tiling.model_scale(model, config)
     # Every (dataset, split) is opened before any is evaluated, so that a bad one (an unknown
     # split, an empty or broken dataset) fails before anything is written.
@@ -73,7 +98,7 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
             label, mean["model"]["standard"]["psnr"], mean["bicubic"]["standard"]["psnr"],
             mean["num_frames"],
         )
-    lines = [f"# Evaluation of `{model_path}` (x{scale})", ""]
+    lines = [f"# Evaluation of `{model_path}` (x{scale}, {model_precision(model)})", ""]
     for label, results in all_results.items():
         lines += [f"## {label}", "", evaluation.results_markdown(results), ""]
     os.makedirs(out_dir, exist_ok=True)
@@ -92,12 +117,14 @@ def main(argv):
 
     if not FLAGS.model:
         fail("evaluate.py", "--model is required (a .keras file or a training directory)")
+    if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
+        fail("evaluate.py", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
     try:
         results = evaluate(
             FLAGS.model, [d for d in FLAGS.dataset.split(",") if d],
             [s for s in FLAGS.split.split(",") if s], FLAGS.out_dir, FLAGS.data_dir,
             FLAGS.manual_dir, FLAGS.tile, FLAGS.tile_overlap, FLAGS.self_ensemble,
-            FLAGS.max_frames, FLAGS.save_images, FLAGS.degradation,
+            FLAGS.max_frames, FLAGS.save_images, FLAGS.degradation, FLAGS.precision, FLAGS.ops,
         )
     except (DataError, FileNotFoundError, ValueError) as error:
         fail("evaluate.py", str(error), getattr(error, "details", ""))

@@ -57,7 +57,8 @@ TRAIN_HELP = {
     "seed": "Random seed of the initialisation and of the data stream.",
     "model_dir": "Training directory: config.json, checkpoints, best.keras, final.keras, TensorBoard logs.",
     "strategy": "auto (mirrored if >1 GPU), default, mirrored, or multi_worker (cluster from TF_CONFIG).",
-    "mixed_precision": "Compute in float16 (mixed_float16 policy); losses stay float32.",
+    "mixed_precision": "Compute in float16 (mixed_float16 policy, with loss scaling); the same as --precision=float16.",
+    "precision": "Compute precision of the model: float32, bfloat16 (mixed_bfloat16 policy; fast on CPUs with AVX512_BF16 / AMX) or float16 (mixed_float16, with loss scaling). Variables, losses, the CVM and the outputs stay float32 (cspsr_tf/precision.py).",
     "jit_compile": "Compile the training step with XLA.",
     "cvm_init": "Training directory of a --stage=cvm run whose CVM weights start this run.",
     "freeze_cvm": "Keep the CVM fixed (requires a CVM; use with --cvm_init).",
@@ -87,7 +88,7 @@ MODEL_HELP = {
     "use_dynamic_conv": "Filter NIR features with the dynamic convolution (else a common conv).",
     "dmf_residual": "Residual connection around each DMF module.",
     "global_skip": "Add the bicubic upsampling of the input to the SR output.",
-    "dynamic_conv_implementation": "shift (fast) or patches (tf.image.extract_patches reference).",
+    "dynamic_conv_implementation": "fused (XLA-compiled element-wise parts, fastest), shift (plain TF ops) or patches (tf.image.extract_patches reference).",
     "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
     "cvm_base_channels": "Width of the first CVM stage.",
     "cvm_depth": "Number of stride-2 stages of the CVM.",
@@ -107,6 +108,9 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     quiet_dataset_progress()
+    if FLAGS.mixed_precision and FLAGS["precision"].present and FLAGS.precision != "float16":
+        fail("train.py", f"--mixed_precision (float16) disagrees with --precision={FLAGS.precision}; "
+             "use --precision alone")
     try:
         train_config, model_config = training.build_configs(
             flag_values(FLAGS, training.train_config_fields()),

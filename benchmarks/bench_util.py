@@ -290,9 +290,22 @@ def block(value):
 
 
 def set_mixed_precision(enabled):
+    """float16 (True) or float32 (False) as Keras's global policy; see `set_precision`."""
+    set_precision("float16" if enabled else "float32")
+
+
+def set_precision(precision):
+    """Sets Keras's global dtype policy for `precision` (float32, bfloat16 or float16).
+
+    For a benchmark child process, which measures one configuration: models built after this
+    (`build_cspsr(config)`, no `precision` argument) compute in that precision, with the
+    float32 islands of `cspsr_tf/precision.py`. Library code passes `precision=` instead.
+    """
     import keras
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+    from cspsr_tf.precision import policy_name
+
+    keras.mixed_precision.set_global_policy(policy_name(precision))
 
 
 def jit_values(mode):

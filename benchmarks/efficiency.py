@@ -9,7 +9,8 @@ the paper preset, C = 64), on the same LR input. N is chosen so that the referen
 FLOPs, counted by the same profiler (`cspsr_tf.model_info.count_flops`: tf.profiler on the
 frozen inference graph, a multiply-add = 2 FLOPs), match the CSPSR preset's.
 
-Both networks run as `tf.function` in the same process, their timed calls interleaved
+Both networks run in the same precision (--precisions: float32, bfloat16) as `tf.function`
+in the same process, their timed calls interleaved
 (A, B, A, B, ...) so that load from other processes hits both alike. Achieved GFLOP/s =
 profiler FLOPs / median latency. Target (issue): CSPSR >= 0.7 x the plain stack's GFLOP/s.
 """
@@ -36,6 +37,9 @@ WIDTH = 64
 
 FLAGS = flags.FLAGS
 bench_util.define_common_flags(flags, NAME, jit_default="off")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"],
+                  "Precisions (both networks run in each; ratios compare within a precision).")
+flags.DEFINE_list("ops", ["fused", "shift"], "CSPSR's dynamic_conv_implementation values to measure.")
 flags.DEFINE_string("preset", "paper", "Config preset to measure: paper, small or tiny.")
 flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_string("hr_size", "428x580", "HR frame size HEIGHTxWIDTH (divisible by the scale).")
@@ -43,15 +47,20 @@ flags.DEFINE_integer("warmup", 3, "Untimed calls of each network after the first
 flags.DEFINE_integer("repeats", 10, "Timed calls of each network (interleaved).")
 
 
-def build_plain_stack(num_layers, width=WIDTH):
+def build_plain_stack(num_layers, width=WIDTH, precision="float32"):
     """conv3x3(3->width) + num_layers x conv3x3(width->width), ReLU; CSPSR's dict inputs."""
     import keras
 
+    from cspsr_tf.precision import policy_name
+
+    policy = policy_name(precision)
     vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
     nir_lr = keras.Input(shape=(None, None, 1), name="nir_lr")  # unused, same signature
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="conv0")(vis_lr)
+    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="conv0",
+                            dtype=policy)(vis_lr)
     for i in range(num_layers):
-        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i + 1}",
+                                dtype=policy)(x)
     out = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     return keras.Model({"vis_lr": vis_lr, "nir_lr": nir_lr}, {"features": out}, name="plain")
 
@@ -66,19 +75,22 @@ def matching_depth(target_flops, lr_size):
     return n, per_layer, base
 
 
-def measure(preset, jit, lr_size, warmup, repeats):
+def measure(preset, jit, lr_size, warmup, repeats, precision="float32", ops="fused"):
     import numpy as np
     import tensorflow as tf
 
     from cspsr_tf.configs import get_config
     from cspsr_tf.model import build_cspsr
     count_flops = model_info.count_flops
-    config = get_config(preset, "full", scale=FLAGS.scale)
-    cspsr = build_cspsr(config)
-    cspsr_flops = count_flops(cspsr, lr_size)
+    # FLOPs are counted on the float32 graphs (the profiler's counts do not depend on the
+    # dtype); both networks then run in `precision`.
+    config = get_config(preset, "full", scale=FLAGS.scale, dynamic_conv_implementation="shift")
+    cspsr_flops = count_flops(build_cspsr(config, precision="float32"), lr_size)
     n, per_layer, base = matching_depth(cspsr_flops, lr_size)
-    plain = build_plain_stack(n)
-    plain_flops = count_flops(plain, lr_size)
+    plain_flops = count_flops(build_plain_stack(n), lr_size)
+    cspsr = build_cspsr(get_config(preset, "full", scale=FLAGS.scale, dynamic_conv_implementation=ops),
+                        precision=precision)
+    plain = build_plain_stack(n, precision=precision)
 
     rng = np.random.default_rng(0)
     inputs = {
@@ -124,7 +136,8 @@ def measure(preset, jit, lr_size, warmup, repeats):
     ratio = None
     if "gflops_per_s" in results["cspsr"] and "gflops_per_s" in results["plain_stack"]:
         ratio = results["cspsr"]["gflops_per_s"] / results["plain_stack"]["gflops_per_s"]
-    return {"jit": jit, "networks": results, "gflops_per_s_ratio": ratio,
+    return {"jit": jit, "precision": precision, "ops": ops, "networks": results,
+            "gflops_per_s_ratio": ratio,
             "meets_target": None if ratio is None else ratio >= TARGET_RATIO}
 
 
@@ -137,30 +150,34 @@ def main(argv):
     if hr_h % FLAGS.scale or hr_w % FLAGS.scale:
         raise app.UsageError(f"--hr_size {hr} is not divisible by --scale {FLAGS.scale}")
     lr_size = (hr_h // FLAGS.scale, hr_w // FLAGS.scale)
-    bench_util.set_mixed_precision(FLAGS.mixed_precision)
-
     runs = []
-    for jit in bench_util.jit_values(FLAGS.jit_compile):
-        print(f"Measuring {preset} x{FLAGS.scale} and the plain stack, jit={jit} ...", flush=True)
-        runs.append(measure(preset, jit, lr_size, warmup, repeats))
+    for precision in FLAGS.precisions:
+        for ops in FLAGS.ops:
+            for jit in bench_util.jit_values(FLAGS.jit_compile):
+                print(f"Measuring {preset} x{FLAGS.scale} ({precision}, {ops} ops, jit={jit}) and "
+                      "the plain stack ...", flush=True)
+                runs.append(measure(preset, jit, lr_size, warmup, repeats, precision, ops))
 
     rows = []
     for run in runs:
         for name, r in run["networks"].items():
             extra = f"N={r['num_64to64_layers']} convs 64->64" if name == "plain_stack" else preset
             rows.append([
-                name, extra, "on" if run["jit"] else "off", bench_util.fmt(r["gflops"], 2),
+                name, extra, run["precision"], run["ops"] if name == "cspsr" else "-",
+                "on" if run["jit"] else "off", bench_util.fmt(r["gflops"], 2),
                 bench_util.fmt(r.get("median_s"), 3) if "error" not in r else "FAILED",
                 bench_util.fmt(r.get("gflops_per_s"), 1),
             ])
     print()
-    print(f"LR {lr_size[0]}x{lr_size[1]} (HxW), x{FLAGS.scale}, batch 1, "
-          f"mixed_precision={FLAGS.mixed_precision}")
-    bench_util.print_table(["network", "config", "jit", "GFLOPs", "median s", "GFLOP/s"], rows)
+    print(f"LR {lr_size[0]}x{lr_size[1]} (HxW), x{FLAGS.scale}, batch 1")
+    bench_util.print_table(
+        ["network", "config", "precision", "ops", "jit", "GFLOPs", "median s", "GFLOP/s"], rows
+    )
     for run in runs:
         ratio = run["gflops_per_s_ratio"]
         verdict = "-" if ratio is None else ("OK" if ratio >= TARGET_RATIO else "MISSED")
-        print(f"jit={run['jit']}: CSPSR / plain GFLOP/s = {bench_util.fmt(ratio, 3)} "
+        print(f"{run['precision']}, {run['ops']} ops, jit={run['jit']}: CSPSR / plain GFLOP/s = "
+              f"{bench_util.fmt(ratio, 3)} "
               f"(target >= {TARGET_RATIO}: {verdict})")
         for name, r in run["networks"].items():
             if "error" in r:
@@ -169,7 +186,7 @@ def main(argv):
     data = bench_util.header(NAME, {
         "preset": preset, "scale": FLAGS.scale, "hr_size": [hr_h, hr_w],
         "lr_size": list(lr_size), "warmup": warmup, "repeats": repeats,
-        "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision,
+        "jit_compile": FLAGS.jit_compile, "precisions": FLAGS.precisions, "ops": FLAGS.ops,
         "smoke": FLAGS.smoke,
     })
     data["targets"] = {"cspsr_over_plain_gflops_per_s_min": TARGET_RATIO}

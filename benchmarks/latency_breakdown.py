@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/latency_breakdown.py [--preset=paper --scale=4 --repeats=7]
 
 Measures, in one process with the calls interleaved (so machine noise hits all alike), the
-median latency of one 580x428 HR frame (batch 1) for: the full model; without the CVM;
+median latency of one 580x428 HR frame (batch 1), in each of --precisions, for: the full
+model (default `fused` ops: the dynamic convolution and CSFT's gates XLA-compiled); the same
+with the plain-TensorFlow `shift` ops and with the `patches` reference; without the CVM;
 without the dynamic convolution (a common conv instead); without CSFT (concatenation + 1x1
-conv); with the `patches` dynamic-conv path; and FLOPs of each, by tf.profiler. The
-difference to the full model is what each part costs in time beyond (or within) its FLOPs.
+conv); and FLOPs of each, by tf.profiler. The difference to the full model of the same
+precision is what each part costs in time beyond (or within) its FLOPs.
 This is the profile behind the README's note on the missed latency target.
 """
 
@@ -26,10 +28,11 @@ from benchmarks import bench_util  # noqa: E402
 NAME = "latency_breakdown"
 VARIANTS = {
     "full": {},
+    "shift_ops": {"dynamic_conv_implementation": "shift"},
+    "patches_dynamic_conv": {"dynamic_conv_implementation": "patches"},
     "no_cvm": {"use_cvm": False},
     "no_dynamic_conv": {"use_dynamic_conv": False},
     "no_csft": {"use_csft": False},
-    "patches_dynamic_conv": {"dynamic_conv_implementation": "patches"},
 }
 
 FLAGS = flags.FLAGS
@@ -40,6 +43,7 @@ flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_string("hr_size", "428x580", "HR frame size HEIGHTxWIDTH.")
 flags.DEFINE_integer("warmup", 2, "Untimed calls per variant.")
 flags.DEFINE_integer("repeats", 7, "Timed rounds (each round calls every variant once).")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Precisions to measure every variant in.")
 
 
 def main(argv):
@@ -60,32 +64,47 @@ def main(argv):
         "nir_lr": tf.constant(rng.random((1, *lr, 1), dtype=np.float32)),
     }
     functions, flops = {}, {}
-    for name, overrides in VARIANTS.items():
-        model = build_cspsr(get_config(preset, scale=FLAGS.scale, **overrides))
-        functions[name] = tf.function(lambda x, m=model: m(x, training=False))
-        flops[name] = count_flops(model, lr)
+    keys = [(precision, name) for precision in FLAGS.precisions for name in VARIANTS]
+    for precision, name in keys:
+        config = get_config(preset, scale=FLAGS.scale, **VARIANTS[name])
+        if name not in flops:
+            # The profiler counts the float32 graph, and cannot see into XLA-compiled
+            # functions: `fused` is counted as `shift` (the same arithmetic).
+            counted = config if config.dynamic_conv_implementation != "fused" else \
+                config.replace(dynamic_conv_implementation="shift")
+            flops[name] = count_flops(build_cspsr(counted, precision="float32"), lr)
+        model = build_cspsr(config, precision=precision)
+        functions[precision, name] = tf.function(lambda x, m=model: m(x, training=False))
         for _ in range(FLAGS.warmup):
-            bench_util.block(functions[name](inputs))
-    times = {name: [] for name in VARIANTS}
+            bench_util.block(functions[precision, name](inputs))
+    times = {key: [] for key in keys}
     for _ in range(repeats):
-        for name, fn in functions.items():
-            times[name].extend(bench_util.time_calls(lambda f=fn: bench_util.block(f(inputs)), 0, 1))
+        for key, fn in functions.items():
+            times[key].extend(bench_util.time_calls(lambda f=fn: bench_util.block(f(inputs)), 0, 1))
     rows, results = [], {}
-    full = bench_util.summarize_times(times["full"])["median_s"]
-    for name in VARIANTS:
-        median = bench_util.summarize_times(times[name])["median_s"]
-        results[name] = {
+    reference = bench_util.summarize_times(times["float32", "shift_ops"])["median_s"]
+    for precision, name in keys:
+        median = bench_util.summarize_times(times[precision, name])["median_s"]
+        full = bench_util.summarize_times(times[precision, "full"])["median_s"]
+        results[f"{precision}/{name}"] = {
+            "precision": precision,
+            "variant": name,
             "median_s": median,
+            "minus_full_s": median - full,
+            "ratio_to_float32_shift_ops": median / reference,
             "gflops": flops[name] / 1e9,
             "gflop_per_s": flops[name] / 1e9 / median,
-            "times_s": times[name],
+            "times_s": times[precision, name],
         }
-        rows.append([name, f"{flops[name] / 1e9:.2f}", f"{median:.3f}", f"{median - full:+.3f}",
+        rows.append([precision, name, f"{flops[name] / 1e9:.2f}", f"{median:.3f}",
+                     f"{median - full:+.3f}", f"{median / reference:.2f}",
                      f"{flops[name] / 1e9 / median:.1f}"])
     print(f"{preset} x{FLAGS.scale}, LR {lr[0]}x{lr[1]}, batch 1")
-    bench_util.print_table(["variant", "GFLOPs", "median s", "vs full s", "GFLOP/s"], rows)
+    bench_util.print_table(["precision", "variant", "GFLOPs", "median s", "vs full s",
+                            "vs float32 shift_ops", "GFLOP/s"], rows)
     data = bench_util.header(NAME, {"preset": preset, "scale": FLAGS.scale, "hr_size": FLAGS.hr_size,
-                                    "repeats": repeats, "smoke": FLAGS.smoke})
+                                    "repeats": repeats, "precisions": FLAGS.precisions,
+                                    "smoke": FLAGS.smoke})
     data["results"] = results
     bench_util.write_json(FLAGS.out, data)
 

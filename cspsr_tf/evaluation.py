@@ -43,6 +43,7 @@ from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.disparity_eval import disparity_errors as stats_of_disparity
 from cspsr_tf.metrics import PROTOCOLS, evaluate_pair, to_uint8
 from cspsr_tf.model import with_geometry
+from cspsr_tf.precision import model_precision
 
 UNGROUPED = "all"
 METHODS = ("bicubic", "model")
@@ -199,7 +200,8 @@ def results_markdown(results):
         f"# Evaluation x{scale}: {model_label}",
         "",
         f"{overall['num_frames']} frames; tile={results['tile']}, "
-        f"self_ensemble={results['self_ensemble']}.",
+        f"self_ensemble={results['self_ensemble']}, "
+        f"precision={results.get('precision', 'float32')}.",
         "",
         header,
         rule,
@@ -272,7 +274,8 @@ def evaluate_dataset(
     """Evaluates a model frame by frame, beside the bicubic baseline.
 
     Args:
-        model: a CSPSR Keras model.
+        model: a CSPSR Keras model, in the precision to evaluate (`precision.with_precision`;
+            recorded in the results).
         config: its `CSPSRConfig`, or None (then only recorded as null; the disparity colour
             scale comes from the model's CVM). With a config, frames whose meta `geometry` is
             `aligned` (registered pairs) are evaluated with zero disparity.
@@ -290,7 +293,7 @@ def evaluate_dataset(
         model_name: label of the model in the tables (default: the Keras model's name).
 
     Returns:
-        dict: "scale", "tile", "self_ensemble", "model_name", "config", "protocols",
+        dict: "scale", "tile", "self_ensemble", "precision", "model_name", "config", "protocols",
         "frames" (list of {"id", "group", "model": {protocol: {psnr, ssim}}, "bicubic":
         {...}, "seconds", optional "disparity": {"epe", "bad1", "valid_pixels"}}),
         "mean" (see `aggregate`) and "groups" ({group: aggregate}).
@@ -386,6 +389,7 @@ def evaluate_dataset(
         "scale": int(scale),
         "tile": tile,
         "self_ensemble": bool(self_ensemble),
+        "precision": model_precision(model),
         "model_name": model_name,
         "config": config.to_dict() if config is not None else None,
         "protocols": {name: p.description for name, p in PROTOCOLS.items()},

@@ -1,4 +1,8 @@
-"""The CSPSR functional model (paper Fig. 3), with the ablation rows as config switches."""
+"""The CSPSR functional model (paper Fig. 3), with the ablation rows as config switches.
+
+Every layer gets its dtype policy when it is built: the chosen precision's policy for the
+network body, float32 for the float32 islands (`precision.py` lists them and says why).
+"""
 
 import keras
 
@@ -8,15 +12,24 @@ from cspsr_tf.layers.cvm import CrossViewMatching
 from cspsr_tf.layers.dmf import DMF
 from cspsr_tf.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.layers.residual_block import ResidualBlock
+from cspsr_tf.precision import check_precision, global_precision, model_precision, policy_name
 
 INPUT_NAMES = ("vis_lr", "nir_lr")
 
 
-class _Layers:
-    """Creates each named layer once, so that two graphs can share every weight."""
+# The policy of the float32 islands (bicubic skips, outputs; the CVM's are inside it).
+FLOAT32 = "float32"
 
-    def __init__(self):
+
+class _Layers:
+    """Creates each named layer once, so that two graphs can share every weight.
+
+    `policy` is the Keras dtype policy of the network body (the chosen precision).
+    """
+
+    def __init__(self, precision="float32"):
         self._made = {}
+        self.policy = policy_name(precision)
 
     def __call__(self, name, make):
         if name not in self._made:
@@ -26,44 +39,61 @@ class _Layers:
 
 def _shallow_features(layers, x, channels, prefix):
     """Two 3x3 convolutions and a residual block (paper Sec. 4.1)."""
+    policy = layers.policy
     x = layers(f"{prefix}_conv1", lambda n: keras.layers.Conv2D(
-        channels, 3, padding="same", activation="relu", name=n))(x)
-    x = layers(f"{prefix}_conv2", lambda n: keras.layers.Conv2D(channels, 3, padding="same", name=n))(x)
-    return layers(f"{prefix}_resblock", lambda n: ResidualBlock(channels, name=n))(x)
+        channels, 3, padding="same", activation="relu", name=n, dtype=policy))(x)
+    x = layers(f"{prefix}_conv2", lambda n: keras.layers.Conv2D(
+        channels, 3, padding="same", name=n, dtype=policy))(x)
+    return layers(f"{prefix}_resblock", lambda n: ResidualBlock(channels, name=n, dtype=policy))(x)
 
 
 def _reconstruct(layers, features, lr_image, out_channels, config, prefix):
-    """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip."""
+    """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip.
+
+    The bicubic image and its sum with the residual are float32 islands: in bfloat16 the
+    image itself would be rounded to 8 mantissa bits (steps of 1/256 above 0.5), while the
+    residual is small and loses little.
+    """
     s = config.scale
+    policy = layers.policy
     # With the bicubic skip, a zero-initialised last conv makes the untrained model output
     # exactly the bicubic image, so training starts from the baseline instead of below it.
     initializer = "zeros" if config.global_skip else "glorot_uniform"
     x = layers(f"{prefix}_recon_conv", lambda n: keras.layers.Conv2D(
-        out_channels * s * s, 3, padding="same", kernel_initializer=initializer, name=n))(features)
-    x = layers(f"{prefix}_pixel_shuffle", lambda n: PixelShuffle(s, name=n))(x)
+        out_channels * s * s, 3, padding="same", kernel_initializer=initializer, name=n,
+        dtype=policy))(features)
+    x = layers(f"{prefix}_pixel_shuffle", lambda n: PixelShuffle(s, name=n, dtype=policy))(x)
     if config.global_skip:
-        bicubic = layers(f"{prefix}_bicubic", lambda n: BicubicUpsample(s, name=n))(lr_image)
-        x = layers(f"{prefix}_global_skip", lambda n: keras.layers.Add(name=n))([x, bicubic])
+        bicubic = layers(f"{prefix}_bicubic", lambda n: BicubicUpsample(s, name=n, dtype=FLOAT32))(
+            lr_image
+        )
+        x = layers(f"{prefix}_global_skip", lambda n: keras.layers.Add(name=n, dtype=FLOAT32))(
+            [x, bicubic]
+        )
     return x
 
 
 def _output(layers, x, name):
     # float32 outputs whatever the compute dtype, so losses and metrics stay in float32.
-    return layers(name, lambda n: keras.layers.Activation("linear", dtype="float32", name=n))(x)
+    return layers(name, lambda n: keras.layers.Activation("linear", dtype=FLOAT32, name=n))(x)
 
 
 def _wire(layers, config, vis_lr, nir_lr, stereo=None):
     """The functional graph from the inputs to the output dict."""
     c = config.channels
+    policy = layers.policy
     outputs = {}
     nir = nir_lr
     if config.use_cvm:
+        # The CVM's convolutions run in the chosen precision; its cost volumes, disparity
+        # heads, disparities and warp are float32 inside the layer (see precision.py).
         cvm = layers("cvm", lambda n: CrossViewMatching(
             base_channels=config.cvm_base_channels,
             depth=config.cvm_depth,
             max_disparity=config.max_disparity,
             geometry=config.geometry,
             name=n,
+            dtype=policy,
         ))
         matched = cvm((vis_lr, nir_lr) if stereo is None else (vis_lr, nir_lr, stereo))
         nir = matched["nir_l"]
@@ -74,15 +104,18 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
     if config.architecture == "single":
         x = vis_lr
         if config.single_branch_input == "vis_nir":
-            x = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n))([vis_lr, nir])
+            x = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n, dtype=policy))(
+                [vis_lr, nir]
+            )
         f = _shallow_features(layers, x, c, "vis")
         for t in range(config.num_modules):
-            f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n))(f)
+            f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n, dtype=policy))(f)
         outputs["vis_sr"] = _output(layers, _reconstruct(layers, f, vis_lr, 3, config, "vis"), "vis_sr")
     else:
         vis_input = vis_lr
         if config.nir_early_fusion:
-            vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n))([vis_lr, nir])
+            vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(
+                name=n, dtype=policy))([vis_lr, nir])
         f_vis = _shallow_features(layers, vis_input, c, "vis")
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
@@ -95,6 +128,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
                 dynamic_conv_implementation=config.dynamic_conv_implementation,
                 kernel_normalization=config.kernel_normalization,
                 name=n,
+                dtype=policy,
             ))((f_vis, f_nir))
         outputs["vis_sr"] = _output(layers, _reconstruct(layers, f_vis, vis_lr, 3, config, "vis"), "vis_sr")
         outputs["nir_sr"] = _output(layers, _reconstruct(layers, f_nir, nir, 1, config, "nir"), "nir_sr")
@@ -108,7 +142,12 @@ def _check_config(config):
     return config
 
 
-def build_cspsr(config=None, name="cspsr"):
+def _check_precision(precision):
+    """`precision`, or the precision of Keras's global policy when None."""
+    return global_precision() if precision is None else check_precision(precision)
+
+
+def build_cspsr(config=None, name="cspsr", precision=None):
     """Builds the CSPSR model (or one of its ablations) from a config.
 
     Inputs (a dict): `vis_lr` [B, h, w, 3] and `nir_lr` [B, h, w, 1], float32 in [0, 1], any
@@ -119,20 +158,25 @@ def build_cspsr(config=None, name="cspsr"):
     super-resolved in the left view) for dual-branch models; `disp_l`, `disp_r`
     [B, h, w, 1] (LR pixels) and `nir_l` [B, h, w, 1] (the right NIR warped into the left view)
     when the CVM is used. With `config.geometry == "aligned"` the disparities are zero and
-    `nir_l` is `nir_lr`.
+    `nir_l` is `nir_lr`. All outputs are float32 whatever the precision.
 
     Args:
         config: a `CSPSRConfig` (default: the paper preset at x4).
         name: the model name.
+        precision: `float32`, `bfloat16` or `float16` (`precision.PRECISIONS`): the compute
+            dtype of the network body (variables stay float32; the float32 islands listed in
+            `precision.py` stay float32). None (default): the precision of Keras's global
+            dtype policy. Given explicitly, the global policy is neither read nor changed.
     """
     config = _check_config(config)
+    precision = _check_precision(precision)
     vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
     nir_lr = keras.Input(shape=(None, None, 1), name="nir_lr")
-    outputs = _wire(_Layers(), config, vis_lr, nir_lr)
+    outputs = _wire(_Layers(precision), config, vis_lr, nir_lr)
     return keras.Model(inputs={"vis_lr": vis_lr, "nir_lr": nir_lr}, outputs=outputs, name=name)
 
 
-def build_cspsr_with_training_twin(config=None, name="cspsr"):
+def build_cspsr_with_training_twin(config=None, name="cspsr", precision=None):
     """The model and a twin sharing all its layers that takes a per-example rig flag.
 
     Training batches may mix stereo pairs and registered pairs; the registered ones must go
@@ -140,13 +184,13 @@ def build_cspsr_with_training_twin(config=None, name="cspsr"):
     pair, 0.0: registered pair) that zeroes the CVM disparities of the registered examples.
     Both models hold the same variables, so training the twin trains the model that is saved,
     exported and served (which keeps the two plain inputs). Models without a CVM have no use
-    for the flag: the twin then takes and ignores it.
+    for the flag: the twin then takes and ignores it. `precision` as in `build_cspsr`.
 
     Returns:
         (model, twin).
     """
     config = _check_config(config)
-    layers = _Layers()
+    layers = _Layers(_check_precision(precision))
     vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
     nir_lr = keras.Input(shape=(None, None, 1), name="nir_lr")
     model = keras.Model(
@@ -166,7 +210,8 @@ def build_cspsr_with_training_twin(config=None, name="cspsr"):
 
 
 def with_geometry(model, config, geometry):
-    """The same trained weights in a model built for another rig (`stereo` / `aligned`).
+    """The same trained weights in a model built for another rig (`stereo` / `aligned`), in the
+    precision `model` computes in.
 
     Returns:
         (model, config) for `geometry`; the inputs unchanged when nothing changes.
@@ -174,6 +219,6 @@ def with_geometry(model, config, geometry):
     if config.geometry == geometry or not config.use_cvm:
         return model, config.replace(geometry=geometry) if config.geometry != geometry else config
     new_config = config.replace(geometry=geometry)
-    new_model = build_cspsr(new_config, name=model.name)
+    new_model = build_cspsr(new_config, name=model.name, precision=model_precision(model))
     new_model.set_weights(model.get_weights())
     return new_model, new_config

@@ -73,12 +73,15 @@ class SavedModelAdapter:
 
     Lets evaluation and prediction code run an exported model (no project code inside it)
     through the same `model({"vis_lr": ..., "nir_lr": ...})` call as a Keras model.
+    `precision` is the one the model was exported in (baked into its graph; exports older
+    than the precision option are float32).
     """
 
-    def __init__(self, path, config):
+    def __init__(self, path, config, precision="float32"):
         self.name = os.path.basename(os.path.normpath(path))
         self._signature = tf.saved_model.load(path).signatures["serving_float"]
         self._config = config
+        self.precision = precision
 
     def __call__(self, inputs, training=False):
         del training
@@ -148,18 +151,21 @@ def _check_cspsr_model(model, config, path):
 
 def _load_savedmodel(path):
     config = None
+    precision = "float32"
     metadata_path = os.path.join(path, METADATA_FILE)
     if os.path.isfile(metadata_path):
         try:
             with open(metadata_path) as f:
-                values = json.load(f).get("model_config")
+                metadata = json.load(f)
+            values = metadata.get("model_config")
             config = CSPSRConfig.from_dict(values) if values else None
+            precision = metadata.get("precision", "float32")
         except (OSError, ValueError, TypeError, AttributeError) as error:
             raise ModelLoadError(f"Cannot read {metadata_path}: {_one_line(error)}") from None
     if config is None:
         raise ModelLoadError(f"SavedModel {path} has no {METADATA_FILE} with the model config")
     try:
-        return SavedModelAdapter(path, config), config
+        return SavedModelAdapter(path, config, precision), config
     except (OSError, KeyError, ValueError, tf.errors.OpError) as error:
         raise ModelLoadError(f"Cannot load SavedModel {path}: {_one_line(error)}") from None
 
@@ -232,13 +238,58 @@ def save_model(model, config, path):
     """Saves `model` as `.keras` plus its CSPSRConfig beside it (`<path>.config.json`).
 
     Both are written to temporary names and renamed, so an interrupted save never leaves a
-    half-written model at `path`.
+    half-written model at `path`. A model that computes in bfloat16 or float16 is saved as
+    its float32 twin (same weights, `precision.with_precision`): the file does not fix the
+    precision, which is chosen where the model runs.
     """
     if not path.endswith(".keras"):
         raise ValueError(f"Model path must end in .keras. Received: {path}")
+    from cspsr_tf.precision import model_precision, with_precision
+
+    if config is not None and model_precision(model) != "float32":
+        model = with_precision(model, config, "float32")
     tmp = path + ".tmp.keras"
     model.save(tmp)
     with open(path + ".config.json.tmp", "w") as f:
         f.write(config.to_json())
     os.replace(path + ".config.json.tmp", path + ".config.json")
     os.replace(tmp, path)
+
+
+# How the DMF modules' element-wise parts run (CSPSRConfig.dynamic_conv_implementation); the
+# command lines run every Keras model with DEFAULT_OPS unless told otherwise, whatever the
+# model was trained with: the choice changes speed, not the numbers.
+OPS = ("fused", "shift", "patches")
+DEFAULT_OPS = "fused"
+
+
+def select_ops(model, config, ops=None):
+    """`(model, config)` with the DMF's element-wise parts run as `ops` (None: DEFAULT_OPS).
+
+    `fused` XLA-compiles the dynamic convolution and CSFT's gates (fastest on CPU and GPU);
+    `shift` runs them as plain TensorFlow ops (for runtimes without XLA, e.g. a TensorFlow
+    Serving built without it); `patches` is the extract_patches reference. A model built with
+    other ops is rebuilt with the same weights and precision.
+
+    Raises:
+        ValueError: an unknown `ops`; `ops` given for an exported SavedModel (its ops are
+            baked into its graph) or for a Keras model without its config.
+    """
+    if ops is not None and ops not in OPS:
+        raise ValueError(f"ops must be one of {', '.join(OPS)}. Received: {ops!r}")
+    if isinstance(model, SavedModelAdapter) or config is None:
+        if ops is not None:
+            what = "an exported SavedModel's ops are baked into its graph: export it again with --ops"
+            if not isinstance(model, SavedModelAdapter):
+                what = "this model has no CSPSR config to rebuild it from (a .keras file needs its .config.json)"
+            raise ValueError(f"cannot run {getattr(model, 'name', 'the model')} with ops={ops}: {what}")
+        return model, config
+    ops = ops or DEFAULT_OPS
+    if config.architecture != "dual" or config.dynamic_conv_implementation == ops:
+        return model, config
+    from cspsr_tf.precision import model_precision
+
+    new_config = config.replace(dynamic_conv_implementation=ops)
+    new_model = build_cspsr(new_config, name=model.name, precision=model_precision(model))
+    new_model.set_weights(model.get_weights())
+    return new_model, new_config

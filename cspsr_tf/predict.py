@@ -10,6 +10,9 @@ The inputs are the low-resolution images, of any size (the same for both). VIS: 
 visible one, rectified, as in training. The output is `scale` times larger: 8-bit for an
 8-bit VIS input, 16-bit (PNG / TIFF) for a 16-bit one. `--disparity_out` writes the left
 disparity map (LR pixels) as a colour PNG, or as raw float32 with `.npy` / `.tif`.
+`--precision bfloat16` computes in bfloat16 (faster on CPUs with AVX512_BF16 / AMX; the
+disparity stays float32, see cspsr_tf/precision.py); the default is float32 (an exported
+SavedModel: the precision it was exported in).
 
 Large frames: `--tile N` runs overlapping N x N LR tiles and keeps only one row of tiles in
 memory; a `.png` (or `.npy`) output is then written band by band as the rows finish. Before
@@ -31,6 +34,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from cspsr_tf.precision import PRECISIONS  # noqa: E402  (no TensorFlow import)
+
 # TensorFlow and the model code are imported only once the inputs have been checked, so a
 # bad argument is reported in a fraction of a second.
 
@@ -47,6 +52,16 @@ flags.DEFINE_enum(
     "geometry", None, ["stereo", "aligned"],
     "Camera rig of the pair: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
     "registered pair: zero disparity). Default: the model's own (stereo unless trained otherwise).",
+)
+flags.DEFINE_string(
+    "precision", None,
+    f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
+    "the precision it was exported in).",
+)
+flags.DEFINE_enum(
+    "ops", None, ["fused", "shift", "patches"],
+    "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the default), "
+    "shift (plain TensorFlow ops) or patches (reference). Same numbers.",
 )
 
 FLAGS = flags.FLAGS
@@ -365,7 +380,8 @@ def _whole_frame_bands(model, vis, nir, scale, keys, self_ensemble):
 
 
 def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=None,
-        overlap=8, self_ensemble=False, overwrite=False, stats=None, geometry=None):
+        overlap=8, self_ensemble=False, overwrite=False, stats=None, geometry=None,
+        precision=None, ops=None):
     """Reads a pair of files, super-resolves it and writes the results.
 
     With `tile`, memory stays bounded by one row of tiles: each finished band of rows goes
@@ -377,11 +393,17 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             "tiles", "forward_passes", "model_seconds" (see `tiling.iter_tiled_rows`).
         geometry: None (the model's own), `stereo`, or `aligned` (a registered pair: zero
             disparity; needs a `.keras` model or training directory).
+        precision: None (float32; an exported SavedModel: its own), `float32`, `bfloat16`
+            or `float16` (`precision.select_precision`).
+        ops: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or `patches`
+            (`model_io.select_ops`).
 
     Raises:
         InputError: for any problem with the arguments, the files or the memory needed;
             nothing is written then.
     """
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
     _check_outputs(out_path, disparity_out, tile, overlap, overwrite)
     vis = read_vis(vis_path)
     nir = read_nir(nir_path)
@@ -415,6 +437,16 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
         from cspsr_tf.model import with_geometry
 
         model, config = with_geometry(model, config, geometry)
+    from cspsr_tf.precision import model_precision, select_precision
+
+    try:
+        model = select_precision(model, config, precision)
+    except ValueError as error:
+        raise InputError(f"--precision={precision}: {error}") from None
+    try:
+        model, config = model_io.select_ops(model, config, ops)
+    except ValueError as error:
+        raise InputError(f"--ops={ops}: {error}") from None
     max_disparity, _ = tiling.model_geometry(model)
     if disparity_out is not None and not max_disparity:
         raise InputError(
@@ -426,8 +458,8 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
                   self_ensemble=self_ensemble, out_path=out_path, dtype=vis.dtype,
                   disparity_out=disparity_out)
     logging.info(
-        "Super-resolving %s + %s (%dx%d, %s) with %s", vis_path, nir_path,
-        width, height, vis.dtype, model_path,
+        "Super-resolving %s + %s (%dx%d, %s) with %s in %s", vis_path, nir_path,
+        width, height, vis.dtype, model_path, model_precision(model),
     )
     stats = {} if stats is None else stats
     keys = ("vis_sr", "disp_l") if disparity_out is not None else ("vis_sr",)
@@ -484,7 +516,8 @@ def main(argv):
         run(
             FLAGS.model, FLAGS.vis, FLAGS.nir, FLAGS.out, disparity_out=FLAGS.disparity_out,
             tile=FLAGS.tile, overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble,
-            overwrite=FLAGS.overwrite, geometry=FLAGS.geometry,
+            overwrite=FLAGS.overwrite, geometry=FLAGS.geometry, precision=FLAGS.precision,
+            ops=FLAGS.ops,
         )
     except InputError as error:
         fail("predict", str(error))

@@ -43,6 +43,7 @@ from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.losses import cspsr_loss_per_example
 from cspsr_tf.matching_losses import cvm_matching_loss_per_example, disparity_to_lr
 from cspsr_tf.model import build_cspsr_with_training_twin
+from cspsr_tf.precision import PRECISIONS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 STAGES = ("sr", "cvm")
@@ -81,6 +82,12 @@ class TrainConfig:
     In the CVM stage, registered (`aligned`) pairs become stereo pairs with a known disparity
     (random fields up to `synthetic_max_disparity` LR pixels, `data.stereo_synthesis`), whose
     supervised term has weight `cvm_supervision`; in the SR stage they keep zero disparity.
+
+    Precision (`precision.py`): `precision` is the compute dtype of the model's body
+    (`float32`, `bfloat16` or `float16`; variables, losses and the float32 islands stay
+    float32). Only float16 needs loss scaling (a LossScaleOptimizer): bfloat16 has float32's
+    exponent range. `mixed_precision=True` is the older spelling of `precision="float16"`;
+    `resolve_precision` makes the two agree (mixed_precision is True exactly for float16).
     """
 
     dataset: str = "nirvis_synthetic"
@@ -106,6 +113,7 @@ class TrainConfig:
     model_dir: str = "runs/cspsr"
     strategy: str = "auto"
     mixed_precision: bool = False
+    precision: str = "float32"
     jit_compile: bool = False
     cvm_init: str | None = None
     freeze_cvm: bool = False
@@ -132,6 +140,33 @@ def _check_choice(flag, value, choices):
         raise ConfigError(f"--{flag}={value!r} is not one of: {', '.join(choices)}")
 
 
+def resolve_precision(train):
+    """`train` with `precision` and its alias `mixed_precision` made consistent.
+
+    `mixed_precision=True` means float16: with the default `precision="float32"` it turns
+    into `precision="float16"`; with `bfloat16` the two disagree (ConfigError). The result
+    has `mixed_precision == (precision == "float16")`, so both spellings of a run store the
+    same config.
+    """
+    _check_choice("precision", train.precision, PRECISIONS)
+    precision = train.precision
+    if train.mixed_precision:
+        if precision not in ("float32", "float16"):
+            raise ConfigError(
+                f"--mixed_precision (float16) disagrees with --precision={precision}; "
+                "use --precision alone"
+            )
+        precision = "float16"
+    return dataclasses.replace(
+        train, precision=precision, mixed_precision=precision == "float16"
+    )
+
+
+def uses_loss_scaling(train):
+    """True for float16 training, whose small gradients underflow without loss scaling."""
+    return train.precision == "float16" or train.mixed_precision
+
+
 def validate_configs(train, model):
     """Raises ConfigError with one clear line for any bad combination."""
     _check_choice("dataset", train.dataset, sources.DATASETS)
@@ -140,6 +175,7 @@ def validate_configs(train, model):
     _check_choice("stage", train.stage, STAGES)
     _check_choice("strategy", train.strategy, STRATEGIES)
     _check_choice("lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    resolve_precision(train)
     if train.patch_size < model.scale or train.patch_size % model.scale:
         raise ConfigError(
             f"--patch_size={train.patch_size} must be a positive multiple of --scale={model.scale}"
@@ -215,7 +251,12 @@ def _folder(value, field):
 def _config_differences(old, new):
     differences = []
     for section in ("train", "model"):
-        old_section = old.get(section, {})
+        old_section = dict(old.get(section, {}))
+        if section == "train" and "mixed_precision" in old_section:
+            # Written before `precision` existed: `mixed_precision` said float16 or not.
+            old_section.setdefault(
+                "precision", "float16" if old_section["mixed_precision"] else "float32"
+            )
         for key, value in new[section].items():
             if section == "train" and key in RESUMABLE_FIELDS + LOCATION_FIELDS:
                 continue
@@ -308,7 +349,7 @@ def make_optimizer(train):
     optimizer = keras.optimizers.Adam(
         learning_rate_schedule(train), beta_1=train.adam_beta1, beta_2=train.adam_beta2
     )
-    if train.mixed_precision:
+    if uses_loss_scaling(train):  # float16 only: bfloat16 has float32's exponent range
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -412,6 +453,7 @@ def run_training(train, model_config, strategy=None):
         "best_val_psnr", "seconds", "weights_checksum", "model_dir"}, plus "cvm_pretraining"
         (the summary of the CVM pre-training run) when one ran.
     """
+    train = resolve_precision(train)
     validate_configs(train, model_config)
     strategy = strategy or make_strategy(train.strategy)
     chief = is_chief(strategy)
@@ -472,8 +514,7 @@ def pretrain_cvm(train, model_config, strategy):
 
 
 def _train(train, model_config, strategy, chief, raw_train, val_frames, cvm_source=None):
-    if train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # The precision goes to the model's layers (build_run_state), not to Keras's global policy.
     keras.utils.set_random_seed(train.seed)
     # Each worker writes checkpoints; only the chief's go to model_dir (TF's multi-worker
     # pattern), the others to a scratch folder removed at the end.
@@ -598,7 +639,7 @@ def select_stage(train, model_config, model, twin):
 def build_run_state(train, model_config, strategy, write_dir):
     """The model, optimizer and checkpoint of a run, and the stage's (loss_fn, variables)."""
     with strategy.scope():
-        model, twin = build_cspsr_with_training_twin(model_config)
+        model, twin = build_cspsr_with_training_twin(model_config, precision=train.precision)
         optimizer = make_optimizer(train)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best_psnr = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_psnr")
@@ -666,7 +707,7 @@ def make_train_step(strategy, optimizer, loss_fn, variables, train):
         with tf.GradientTape() as tape:
             per_example = loss_fn(inputs, targets)
             loss = tf.nn.compute_average_loss(per_example["total"], global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss) if train.mixed_precision else loss
+            scaled = optimizer.scale_loss(loss) if uses_loss_scaling(train) else loss
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return {
@@ -860,7 +901,7 @@ def load_cvm_weights(cvm, source):
 
 def build_configs(train_overrides, model_overrides):
     """TrainConfig and CSPSRConfig from a preset, an ablation and field overrides."""
-    train = TrainConfig(**train_overrides)
+    train = resolve_precision(TrainConfig(**train_overrides))
     _check_choice("preset", train.preset, PRESETS)
     _check_choice("ablation", train.ablation, ABLATIONS)
     try:

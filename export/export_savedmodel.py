@@ -7,6 +7,11 @@
 directory (config.json + checkpoints/). The SavedModel has the signatures `serving_default`
 (uint8 images) and `serving_float` (float32 in [0, 1]); see cspsr_tf/export.py and
 export/SERVING.md. TensorFlow Serving expects numbered versions: export to `<dir>/1`.
+`--precision bfloat16` (or float16) exports a graph that computes in that precision, with
+float32 / uint8 inputs and outputs as always; the precision is recorded in
+assets.extra/cspsr_export.json. `--ops` (default fused) chooses how the DMF modules'
+element-wise parts run: `fused` graphs hold XLA-compiled functions (fastest; TensorFlow Serving
+on CPU needs `--xla_cpu_compilation_enabled=true`), `shift` graphs only plain TensorFlow ops.
 
 Exit status: 0 on success; 2 with one line on stderr (naming the file) when the model is
 missing or unreadable, or the target exists without --overwrite.
@@ -28,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from cspsr_tf import export  # noqa: E402
+from cspsr_tf.precision import PRECISIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras file or a training directory.")
@@ -43,6 +49,17 @@ flags.DEFINE_enum(
     "Camera rig to serve: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
     "registered camera: zero disparity). Default: the model's own (stereo unless trained otherwise).",
 )
+flags.DEFINE_string(
+    "precision", None,
+    f"Precision the exported graph computes in: {', '.join(PRECISIONS)} (default float32); "
+    "inputs and outputs stay float32 / uint8.",
+)
+flags.DEFINE_enum(
+    "ops", None, ["fused", "shift", "patches"],
+    "How the DMF modules' element-wise parts run in the exported graph: fused (XLA-compiled, "
+    "fastest; the default; TensorFlow Serving then needs --xla_cpu_compilation_enabled=true on "
+    "CPU), shift (plain TensorFlow ops, for servers without XLA) or patches (reference).",
+)
 flags.mark_flags_as_required(["model", "out"])
 
 
@@ -50,10 +67,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
+    if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
+        fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
     try:
         out_dir = export.export_from_path(
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,
-            geometry=FLAGS.geometry,
+            geometry=FLAGS.geometry, precision=FLAGS.precision, ops=FLAGS.ops,
         )
     except (OSError, ValueError, tf.errors.OpError) as error:
         # FileNotFoundError / FileExistsError are OSErrors; a corrupt .keras is a ValueError.

@@ -126,3 +126,31 @@ def test_layer_checks_and_bad_direction():
     )
     with pytest.raises(ValueError, match="direction"):
         DisparityWarp(direction="up")
+
+
+def test_warp_converts_to_litert_with_any_size_and_matches_numpy():
+    # The LiteRT export (cspsr_tf/litert_export.py) needs the warp in builtin ops for inputs
+    # of unknown height and width; the numbers must stay those of the numpy reference.
+    from ai_edge_litert.interpreter import Interpreter
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([1, None, None, 2], tf.float32, name="image"),
+        tf.TensorSpec([1, None, None, 1], tf.float32, name="disparity"),
+    ])
+    def warp(image, disparity):
+        warped, valid = warp_by_disparity(image, disparity, "right_to_left")
+        return {"warped": warped, "valid": valid}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [warp.get_concrete_function()], tf.Module()
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = Interpreter(model_content=converter.convert()).get_signature_runner()
+    rng = np.random.default_rng(4)
+    for height, width in [(3, 9), (5, 16)]:
+        image = rng.random((1, height, width, 2)).astype(np.float32)
+        disparity = rng.uniform(-1.0, 6.5, (1, height, width, 1)).astype(np.float32)
+        result = runner(image=image, disparity=disparity)
+        expected, expected_valid = numpy_warp(image, disparity, -1.0)
+        np.testing.assert_allclose(result["warped"], expected, atol=1e-6)
+        np.testing.assert_array_equal(result["valid"], expected_valid)

@@ -95,6 +95,8 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
         ([f"--model={tiny_model_path}", "--dataset=imagenet"], "unknown dataset"),
         # A bad split after a good one: checked before anything is evaluated or written.
         ([f"--model={tiny_model_path}", "--split=test,validation"], "no split"),
+        ([f"--model={tiny_model_path}", "--precision=float64"],
+         "--precision='float64' is not one of: float32, bfloat16, float16"),
     ]
     for args, message in cases:
         out = tmp_path / "o"
@@ -125,3 +127,23 @@ def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
     assert saved_mean["model"]["standard"]["psnr"] == pytest.approx(
         keras_mean["model"]["standard"]["psnr"], abs=1e-3
     )
+
+
+def test_evaluate_in_bfloat16_gives_the_float32_numbers(synthetic_data_dir, tiny_model_path, tmp_path):
+    from cspsr_tf import evaluation
+    from cspsr_tf.data import pipeline, sources
+
+    out = tmp_path / "bf16"
+    result = run_evaluate([f"--model={tiny_model_path}", f"--data_dir={synthetic_data_dir}",
+                           "--max_frames=1", "--save_images=false", "--precision=bfloat16",
+                           f"--out_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    low = json.loads((out / "nirvis_synthetic_test" / "results.json").read_text())
+    assert low["precision"] == "bfloat16"
+    model, config = model_io.load_model(tiny_model_path)
+    raw = sources.load_split("nirvis_synthetic", "test", synthetic_data_dir)
+    full = evaluation.evaluate_dataset(model, config, pipeline.make_eval_dataset(raw, scale=2),
+                                       scale=2, max_frames=1)
+    assert full["precision"] == "float32"
+    psnr = {name: r["mean"]["model"]["standard"]["psnr"] for name, r in (("bf16", low), ("fp32", full))}
+    assert psnr["bf16"] == pytest.approx(psnr["fp32"], abs=0.05)

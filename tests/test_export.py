@@ -363,6 +363,44 @@ def test_cli_exports_a_keras_file(tiny, tmp_path):
     assert os.listdir(out.parent) == ["1"]
 
 
+def test_cli_precision_bfloat16_is_recorded_and_an_unknown_one_exits_2(tiny, tmp_path):
+    model, config = tiny
+    keras_path = str(tmp_path / "model.keras")
+    save_model(model, config, keras_path)
+    bad = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(tmp_path / "bad"),
+                "--precision", "fp8"], cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "export_savedmodel: error: --precision='fp8' is not one of: float32, bfloat16, float16"
+    ]
+    out = tmp_path / "bf16"
+    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
+                   "--precision", "bfloat16"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    assert metadata["precision"] == "bfloat16"
+    assert metadata["model_config"]["dynamic_conv_implementation"] == "fused"  # the default
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_ops_shift_exports_a_graph_without_xla_functions(tiny, tmp_path):
+    # For a server without XLA: no XLA-compiled function anywhere in the exported graph.
+    model, config = tiny
+    keras_path = str(tmp_path / "model.keras")
+    save_model(model, config, keras_path)
+    out = tmp_path / "shift"
+    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
+                   "--ops", "shift"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    assert metadata["model_config"]["dynamic_conv_implementation"] == "shift"
+    graph = (out / "saved_model.pb").read_bytes()
+    assert b"_XlaMustCompile" not in graph
+    bad = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(tmp_path / "bad"),
+                "--ops", "magic"], cwd=tmp_path)
+    assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+
+
 def test_cli_missing_model_exits_2_naming_the_file(tmp_path):
     missing = tmp_path / "no_such_model.keras"
     out = tmp_path / "saved"

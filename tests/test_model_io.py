@@ -118,3 +118,35 @@ def test_model_io_does_not_import_export():
             imported.add(node.module or "")
             imported.update(f"{node.module}.{alias.name}" for alias in node.names)
     assert not {name for name in imported if name.startswith("cspsr_tf.export")}
+
+
+def test_select_ops_rebuilds_with_the_same_weights_and_numbers(saved_tiny):
+    # A model trained with `shift` ops runs `fused` by default at inference (and back), with
+    # the same outputs: the choice changes speed, not the numbers.
+    model, path = saved_tiny
+    loaded, config = model_io.load_model(path)
+    shift_model, shift_config = model_io.select_ops(loaded, config, "shift")
+    assert shift_config.dynamic_conv_implementation == "shift"
+    assert shift_model.get_layer("dmf1").nir_filter.implementation == "shift"
+    fused_model, fused_config = model_io.select_ops(shift_model, shift_config)  # the default
+    assert fused_config.dynamic_conv_implementation == model_io.DEFAULT_OPS == "fused"
+    assert fused_model.get_layer("dmf1").fusion.implementation == "fused"
+    same, same_config = model_io.select_ops(fused_model, fused_config, "fused")
+    assert same is fused_model and same_config is fused_config
+    rng = np.random.default_rng(1)
+    inputs = {"vis_lr": rng.random((1, 9, 11, 3), np.float32),
+              "nir_lr": rng.random((1, 9, 11, 1), np.float32)}
+    want = shift_model(inputs)["vis_sr"].numpy()
+    np.testing.assert_allclose(fused_model(inputs)["vis_sr"].numpy(), want, atol=1e-5)
+    assert np.abs(want - model(inputs)["vis_sr"].numpy()).max() < 1e-5
+
+
+def test_select_ops_refuses_unknown_ops_and_models_it_cannot_rebuild(saved_tiny):
+    model, path = saved_tiny
+    loaded, config = model_io.load_model(path)
+    with pytest.raises(ValueError, match="ops must be one of fused, shift, patches"):
+        model_io.select_ops(loaded, config, "magic")
+    with pytest.raises(ValueError, match="no CSPSR config"):
+        model_io.select_ops(loaded, None, "shift")
+    # Without a config and without an explicit choice the model runs as it is.
+    assert model_io.select_ops(loaded, None) == (loaded, None)

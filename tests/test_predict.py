@@ -295,3 +295,23 @@ def test_registered_geometry_predicts_with_zero_disparity(saved_model, pair, tmp
     assert np.abs(sr - expected).max() <= 1
     assert np.abs(stereo_disparity).max() > 0.1  # the stereo model does shift the NIR
     np.testing.assert_array_equal(np.load(disp), 0.0)
+
+
+def test_cli_precision_bfloat16_and_an_unknown_precision(saved_model, pair, tmp_path):
+    model, _, model_path = saved_model
+    vis, nir, vis_path, nir_path = pair
+    bad = _cli("--model", model_path, "--vis", vis_path, "--nir", nir_path,
+               "--out", str(tmp_path / "bad.png"), "--precision", "float64")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "predict: error: --precision='float64' is not one of: float32, bfloat16, float16"
+    ]
+    out, disp = str(tmp_path / "sr.png"), str(tmp_path / "disp.npy")
+    proc = _cli("--model", model_path, "--vis", vis_path, "--nir", nir_path, "--out", out,
+                "--disparity_out", disp, "--precision", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    expected, disparity = _model_outputs(model, vis, nir)  # float32
+    sr = cv2.imread(out, cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
+    assert np.abs(sr - expected).max() <= 1
+    # The disparity is float32; only the CVM's bfloat16 convolutions move it (hundredths of a px).
+    np.testing.assert_allclose(np.load(disp), disparity, atol=0.03)

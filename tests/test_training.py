@@ -278,3 +278,26 @@ def test_mixed_precision_two_steps(synthetic_data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     losses = summary_of(result.stderr)["losses"]
     assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_bfloat16_two_steps_and_a_disagreeing_mixed_precision(synthetic_data_dir, tmp_path):
+    result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0",
+                        "--steps=2", "--precision=bfloat16", f"--model_dir={tmp_path / 'bf16'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = summary_of(result.stderr)["losses"]
+    assert all(np.isfinite(v) for v in losses.values())
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["train"]["precision"] == "bfloat16" and not config["train"]["mixed_precision"]
+    from cspsr_tf import model_io
+    from cspsr_tf.precision import model_precision
+
+    final, _ = model_io.load_model(str(tmp_path / "bf16" / "final.keras"))
+    assert model_precision(final) == "float32"  # files hold float32; precision is chosen at run time
+    bad = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--steps=2", "--mixed_precision",
+                     "--precision=bfloat16", f"--model_dir={tmp_path / 'bad'}"])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --mixed_precision (float16) disagrees with --precision=bfloat16; "
+        "use --precision alone"
+    )
+    assert not (tmp_path / "bad").exists()

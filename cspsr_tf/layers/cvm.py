@@ -43,6 +43,12 @@ def _replicate_pad_to_multiple(x, multiple):
     return tf.gather(x, tf.minimum(tf.range(padded_w), width - 1), axis=2)
 
 
+def _upsample_nearest_x2(x):
+    """Nearest-neighbour x2 upsampling. As depth_to_space of 4 copies, not tf.repeat: the LiteRT
+    converter keeps the channel count through it, so a dynamic-size model converts."""
+    return tf.nn.depth_to_space(tf.tile(x, [1, 1, 1, 4]), 2)
+
+
 @keras.saving.register_keras_serializable(package="cspsr_tf")
 class CrossViewMatching(keras.layers.Layer):
     """Predicts left/right disparities of an LR VIS-left / NIR-right pair and aligns the NIR.
@@ -233,7 +239,7 @@ class CrossViewMatching(keras.layers.Layer):
         def soft_argmin(volume):
             # Around the best candidate only: an average over all candidates would land
             # between the modes of an ambiguous (repetitive or flat) pixel.
-            best = tf.cast(tf.argmax(volume, axis=-1), tf.float32)[..., tf.newaxis]
+            best = tf.expand_dims(tf.cast(tf.argmax(volume, axis=-1), tf.float32), -1)
             near = tf.abs(values - best) <= SOFT_ARGMIN_RADIUS
             logits = tf.where(near, temperature * volume, tf.fill(tf.shape(volume), -1e9))
             weights = tf.nn.softmax(logits, axis=-1)
@@ -304,11 +310,11 @@ class CrossViewMatching(keras.layers.Layer):
         pyramid = []
         for step, (block, head) in enumerate(zip(self.decoder, self.heads, strict=True)):
             level = self.depth - 1 - step
-            y = tf.repeat(tf.repeat(y, 2, axis=1), 2, axis=2)  # nearest x2 upsampling
+            y = _upsample_nearest_x2(y)
             parts = [y, skips[level]]
             if disparity is not None:
                 # Coarser estimate, upsampled, as an extra input (values stay in LR pixels).
-                parts.append(tf.cast(tf.repeat(tf.repeat(disparity, 2, axis=1), 2, axis=2), y.dtype))
+                parts.append(tf.cast(_upsample_nearest_x2(disparity), y.dtype))
             y = self._run(block, tf.concat(parts, axis=-1), training)
             # Bounded, and centred on the cost volume's estimate at this level.
             p = tf.clip_by_value(self._base_at_level(base, level) / self.max_disparity, 1e-3, 1.0 - 1e-3)

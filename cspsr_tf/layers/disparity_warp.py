@@ -45,7 +45,9 @@ def warp_by_disparity(image, disparity, direction="right_to_left"):
     valid = tf.logical_and(x >= 0.0, x <= max_x)
     x_clamped = tf.clip_by_value(x, 0.0, max_x)
     x0 = tf.floor(x_clamped)
-    frac = tf.cast(x_clamped - x0, image.dtype)[..., tf.newaxis]
+    # tf.expand_dims, not [..., tf.newaxis]: the LiteRT converter turns the latter into a
+    # StridedSlice with a new axis, which has no builtin kernel when H and W are unknown.
+    frac = tf.expand_dims(tf.cast(x_clamped - x0, image.dtype), -1)
     # For samples outside the frame `frac` has no gradient (clip), so the border value is
     # returned as a constant: the mask removes such pixels from any loss.
     i0 = tf.cast(x0, tf.int32)
@@ -53,7 +55,7 @@ def warp_by_disparity(image, disparity, direction="right_to_left"):
     v0 = tf.gather(image, i0, axis=2, batch_dims=2)
     v1 = tf.gather(image, i1, axis=2, batch_dims=2)
     warped = v0 + frac * (v1 - v0)
-    return warped, tf.cast(valid, image.dtype)[..., tf.newaxis]
+    return warped, tf.expand_dims(tf.cast(valid, image.dtype), -1)
 
 
 @keras.saving.register_keras_serializable(package="cspsr_tf")

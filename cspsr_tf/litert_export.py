@@ -1,0 +1,463 @@
+"""Exporting a CSPSR model to LiteRT (TensorFlow Lite) and running it with the LiteRT runtime.
+
+`convert_model` turns a Keras CSPSR model into a `.tflite` flatbuffer with TensorFlow's
+converter (`tf.lite.TFLiteConverter.from_concrete_functions`), builtin ops only (no
+SELECT_TF_OPS), so the file runs on the plain LiteRT runtime (`ai-edge-litert`, XNNPACK as
+its default CPU delegate). `LiteRTRunner` loads such a file and runs it on numpy inputs;
+`time_interpreter` measures its latency.
+
+The flatbuffer has one signature, `serving_default` (`SIGNATURE_KEY`), with the float32
+interface of the SavedModel's `serving_float` (cspsr_tf/export.py): inputs `vis_lr`
+[1, h, w, 3] and `nir_lr` [1, h, w, 1] in [0, 1]; outputs `vis_sr` [1, h*s, w*s, 3]
+(not clipped) and, for models with a cross-view matching module, `disp_l` and `disp_r`
+[1, h, w, 1] (LR pixels). There is no uint8 signature: callers divide by 255.
+
+Input size. The default is a FIXED size, batch 1 (`lr_size=(h, w)`): the converter folds the
+shape arithmetic of the graph into constants, and LiteRT's `resize_tensor_input` does NOT work
+on such a file (measured with LiteRT 2.3.0: the XNNPACK delegate fails to reshape, with or
+without the CVM). `lr_size=DYNAMIC` converts with [1, None, None, C] inputs, which LiteRT resizes
+at run time (`LiteRTRunner` does it for each call): measured exact at several sizes (odd ones
+included), with and without a stereo CVM (whose nearest x2 upsampling is written as
+depth_to_space so that the converter keeps track of its channels). Fixed is the default
+because it lets the converter fold the shape arithmetic; XNNPACK then plans its buffers once.
+
+Variants: `float32`; `float16` (weights stored as float16, about half the file, computed in
+float32); `dynamic_int8` (dynamic-range quantisation: int8 weights, convolutions computed with
+activations quantised on the fly, about a quarter of the file; the converter leaves weights of
+fewer than 1024 values in float32). Measured on the paper preset at x4, LR 107x145, random
+weights, against the Keras model: `vis_sr` differs by at most 4e-7 (float32), 1.9e-3 (float16,
+PSNR 84 dB) and 1.8e-3 (dynamic_int8, PSNR 67 dB); the files are 14.7, 7.5 and 4.0 MB.
+
+The disparities go through an argmax over candidate disparities (the CVM's cost volume): where
+two candidates tie, as in occluded border columns, rounding decides, so `disp_l` / `disp_r`
+can differ there from TensorFlow's by a fraction of a pixel (as TensorFlow's own do when the
+input moves by 1e-6); `vis_sr` is barely affected.
+
+Why the variables are tracked explicitly: given a Keras 3 model as `trackable_obj`, the
+converter saves it to a temporary SavedModel in which Keras's variable wrappers, not the
+tf.Variables the graph reads, are tracked. Depending on the model the converter then either
+falls back to its deprecated path (no signature) or keeps the weights as resource variables
+without an initialiser (VAR_HANDLE / READ_VARIABLE ops): LiteRT then reads uninitialised
+weights, so the output is NaN, and with a CVM the NaN disparity becomes an out-of-range index
+("gather index out of bounds ... (GATHER) failed to invoke"). Tracking the concrete function's
+tf.Variables on a tf.Module, as cspsr_tf/export.py does for the SavedModel, freezes every
+weight into the file; `convert_model` checks that no variable op is left.
+"""
+
+import collections
+import contextlib
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from cspsr_tf import atomic_files, model_io
+from cspsr_tf.export import FLOAT_RANGE_TOLERANCE
+
+VARIANTS = ("float32", "float16", "dynamic_int8")
+# `lr_size` value for a dynamic input size (see the module docstring).
+DYNAMIC = "dynamic"
+SIGNATURE_KEY = "serving_default"
+INPUT_NAMES = model_io.INPUT_NAMES
+SR_OUTPUT = model_io.SR_OUTPUT
+DISPARITY_OUTPUTS = ("disp_l", "disp_r")
+INPUT_CHANNELS = {"vis_lr": 3, "nir_lr": 1}
+# The default LR size is that of this HR frame (height, width) at the model's scale: the
+# 580x428 frame of the paper's Table 1 (LR 107x145 at x4).
+DEFAULT_HR_SIZE = (428, 580)
+# Ops that mean the file does not run on the plain runtime or lost its weights.
+_VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE")
+# The input contract of the SavedModel's serving_float (FLOAT_RANGE_TOLERANCE included).
+FLOAT_RANGE_MESSAGE = (
+    "vis_lr and nir_lr must be float32 images in [0, 1] (uint8 values divided by 255)"
+)
+
+
+class LiteRTConversionError(ValueError):
+    """The model does not convert to a LiteRT file with builtin ops; `str(error)` is one line."""
+
+
+def parse_lr_size(text):
+    """'HxW' -> (H, W); 'dynamic' -> DYNAMIC. Raises ValueError on anything else."""
+    if text.strip().lower() == DYNAMIC:
+        return DYNAMIC
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise ValueError(
+            f"lr_size must be HxW with positive integers (e.g. 107x145) or {DYNAMIC!r}. "
+            f"Received: {text!r}"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def default_lr_size(scale):
+    """The LR size of a DEFAULT_HR_SIZE frame at `scale` (107x145 at x4, 214x290 at x2)."""
+    return DEFAULT_HR_SIZE[0] // scale, DEFAULT_HR_SIZE[1] // scale
+
+
+def op_counts(tflite_model):
+    """{op name: count} over all subgraphs of a .tflite flatbuffer (bytes); custom ops by name."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {
+        value: name for name, value in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+    model = schema.Model.GetRootAs(bytearray(tflite_model), 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
+    counts = collections.Counter()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            counts[codes[subgraph.Operators(o).OpcodeIndex()]] += 1
+    return dict(counts)
+
+
+def _output_keys(model, size):
+    """The exported output names of `model` (vis_sr, and disp_l / disp_r when present)."""
+    probe = {
+        "vis_lr": tf.zeros([1, size, size, 3], tf.float32),
+        "nir_lr": tf.zeros([1, size, size, 1], tf.float32),
+    }
+    outputs = model(probe, training=False)
+    if not isinstance(outputs, dict) or SR_OUTPUT not in outputs:
+        raise ValueError(f"Expected a CSPSR Keras model returning a dict with {SR_OUTPUT!r}")
+    return (SR_OUTPUT,) + tuple(key for key in DISPARITY_OUTPUTS if key in outputs)
+
+
+def _converter_message(error, log=""):
+    """A one-line summary of a converter error (its text and log run to pages of MLIR)."""
+    text = f"{error}\n{log}"
+    found = []
+    for kind in ("TF Select ops", "Custom ops"):
+        match = re.search(kind + r": ([^\n]+)", text)
+        if match:
+            found.append(match.group(1).strip())
+    if found:
+        return f"ops without a LiteRT builtin kernel: {', '.join(found)}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join((lines[0] if lines else type(error).__name__).split())[:300]
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Collects what C++ code writes to file descriptor 2 (the converter's MLIR diagnostics).
+
+    Yields a list that receives the captured text on exit. CSPSR_VERBOSE_TF=1 lets it through.
+    """
+    captured = []
+    if os.environ.get("CSPSR_VERBOSE_TF") == "1":
+        yield captured
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            captured.append(log.read().decode("utf-8", "replace"))
+
+
+def convert_model(model, lr_size, variant="float32"):
+    """Converts a CSPSR Keras model to a LiteRT flatbuffer (bytes).
+
+    Args:
+        model: a CSPSR Keras model (dict inputs `vis_lr`, `nir_lr`; dict outputs with `vis_sr`).
+            Not a `model_io.SavedModelAdapter`: an exported SavedModel cannot be converted.
+        lr_size: (h, w), the fixed LR input size (batch 1), or DYNAMIC (any size, resized
+            at run time; see the module docstring for which models convert).
+        variant: `float32`, `float16` (float16 weights) or `dynamic_int8` (dynamic-range
+            quantisation).
+
+    Returns:
+        The .tflite flatbuffer, bytes.
+
+    Raises:
+        LiteRTConversionError: the model needs ops outside LiteRT's builtins, or the converter
+            failed; one line.
+        ValueError: a bad argument or not a CSPSR Keras model.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
+    if isinstance(model, model_io.SavedModelAdapter):
+        raise ValueError(
+            "A SavedModel export cannot be converted to LiteRT; convert the .keras file or "
+            "training directory it was exported from"
+        )
+    from cspsr_tf.precision import model_precision
+
+    if model_precision(model) != "float32":
+        raise ValueError(
+            f"Convert the float32 model (precision.with_precision(model, config, 'float32')), "
+            f"not its {model_precision(model)} twin; the variants float16 / dynamic_int8 "
+            "choose the LiteRT file's precision"
+        )
+    dynamic = isinstance(lr_size, str) and lr_size == DYNAMIC
+    if not dynamic:
+        try:
+            lr_size = (int(lr_size[0]), int(lr_size[1]))
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(
+                f"lr_size must be (h, w) or {DYNAMIC!r}. Received: {lr_size!r}"
+            ) from None
+        if min(lr_size) < 1:
+            raise ValueError(f"lr_size must be positive. Received: {lr_size}")
+    keys = _output_keys(model, 4)
+    h, w = (None, None) if dynamic else lr_size
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([1, h, w, 3], tf.float32, name="vis_lr"),
+            tf.TensorSpec([1, h, w, 1], tf.float32, name="nir_lr"),
+        ]
+    )
+    def serve(vis_lr, nir_lr):
+        outputs = model({"vis_lr": vis_lr, "nir_lr": nir_lr}, training=False)
+        return {key: tf.cast(outputs[key], tf.float32) for key in keys}
+
+    concrete = serve.get_concrete_function()
+    # See the module docstring: the tf.Variables the graph reads must be tracked, not the
+    # Keras model, or the weights are not frozen into the file.
+    holder = tf.Module()
+    holder.graph_variables = list({id(v): v for v in concrete.variables}.values())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # The converter prints its diagnostics (pages of MLIR on a failure) from C++ to stderr;
+    # they are summarised in the error instead.
+    error = None
+    with _captured_stderr() as log:
+        try:
+            tflite_model = converter.convert()
+        except Exception as caught:  # ConverterError and friends
+            error = caught
+    if error is not None:
+        hint = " (with a dynamic input size; a fixed lr_size HxW may convert)"
+        raise LiteRTConversionError(
+            f"LiteRT conversion failed{hint if dynamic else ''}: "
+            f"{_converter_message(error, ''.join(log))}"
+        ) from None
+    _check_converted(tflite_model, keys)
+    return tflite_model
+
+
+def _check_converted(tflite_model, keys):
+    """Raises LiteRTConversionError unless the file has frozen weights and the signature."""
+    ops = op_counts(tflite_model)
+    bad = sorted(op for op in ops if op in _VARIABLE_OPS or op.startswith("CUSTOM"))
+    if bad:
+        raise LiteRTConversionError(
+            f"The converted model holds ops the plain LiteRT runtime cannot run correctly: {bad}"
+        )
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_content=tflite_model).get_signature_list()
+    signature = signatures.get(SIGNATURE_KEY)
+    if signature is None or sorted(signature["outputs"]) != sorted(keys):
+        raise LiteRTConversionError(
+            f"The converted model lacks the {SIGNATURE_KEY!r} signature with outputs "
+            f"{sorted(keys)}; found {signatures}"
+        )
+
+
+def check_target(out_path, overwrite=False):
+    """Raises FileExistsError if `out_path` exists and `overwrite` is False."""
+    if os.path.lexists(out_path) and not overwrite:
+        raise FileExistsError(
+            "Export target already exists (use overwrite to replace it): "
+            f"{os.path.abspath(out_path)}"
+        )
+    if os.path.isdir(out_path):
+        raise IsADirectoryError(f"Export target is a directory: {os.path.abspath(out_path)}")
+
+
+def export_litert(model, out_path, lr_size, variant="float32", overwrite=False):
+    """Converts `model` (`convert_model`) and writes the flatbuffer to `out_path` atomically.
+
+    The file is written under a temporary name beside `out_path` and renamed into place; on
+    any failure nothing is left behind and an existing `out_path` is untouched.
+
+    Returns:
+        The absolute path of the written file.
+
+    Raises:
+        FileExistsError: `out_path` exists and `overwrite` is False.
+        LiteRTConversionError, ValueError: see `convert_model`.
+    """
+    out_path = os.path.abspath(out_path)
+    check_target(out_path, overwrite)
+    tflite_model = convert_model(model, lr_size, variant)
+    check_target(out_path, overwrite)  # it may have appeared during the conversion
+    atomic_files.write_bytes(out_path, tflite_model)
+    return out_path
+
+
+def export_from_path(model_path, out_path, lr_size=None, variant="float32", geometry=None,
+                     overwrite=False):
+    """Loads a `.keras` file or training directory (`model_io.load_model`) and exports it.
+
+    Args:
+        model_path: a `.keras` file or a training directory. A SavedModel is refused.
+        out_path: the .tflite file to write.
+        lr_size: (h, w), DYNAMIC, or None for the LR size of a DEFAULT_HR_SIZE frame at the
+            model's scale (`default_lr_size`).
+        variant: see `convert_model`.
+        geometry: None (the model's own), `stereo` or `aligned` (`model.with_geometry`).
+        overwrite: replace an existing `out_path`.
+
+    Returns:
+        (absolute path written, lr_size used, scale).
+
+    Raises:
+        FileNotFoundError, FileExistsError, ValueError (ModelLoadError,
+        LiteRTConversionError): each with a one-line message naming the problem.
+    """
+    check_target(out_path, overwrite)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
+    if os.path.isfile(os.path.join(model_path, "saved_model.pb")):
+        raise ValueError(
+            f"{model_path} is a SavedModel export, which cannot be converted to LiteRT; give the "
+            ".keras file or training directory it was exported from"
+        )
+    model, config = model_io.load_model(model_path)
+    if isinstance(model, model_io.SavedModelAdapter):  # pragma: no cover (caught above)
+        raise ValueError(f"{model_path} is a SavedModel export: not convertible to LiteRT")
+    if geometry is not None and config is not None:
+        from cspsr_tf.model import with_geometry
+
+        model, config = with_geometry(model, config, geometry)
+    elif geometry is not None:
+        raise ValueError(
+            f"{model_path} has no config (.config.json), so its geometry cannot be changed"
+        )
+    if config is not None:
+        from cspsr_tf.precision import with_precision
+
+        model = with_precision(model, config, "float32")  # itself when already float32
+    scale = model_io.infer_scale(model, config)
+    if lr_size is None:
+        lr_size = default_lr_size(scale)
+    path = export_litert(model, out_path, lr_size, variant, overwrite=overwrite)
+    return path, lr_size, scale
+
+
+class LiteRTRunner:
+    """Runs a CSPSR .tflite file (written by `convert_model`) with the LiteRT interpreter.
+
+    Args:
+        model_path: the .tflite file.
+        num_threads: int or None; threads of the interpreter (XNNPACK, the default CPU
+            delegate, uses them). None: LiteRT's default.
+
+    Attributes:
+        lr_size: (h, w) of a fixed-size file, None for a dynamic one.
+        output_names: the signature's outputs (`vis_sr`, and `disp_l`, `disp_r` with a CVM).
+
+    Call with `vis_lr` [1, h, w, 3] and `nir_lr` [1, h, w, 1] (float32 in [0, 1]; [h, w, C]
+    is taken as batch 1); returns {output name: numpy array}.
+    """
+
+    def __init__(self, model_path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_path = str(model_path)
+        self.num_threads = num_threads
+        self._interpreter = Interpreter(model_path=self.model_path, num_threads=num_threads)
+        signatures = self._interpreter.get_signature_list()
+        if SIGNATURE_KEY not in signatures:
+            raise ValueError(
+                f"{self.model_path} has no {SIGNATURE_KEY!r} signature: not a CSPSR LiteRT export"
+            )
+        self._runner = self._interpreter.get_signature_runner(SIGNATURE_KEY)
+        inputs = self._runner.get_input_details()
+        if sorted(inputs) != sorted(INPUT_NAMES):
+            raise ValueError(f"{self.model_path} takes {sorted(inputs)}, not {list(INPUT_NAMES)}")
+        shape = [int(d) for d in inputs["vis_lr"]["shape_signature"]]
+        self.lr_size = None if min(shape[1:3]) < 0 else (shape[1], shape[2])
+        self.output_names = tuple(sorted(self._runner.get_output_details()))
+
+    def _checked(self, vis_lr, nir_lr):
+        arrays = {}
+        for name, value in (("vis_lr", vis_lr), ("nir_lr", nir_lr)):
+            value = np.asarray(value, np.float32)
+            if value.ndim == 3:
+                value = value[np.newaxis]
+            if value.ndim != 4 or value.shape[0] != 1 or value.shape[3] != INPUT_CHANNELS[name]:
+                raise ValueError(
+                    f"{name} must be [1, h, w, {INPUT_CHANNELS[name]}]. "
+                    f"Received: {list(value.shape)}"
+                )
+            arrays[name] = np.ascontiguousarray(value)
+        if arrays["vis_lr"].shape[1:3] != arrays["nir_lr"].shape[1:3]:
+            raise ValueError("vis_lr and nir_lr must have the same height and width")
+        size = arrays["vis_lr"].shape[1:3]
+        if min(size) < 1:
+            raise ValueError("vis_lr and nir_lr must be at least 1x1 pixels")
+        if self.lr_size is not None and tuple(size) != self.lr_size:
+            raise ValueError(
+                f"{os.path.basename(self.model_path)} was converted for a fixed LR size of "
+                f"{self.lr_size[0]}x{self.lr_size[1]}; received {size[0]}x{size[1]}"
+            )
+        for value in arrays.values():
+            if value.min() < -FLOAT_RANGE_TOLERANCE or value.max() > 1.0 + FLOAT_RANGE_TOLERANCE:
+                raise ValueError(FLOAT_RANGE_MESSAGE)
+        return arrays
+
+    def __call__(self, vis_lr, nir_lr):
+        return self._runner(**self._checked(vis_lr, nir_lr))
+
+
+def time_interpreter(model_path, vis_lr, nir_lr, num_threads=None, runs=10, warmup=2):
+    """Latency of a .tflite file in the LiteRT interpreter: the median of `runs` calls.
+
+    Each timed call sets the inputs, invokes the interpreter and copies the outputs (what a
+    caller of `LiteRTRunner` pays); `warmup` untimed calls come first (the first call plans
+    the XNNPACK delegate's memory).
+
+    Returns:
+        A dict: `median_s`, `min_s`, `times_s` (all timed calls, seconds), `runs`, `warmup`,
+        `num_threads`.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(
+            f"runs must be >= 1 and warmup >= 0. Received: runs={runs}, warmup={warmup}"
+        )
+    runner = LiteRTRunner(model_path, num_threads=num_threads)
+    inputs = runner._checked(vis_lr, nir_lr)
+    for _ in range(warmup):
+        runner._runner(**inputs)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner._runner(**inputs)
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "runs": runs,
+        "warmup": warmup,
+        "num_threads": num_threads,
+    }
