@@ -60,8 +60,8 @@ run() {  # run NAME SECONDS ARGS...
   fi
 }
 
-# Inference: paper + small, x4 + x2, fp16, XLA off and on (8 child processes).
-run inference_speed 180 --mixed_precision --jit_compile=both --warmup=5 --repeats=20
+# Inference: paper x4, float32 / float16 / bfloat16, plain and fused ops, whole-model XLA.
+run inference_speed 180 --configs=tf-float32-shift,tf-float32-fused,tf-float16-fused,tf-bfloat16-fused,tf-float16-fused-xla --warmup=5 --repeats=20
 # Dynamic convolution: four implementations, forward and forward+backward, XLA off and on.
 run dynamic_conv 100 --mixed_precision --jit_compile=both --warmup=5 --repeats=30
 # Training: paper + small at the paper's batch 32 and 120x120 patches, XLA off and on.

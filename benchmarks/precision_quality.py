@@ -16,7 +16,8 @@ paper protocols), beside:
   max_abs_diff_vis_sr      max |vis_sr - float32's vis_sr| over all frames (float outputs)
   mean_abs_diff_vis_sr     mean |vis_sr - float32's vis_sr| per frame, averaged over the frames
   max_level_diff_8bit      the same on the 8-bit images the PSNR is computed on (grey levels)
-  max_abs_diff_disp_l      the same for the left disparity (0: the CVM runs in float32)
+  max_abs_diff_disp_l      the same for the left disparity (LR px; float32 itself, moved only by
+                           the rounding of the CVM's convolutions)
   median_seconds_per_frame one forward pass per frame (a loaded machine: indicative only)
 
 Target (issue 11): |delta_psnr_standard_db| <= 0.05 dB. Whatever comes out is reported.
