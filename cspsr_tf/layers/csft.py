@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from cspsr_tf.layers.replicas import several_replicas
+
 _IMPLEMENTATIONS = ("plain", "fused")
 
 
@@ -103,7 +105,8 @@ class CSFT(keras.layers.Layer):
             tf.reduce_mean(tf.cast(normed, tf.float32), axis=[1, 2], keepdims=True), normed.dtype
         )
         if self.implementation == "fused":
-            return _fused_weighted_sum(
+            weighted_sum = _weighted_sum if several_replicas() else _fused_weighted_sum
+            return weighted_sum(
                 f_vis, f_nir, self.spatial_vis(f_vis), self.spatial_fused(normed),
                 self.channel_conv(pooled),
             )

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from cspsr_tf.layers.replicas import several_replicas
 
 GEOMETRIES = ("stereo", "aligned")
 # Candidates (LR pixels) either side of the best one that the soft-argmin averages over.
@@ -15,12 +16,6 @@ SOFT_ARGMIN_RADIUS = 2.0
 COST_AGGREGATION_SIGMA = 2.0
 # Spread (LR pixels) of the confidence-weighted fill of the base estimate.
 FILL_SIGMA = 3.0
-
-
-def _replicas_sync():
-    """True under a strategy with several replicas: their synchronised batch norms must all run
-    the same branch, so no replica may skip the network on its own."""
-    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
 
 
 def _shift_all_channels(x, offsets):
@@ -286,7 +281,7 @@ class CrossViewMatching(keras.layers.Layer):
         stereo = inputs[2] if len(inputs) > 2 else None
         if self.geometry == "aligned":
             return self._registered_outputs(vis_lr, nir_lr)
-        if stereo is not None and not self.return_pyramid and not _replicas_sync():
+        if stereo is not None and not self.return_pyramid and not several_replicas():
             # A batch of registered pairs only (common with registered datasets) skips the
             # whole matching network: its output would be multiplied by zero anyway.
             return tf.cond(

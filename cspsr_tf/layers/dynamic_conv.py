@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from cspsr_tf.layers.replicas import several_replicas
+
 _IMPLEMENTATIONS = ("shift", "patches", "fused")
 _NORMALIZATIONS = ("softmax", "none")
 
@@ -179,7 +181,8 @@ class DynamicConv(keras.layers.Layer):
         f_vis, f_nir = inputs
         kernels = self.kernel_predictor(tf.concat([f_vis, f_nir], axis=-1))
         if self.implementation == "fused":
-            return _fused_dynamic_conv(f_nir, kernels, self.kernel_size, self.normalization)
+            fused = _normalized_shift_sum if several_replicas() else _fused_dynamic_conv
+            return fused(f_nir, kernels, self.kernel_size, self.normalization)
         if self.normalization == "softmax":
             kernels = tf.nn.softmax(kernels, axis=-1)
         return apply_per_pixel_kernels(f_nir, kernels, self.kernel_size, self.implementation)
