@@ -11,7 +11,13 @@ the model computing in that precision (cspsr_tf/precision.py). Bad settings prin
 exit 2.
 """
 
-from cspsr_tf.cli import fail, quiet_dataset_progress, quiet_library_logs, quiet_tensorflow
+from cspsr_tf.cli import (
+    define_speed_flags,
+    fail,
+    quiet_dataset_progress,
+    quiet_library_logs,
+    quiet_tensorflow,
+)
 
 quiet_tensorflow()
 
@@ -35,16 +41,7 @@ flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped p
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per split.")
 flags.DEFINE_bool("save_images", True, "Write SR images, disparity maps and comparison figures.")
 flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure.")
-flags.DEFINE_string(
-    "precision", None,
-    f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
-    "the precision it was exported in).",
-)
-flags.DEFINE_enum(
-    "ops", None, ["fused", "shift", "patches"],
-    "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the default), "
-    "shift (plain TensorFlow ops) or patches (reference). Same numbers.",
-)
+define_speed_flags(flags)
 
 
 def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=None, tile=None,

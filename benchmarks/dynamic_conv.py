@@ -50,7 +50,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import bench_util  # noqa: E402
 
 NAME = "dynamic_conv"
-IMPLEMENTATIONS = ("patches", "shift", "shift_addn", "shift_custom_grad", "depthwise")
+IMPLEMENTATIONS = ("patches", "shift", "fused", "shift_addn", "shift_custom_grad", "depthwise")
 MODES = ("forward", "forward_backward")
 TARGETS = {"forward_speedup_min": 2.0, "forward_backward_speedup_min": 1.0,
            "peak_memory_fraction_max": 1.0 / 3.0}
@@ -74,7 +74,7 @@ def make_impl(name, k):
 
     from cspsr_tf.layers.dynamic_conv import apply_per_pixel_kernels
 
-    if name in ("patches", "shift"):
+    if name in ("patches", "shift", "fused"):  # fused: the shift-and-sum compiled by XLA
         return lambda f, w: apply_per_pixel_kernels(f, w, k, name)
     if name == "shift_addn":
         def shift_addn(features, kernels):

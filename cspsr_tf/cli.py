@@ -101,3 +101,19 @@ def flag_values(flags_values, fields, only_set=False):
             continue
         values[field.name] = flags_values[field.name].value
     return values
+
+
+def define_speed_flags(flags_module):
+    """--precision and --ops of the command lines that run a model (predict, evaluate.py)."""
+    from cspsr_tf.precision import PRECISIONS  # no TensorFlow import
+
+    flags_module.DEFINE_string(
+        "precision", None,
+        f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
+        "the precision it was exported in).",
+    )
+    flags_module.DEFINE_enum(
+        "ops", None, ["fused", "shift", "patches"],
+        "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the "
+        "default), shift (plain TensorFlow ops) or patches (reference). Same numbers.",
+    )

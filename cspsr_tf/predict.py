@@ -34,6 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from cspsr_tf.cli import define_speed_flags  # noqa: E402  (no TensorFlow import)
 from cspsr_tf.precision import PRECISIONS  # noqa: E402  (no TensorFlow import)
 
 # TensorFlow and the model code are imported only once the inputs have been checked, so a
@@ -53,16 +54,7 @@ flags.DEFINE_enum(
     "Camera rig of the pair: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
     "registered pair: zero disparity). Default: the model's own (stereo unless trained otherwise).",
 )
-flags.DEFINE_string(
-    "precision", None,
-    f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
-    "the precision it was exported in).",
-)
-flags.DEFINE_enum(
-    "ops", None, ["fused", "shift", "patches"],
-    "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the default), "
-    "shift (plain TensorFlow ops) or patches (reference). Same numbers.",
-)
+define_speed_flags(flags)
 
 FLAGS = flags.FLAGS
 
