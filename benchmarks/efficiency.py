@@ -150,8 +150,10 @@ def main(argv):
     if hr_h % FLAGS.scale or hr_w % FLAGS.scale:
         raise app.UsageError(f"--hr_size {hr} is not divisible by --scale {FLAGS.scale}")
     lr_size = (hr_h // FLAGS.scale, hr_w // FLAGS.scale)
+    # The common --mixed_precision flag (float16) is an alias of --precisions=float16.
+    precisions = ["float16"] if FLAGS.mixed_precision else FLAGS.precisions
     runs = []
-    for precision in FLAGS.precisions:
+    for precision in precisions:
         for ops in FLAGS.ops:
             for jit in bench_util.jit_values(FLAGS.jit_compile):
                 print(f"Measuring {preset} x{FLAGS.scale} ({precision}, {ops} ops, jit={jit}) and "
@@ -186,7 +188,7 @@ def main(argv):
     data = bench_util.header(NAME, {
         "preset": preset, "scale": FLAGS.scale, "hr_size": [hr_h, hr_w],
         "lr_size": list(lr_size), "warmup": warmup, "repeats": repeats,
-        "jit_compile": FLAGS.jit_compile, "precisions": FLAGS.precisions, "ops": FLAGS.ops,
+        "jit_compile": FLAGS.jit_compile, "precisions": precisions, "ops": FLAGS.ops,
         "smoke": FLAGS.smoke,
     })
     data["targets"] = {"cspsr_over_plain_gflops_per_s_min": TARGET_RATIO}
