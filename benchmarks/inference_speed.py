@@ -114,8 +114,6 @@ def reference_weights(config):
 
 def build_callable(cfg, config, weights, inputs, scratch):
     """A no-argument function that runs configuration `cfg` once and returns vis_sr (numpy)."""
-    import dataclasses
-
     import tensorflow as tf
 
     from cspsr_tf.model import build_cspsr
@@ -123,14 +121,14 @@ def build_callable(cfg, config, weights, inputs, scratch):
     if cfg["runtime"] == "litert":
         from cspsr_tf import litert_export
 
-        model = build_cspsr(dataclasses.replace(config, dynamic_conv_implementation="shift"),
+        model = build_cspsr(config.replace(dynamic_conv_implementation="shift"),
                             precision="float32")
         model.set_weights(weights)
         path = os.path.join(scratch, f"{cfg['name']}.tflite")
         litert_export.export_litert(model, path, inputs["vis_lr"].shape[1:3], variant=cfg["variant"])
         runner = litert_export.LiteRTRunner(path, num_threads=cfg["threads"])
         return lambda: runner(inputs["vis_lr"], inputs["nir_lr"])["vis_sr"]
-    model = build_cspsr(dataclasses.replace(config, dynamic_conv_implementation=cfg["ops"]),
+    model = build_cspsr(config.replace(dynamic_conv_implementation=cfg["ops"]),
                         precision=cfg["precision"])
     model.set_weights(weights)
     tensors = {k: tf.constant(v) for k, v in inputs.items()}

@@ -219,6 +219,12 @@ def with_geometry(model, config, geometry):
     if config.geometry == geometry or not config.use_cvm:
         return model, config.replace(geometry=geometry) if config.geometry != geometry else config
     new_config = config.replace(geometry=geometry)
-    new_model = build_cspsr(new_config, name=model.name, precision=model_precision(model))
+    return rebuild(model, new_config), new_config
+
+
+def rebuild(model, config, precision=None):
+    """`model`'s weights in a new model built from `config` (same weights, another build: its
+    geometry, its DMF ops or, with `precision`, its compute precision; default: `model`'s)."""
+    new_model = build_cspsr(config, name=model.name, precision=precision or model_precision(model))
     new_model.set_weights(model.get_weights())
-    return new_model, new_config
+    return new_model

@@ -287,9 +287,7 @@ def select_ops(model, config, ops=None):
     ops = ops or DEFAULT_OPS
     if config.architecture != "dual" or config.dynamic_conv_implementation == ops:
         return model, config
-    from cspsr_tf.precision import model_precision
+    from cspsr_tf.model import rebuild
 
     new_config = config.replace(dynamic_conv_implementation=ops)
-    new_model = build_cspsr(new_config, name=model.name, precision=model_precision(model))
-    new_model.set_weights(model.get_weights())
-    return new_model, new_config
+    return rebuild(model, new_config), new_config

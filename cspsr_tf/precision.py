@@ -138,11 +138,9 @@ def with_precision(model, config, precision):
             f"running {model.name} in {precision} rebuilds it from its CSPSR config, which "
             "this model lacks (a .keras file needs its .config.json beside it)"
         )
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model import rebuild
 
-    new_model = build_cspsr(config, name=model.name, precision=precision)
-    new_model.set_weights(model.get_weights())
-    return new_model
+    return rebuild(model, config, precision)
 
 
 def select_precision(model, config, precision=None):
