@@ -53,6 +53,10 @@ flags.DEFINE_string("preset", "small", "Model preset.")
 flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_integer("steps", 1500, "CVM training steps per trained row.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
+flags.DEFINE_enum("cvm_normalization", None, ["batch", "none"],
+                  "Normalisation of the CVM's convolutions (default: the preset's).")
+flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
+                  "Learning-rate schedule of the trained rows (default: train.py's --cvm_lr_schedule).")
 flags.DEFINE_integer("patch_size", 192, "HR patch side (48 LR px at x4).")
 flags.DEFINE_float("synthetic_max_disparity", 8.0, "Largest synthetic disparity, LR px.")
 flags.DEFINE_list("rows", ["default", "label_free"], "Trained rows.")
@@ -107,6 +111,13 @@ def measured_row(cvm, sets, scale):
     return row
 
 
+def model_overrides():
+    overrides = dict(scale=FLAGS.scale)
+    if FLAGS.cvm_normalization:
+        overrides["cvm_normalization"] = FLAGS.cvm_normalization
+    return overrides
+
+
 def train_row(name, splits, data_dir, manual_dir):
     from cspsr_tf import model_io, training
 
@@ -115,12 +126,13 @@ def train_row(name, splits, data_dir, manual_dir):
         train_split=splits["train_split"], preset=FLAGS.preset, stage="cvm", steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, patch_size=FLAGS.patch_size, eval_every=0,
         learning_rate=training.TrainConfig.cvm_learning_rate,
+        lr_schedule=FLAGS.lr_schedule or training.TrainConfig.cvm_lr_schedule,
         synthetic_max_disparity=FLAGS.synthetic_max_disparity,
         model_dir=os.path.join(FLAGS.work_dir, name), save_every=max(FLAGS.steps // 4, 1),
     )
     if name == "label_free":
         overrides["cvm_supervision"] = 0.0
-    train, model_config = training.build_configs(overrides, dict(scale=FLAGS.scale))
+    train, model_config = training.build_configs(overrides, model_overrides())
     started = time.time()
     summary = training.run_training(train, model_config)
     model, _ = model_io.load_model(os.path.join(train.model_dir, "final.keras"))
@@ -150,7 +162,7 @@ def main(argv):
                "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
     keras.utils.set_random_seed(0)
-    untrained = build_cspsr(get_config(FLAGS.preset, scale=FLAGS.scale)).get_layer("cvm")
+    untrained = build_cspsr(get_config(FLAGS.preset, **model_overrides())).get_layer("cvm")
     results["rows"]["untrained"] = measured_row(untrained, sets, FLAGS.scale)
     bench_util.write_json(FLAGS.out, results)
     for name in FLAGS.rows:

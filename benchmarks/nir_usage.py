@@ -25,7 +25,10 @@ over the pixels (and channels) of each frame, then over frames: `w_s1`, `w_s2` (
 `w_c1`, `w_c2` (channel). They are recomputed from the CSFT layer's own sub-layers on the
 module's inputs (a `keras.Model` from the model's inputs to each `dmf{t}`'s inputs; batch
 norms in inference mode); `csft_recompute_max_abs_diff` checks the recomputed F'_vis against
-the layer's own output. Also the RMS of the two terms of Eq. 2 (`nir_term_rms` for
+the layer's own output. How the channel gates vary: `w_c_frame_std` (per channel, the std
+over frames, then averaged over channels; 0 for a gate that ignores its input),
+`w_c_channel_std` (the std over channels of the per-channel means), `w_c_min`, `w_c_max`.
+Also the RMS of the two terms of Eq. 2 (`nir_term_rms` for
 F'_nir * w_s1 * w_c2, `vis_term_rms` for F_vis * w_s1 * w_s2 * w_c1): the share of the fused
 features the NIR carries. Models with a CVM also report the mean |disp_l| (LR pixels) the CVM
 predicts on these frames (for registered pairs the true disparity is 0).
@@ -119,10 +122,24 @@ def csft_gates(dmf, f_vis, f_nir):
     reference = csft((f_vis, f_nir_dyn), training=False)
     rms = lambda x: float(tf.sqrt(tf.reduce_mean(tf.square(x))))  # noqa: E731
     return {
+        "w_c_channels": np.asarray(w_c, np.float64).reshape(-1),  # [2C]; taken out by measure()
         "w_s1": float(tf.reduce_mean(w_s1)), "w_s2": float(tf.reduce_mean(w_s2)),
         "w_c1": float(tf.reduce_mean(w_c1)), "w_c2": float(tf.reduce_mean(w_c2)),
         "nir_term_rms": rms(nir_term), "vis_term_rms": rms(vis_term),
         "csft_recompute_max_abs_diff": float(tf.reduce_max(tf.abs(nir_term + vis_term - reference))),
+    }
+
+
+def channel_gate_spread(w_c):
+    """How much the channel gates [frames, 2C] vary: between frames and between channels.
+
+    A gate that ignored its input would sit at one value per channel for every frame
+    (`w_c_frame_std` 0); `w_c_channel_std` is the spread of the per-channel means.
+    """
+    return {
+        "w_c_frame_std": float(np.mean(np.std(w_c, axis=0))),
+        "w_c_channel_std": float(np.std(np.mean(w_c, axis=0))),
+        "w_c_min": float(np.min(w_c)), "w_c_max": float(np.max(w_c)),
     }
 
 
@@ -154,6 +171,7 @@ def measure(model_path, frames, *, tile=None, loaded=None):
     gate_models = {"stereo": gate_model(stereo_model), "aligned": gate_model(registered)}
     per_frame = []
     gate_sums = None
+    channel_gates = {}  # dmf name -> per frame, the [2C] channel gates w_c
     for index, (frame_id, vis_lr, nir_lr, hr, geometry) in enumerate(frames):
         model = registered if geometry == "aligned" else stereo_model
         gates = gate_models["aligned" if geometry == "aligned" else "stereo"]
@@ -177,6 +195,8 @@ def measure(model_path, frames, *, tile=None, loaded=None):
                 layer.name: csft_gates(layer, tensors[2 * k], tensors[2 * k + 1])
                 for k, layer in enumerate(dmfs)
             }
+            for name, values in row["gates"].items():
+                channel_gates.setdefault(name, []).append(values.pop("w_c_channels"))
             if gate_sums is None:
                 gate_sums = {name: {key: 0.0 for key in values} for name, values in row["gates"].items()}
             for name, values in row["gates"].items():
@@ -207,6 +227,8 @@ def measure(model_path, frames, *, tile=None, loaded=None):
             name: {key: value / len(per_frame) for key, value in values.items()}
             for name, values in gate_sums.items()
         }
+        for name, vectors in channel_gates.items():
+            result["gates"][name].update(channel_gate_spread(np.stack(vectors)))
         result["csft_recompute_max_abs_diff"] = max(
             r["gates"][name]["csft_recompute_max_abs_diff"] for r in per_frame for name in r["gates"]
         )

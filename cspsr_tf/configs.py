@@ -7,6 +7,7 @@ SUPPORTED_SCALES = (2, 3, 4, 8)
 ARCHITECTURES = ("dual", "single")
 SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
+CVM_NORMALIZATIONS = ("batch", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class CSPSRConfig:
             CLIs can switch a trained model to another (`--ops`).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
         cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
+        cvm_normalization: `batch` (batch norm in the CVM's encoder and decoder) or `none`.
         max_disparity: bound of the predicted disparity, in LR pixels.
         geometry: the camera rig the model serves: `stereo` (NIR camera to the right, the CVM
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
@@ -61,6 +63,7 @@ class CSPSRConfig:
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
     cvm_depth: int = 3
+    cvm_normalization: str = "batch"
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1
@@ -79,6 +82,10 @@ class CSPSRConfig:
             )
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}. Received: {self.geometry!r}")
+        if self.cvm_normalization not in CVM_NORMALIZATIONS:
+            raise ValueError(
+                f"cvm_normalization must be one of {CVM_NORMALIZATIONS}. Received: {self.cvm_normalization!r}"
+            )
         if self.architecture == "single" and self.single_branch_input == "vis" and self.use_cvm:
             raise ValueError(
                 "A single-branch model with single_branch_input='vis' has no NIR to match: "

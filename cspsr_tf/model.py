@@ -92,6 +92,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
             depth=config.cvm_depth,
             max_disparity=config.max_disparity,
             geometry=config.geometry,
+            normalization=config.cvm_normalization,
             name=n,
             dtype=policy,
         ))

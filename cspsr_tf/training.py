@@ -119,6 +119,7 @@ class TrainConfig:
     freeze_cvm: bool = False
     cvm_steps: int = 500
     cvm_learning_rate: float = 1e-3
+    cvm_lr_schedule: str = "constant"
     cvm_patch_size: int | None = None
     synthetic_max_disparity: float = 8.0
     lambda_match: float = 0.1
@@ -175,6 +176,7 @@ def validate_configs(train, model):
     _check_choice("stage", train.stage, STAGES)
     _check_choice("strategy", train.strategy, STRATEGIES)
     _check_choice("lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    _check_choice("cvm_lr_schedule", train.cvm_lr_schedule, LR_SCHEDULES)
     resolve_precision(train)
     if train.patch_size < model.scale or train.patch_size % model.scale:
         raise ConfigError(
@@ -489,7 +491,7 @@ def cvm_pretraining_config(train):
         stage="cvm",
         steps=train.cvm_steps,
         learning_rate=train.cvm_learning_rate,
-        lr_schedule="constant",
+        lr_schedule=train.cvm_lr_schedule,
         model_dir=os.path.join(train.model_dir, CVM_PRETRAIN_SUBDIR),
         max_minutes=0.0,
         eval_every=0,

@@ -41,7 +41,7 @@ def test_pyramid_and_config_round_trip():
     assert [tuple(p.shape) for p in out["pyramid"]] == [(1, 6, 6, 2), (1, 12, 12, 2)]
     config = layer.get_config()
     assert CrossViewMatching.from_config(config).get_config() == config
-    for key in ("base_channels", "depth", "max_disparity", "return_pyramid", "geometry"):
+    for key in ("base_channels", "depth", "max_disparity", "return_pyramid", "geometry", "normalization"):
         assert key in config
 
 
@@ -52,6 +52,32 @@ def test_argument_errors():
         CrossViewMatching(geometry="mono")
     with pytest.raises(ValueError, match="depth"):
         CrossViewMatching(depth=0)
+    with pytest.raises(ValueError, match="normalization"):
+        CrossViewMatching(normalization="layer")
+
+
+def test_without_batch_norm_training_and_inference_agree():
+    # normalization="none": no batch norm, so the disparity is the same in training mode
+    # (batch statistics) and in inference mode; with batch norm it is not.
+    vis = np.random.default_rng(1).random((2, 16, 24, 3), dtype=np.float32)
+    nir = np.random.default_rng(2).random((2, 16, 24, 1), dtype=np.float32)
+    plain = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0, normalization="none")
+    plain((vis, nir))
+    assert not [w for w in plain.weights if "_bn" in w.path]
+    for head in plain.heads:  # a visible correction, so that the encoder/decoder matter
+        head.kernel.assign(np.random.default_rng(3).normal(0, 0.5, head.kernel.shape))
+    np.testing.assert_allclose(
+        plain((vis, nir), training=True)["disp_l"].numpy(),
+        plain((vis, nir), training=False)["disp_l"].numpy(), atol=1e-6,
+    )
+    batch = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0)
+    batch((vis, nir))
+    assert [w for w in batch.weights if "_bn" in w.path]
+    for head in batch.heads:
+        head.kernel.assign(np.random.default_rng(3).normal(0, 0.5, head.kernel.shape))
+    difference = np.abs(batch((vis, nir), training=True)["disp_l"].numpy()
+                        - batch((vis, nir), training=False)["disp_l"].numpy())
+    assert difference.max() > 1e-3
 
 
 def test_untrained_cvm_follows_a_shift_of_the_nir():

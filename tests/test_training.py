@@ -301,3 +301,24 @@ def test_bfloat16_two_steps_and_a_disagreeing_mixed_precision(synthetic_data_dir
         "use --precision alone"
     )
     assert not (tmp_path / "bad").exists()
+
+
+def test_cvm_pretraining_schedule_and_cvm_options_are_checked():
+    from cspsr_tf import training
+
+    train, model = training.build_configs(
+        dict(cvm_lr_schedule="cosine", cvm_steps=40, cvm_learning_rate=1e-3),
+        dict(cvm_normalization="none"),
+    )
+    assert model.cvm_normalization == "none"
+    pretrain = training.cvm_pretraining_config(train)
+    assert (pretrain.stage, pretrain.steps, pretrain.lr_schedule) == ("cvm", 40, "cosine")
+    schedule = training.learning_rate_schedule(pretrain)
+    # Cosine decay from 1e-3 to 1% of it over the 40 pre-training steps.
+    np.testing.assert_allclose(float(schedule(0)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(20)), 1e-3 * (0.01 + 0.99 * 0.5), rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(40)), 1e-5, rtol=1e-5)
+    with pytest.raises(training.ConfigError, match="cvm_lr_schedule"):
+        training.validate_configs(*training.build_configs(dict(cvm_lr_schedule="step"), {}))
+    with pytest.raises(training.ConfigError, match="cvm_normalization"):
+        training.build_configs({}, dict(cvm_normalization="group"))

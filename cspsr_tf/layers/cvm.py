@@ -10,6 +10,8 @@ from cspsr_tf.layers.disparity_warp import warp_by_disparity
 from cspsr_tf.layers.replicas import several_replicas
 
 GEOMETRIES = ("stereo", "aligned")
+# `batch`: batch norm after each encoder/decoder convolution; `none`: biased convolutions.
+NORMALIZATIONS = ("batch", "none")
 # Candidates (LR pixels) either side of the best one that the soft-argmin averages over.
 SOFT_ARGMIN_RADIUS = 2.0
 # Spread (LR pixels) of the Gaussian that aggregates the NCC^2 cost volume over neighbours.
@@ -82,6 +84,8 @@ class CrossViewMatching(keras.layers.Layer):
         depth: int, default 3; number of stride-2 stages.
         max_disparity: float, default 24.0; upper bound of the disparity in LR pixels.
         geometry: `stereo` (default; predict the disparity) or `aligned` (zero disparity).
+        normalization: `batch` (default; batch norm after each encoder/decoder convolution)
+            or `none` (biased convolutions, the same numbers in training and inference).
 
     Call arguments:
         inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1], or a triple
@@ -109,6 +113,7 @@ class CrossViewMatching(keras.layers.Layer):
         max_disparity=24.0,
         return_pyramid=False,
         geometry="stereo",
+        normalization="batch",
         **kwargs,
     ):
         # The images enter in float32 whatever the policy: the cost volumes (NCC from local
@@ -117,6 +122,11 @@ class CrossViewMatching(keras.layers.Layer):
         super().__init__(**kwargs)
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}. Received: geometry={geometry!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}. Received: normalization={normalization!r}"
+            )
+        self.normalization = normalization
         if depth < 1:
             raise ValueError(f"depth must be >= 1. Received: depth={depth}")
         if not max_disparity >= 2.0:
@@ -131,14 +141,16 @@ class CrossViewMatching(keras.layers.Layer):
         policy = self.dtype_policy
 
         def conv_bn_elu(filters, strides, name):
-            return [
-                keras.layers.Conv2D(
-                    filters, 3, strides=strides, padding="same", use_bias=False,
-                    name=f"{name}_conv", dtype=policy,
-                ),
-                keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy),
-                keras.layers.Activation("elu", name=f"{name}_elu", dtype=policy),
-            ]
+            batch_norm = normalization == "batch"
+            conv = keras.layers.Conv2D(
+                filters, 3, strides=strides, padding="same", use_bias=not batch_norm,
+                name=f"{name}_conv", dtype=policy,
+            )
+            elu = keras.layers.Activation("elu", name=f"{name}_elu", dtype=policy)
+            if not batch_norm:
+                return [conv, elu]
+            bn = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy)
+            return [conv, bn, elu]
 
         self.stem = conv_bn_elu(base_channels, 1, "stem")
         self.encoder = []
@@ -343,6 +355,7 @@ class CrossViewMatching(keras.layers.Layer):
                 "depth": self.depth,
                 "max_disparity": self.max_disparity,
                 "return_pyramid": self.return_pyramid,
+                "normalization": self.normalization,
             }
         )
         return config
