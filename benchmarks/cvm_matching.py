@@ -14,14 +14,17 @@ frames (no ground truth) contribute the label-free terms only. It is measured on
   synthetic the `nirvis_synthetic` test split (scikit-image photos with a synthetic right
            view, and the Middlebury Motorcycle pair's real disparity);
 
-as end-point error (mean |d - d_gt| over valid pixels, LR pixels) and the share of pixels off
-by more than 1 px. Rows:
+as end-point error (mean |d - d_gt| over valid pixels, LR pixels), the share of pixels off
+by more than 1 px and the bias (mean signed error d - d_gt). Rows:
 
   constant      the best single disparity for all pixels (the median ground truth of the
                 evaluation set: an oracle no matcher should lose to)
   untrained     the CVM as built (its cost volume's local soft-argmin, no learning)
   default       trained with the default recipe (label-free + supervised where known)
   label_free    trained with the label-free terms only (--cvm_supervision=0)
+
+--lr_schedule and --cvm_normalization change the recipe of the trained rows (defaults: train.py's).
+--measure=name=path/final.keras,... measures the CVMs of saved models instead of training.
 
 Target (issue): EPE <= 1.0 LR px at x4. Whatever comes out is reported.
 """
@@ -53,7 +56,7 @@ flags.DEFINE_string("preset", "small", "Model preset.")
 flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_integer("steps", 1500, "CVM training steps per trained row.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_enum("cvm_normalization", None, ["batch", "none"],
+flags.DEFINE_enum("cvm_normalization", None, ["batch", "group", "none"],
                   "Normalisation of the CVM's convolutions (default: the preset's).")
 flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
                   "Learning-rate schedule of the trained rows (default: train.py's --cvm_lr_schedule).")
@@ -63,6 +66,8 @@ flags.DEFINE_list("rows", ["default", "label_free"], "Trained rows.")
 flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Shared samples folder (pairs.csv).")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Runs (git-ignored).")
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per set.")
+flags.DEFINE_list("measure", [], "Instead of training: measure the CVMs of these saved models "
+                  "(name=path/to/final.keras, comma-separated), e.g. earlier rows.")
 
 
 def evaluation_sets(data_dir, manual_dir, scale, max_disparity_hr, max_frames):
@@ -107,7 +112,7 @@ def measured_row(cvm, sets, scale):
     row = {}
     for name, frames in sets.items():
         result = measure_disparity(cvm, frames, scale)
-        row[name] = {k: result[k] for k in ("epe", "bad1", "frame_epe", "pixels")}
+        row[name] = {k: result[k] for k in ("epe", "bad1", "bias", "frame_epe", "pixels")}
     return row
 
 
@@ -140,6 +145,16 @@ def train_row(name, splits, data_dir, manual_dir):
                                     "final_losses": summary["losses"]}
 
 
+def print_rows(results, sets):
+    table = [
+        [name] + [bench_util.fmt(row[s]["epe"]) + " / " + bench_util.fmt(100 * row[s]["bad1"], 1) + "%"
+                  + ("" if row[s].get("bias") is None else " / " + f"{row[s]['bias']:+.2f}")
+                  for s in sets]
+        for name, row in results["rows"].items()
+    ]
+    bench_util.print_table(["row"] + [f"{s} EPE / >1px / bias" for s in sets], table)
+
+
 def main(argv):
     del argv
     import keras
@@ -161,6 +176,20 @@ def main(argv):
                          for f in FLAGS.get_key_flags_for_module(sys.argv[0])},
                "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
+    if FLAGS.measure:
+        from cspsr_tf import model_io
+
+        for item in FLAGS.measure:
+            name, _, path = item.partition("=")
+            if not path:
+                raise app.UsageError(f"--measure takes name=path items; got {item!r}")
+            model, config = model_io.load_model(path)
+            results["rows"][name] = {**measured_row(model.get_layer("cvm"), sets, FLAGS.scale),
+                                     "model": bench_util.rel(path),
+                                     "cvm_normalization": getattr(config, "cvm_normalization", None)}
+        bench_util.write_json(FLAGS.out, results)
+        print_rows(results, sets)
+        return
     keras.utils.set_random_seed(0)
     untrained = build_cspsr(get_config(FLAGS.preset, **model_overrides())).get_layer("cvm")
     results["rows"]["untrained"] = measured_row(untrained, sets, FLAGS.scale)
@@ -169,12 +198,7 @@ def main(argv):
         cvm, info = train_row(name, splits, data_dir, FLAGS.manual_dir)
         results["rows"][name] = {**measured_row(cvm, sets, FLAGS.scale), **info}
         bench_util.write_json(FLAGS.out, results)
-    table = [
-        [name] + [bench_util.fmt(row[s]["epe"]) + " / " + bench_util.fmt(100 * row[s]["bad1"], 1) + "%"
-                  for s in sets]
-        for name, row in results["rows"].items()
-    ]
-    bench_util.print_table(["row"] + [f"{s} EPE / >1px" for s in sets], table)
+    print_rows(results, sets)
     best = results["rows"].get("default", {}).get("warped", {}).get("epe")
     if best is not None:
         verdict = "met" if best <= TARGET_EPE else "MISSED"

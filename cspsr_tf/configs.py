@@ -7,7 +7,9 @@ SUPPORTED_SCALES = (2, 3, 4, 8)
 ARCHITECTURES = ("dual", "single")
 SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
-CVM_NORMALIZATIONS = ("batch", "none")
+CVM_NORMALIZATIONS = ("batch", "group", "none")
+# Fields a saved config may lack, with the value the code had before the field existed.
+LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,12 @@ class CSPSRConfig:
             CLIs can switch a trained model to another (`--ops`).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
         cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
-        cvm_normalization: `batch` (batch norm in the CVM's encoder and decoder) or `none`.
+        cvm_normalization: `group` (default: group norm after the CVM's encoder/decoder
+            convolutions, per example), `none` (biased convolutions) or `batch` (batch norm, as
+            before; configs saved without this field had it). Batch statistics of training
+            patches did not carry over to whole frames: the disparity came out biased by
+            +0.7 LR px; without normalisation, training could saturate the disparity heads
+            (benchmarks/cvm_matching.py, README).
         max_disparity: bound of the predicted disparity, in LR pixels.
         geometry: the camera rig the model serves: `stereo` (NIR camera to the right, the CVM
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
@@ -63,7 +70,7 @@ class CSPSRConfig:
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
     cvm_depth: int = 3
-    cvm_normalization: str = "batch"
+    cvm_normalization: str = "group"
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1
@@ -121,7 +128,7 @@ class CSPSRConfig:
 
     @classmethod
     def from_dict(cls, values):
-        return cls(**values)
+        return cls(**{**LEGACY_MODEL_FIELDS, **values})
 
 
 PRESETS = {

@@ -59,6 +59,9 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
             val_frames=2,
             model_dir=model_dir,
             cvm_steps=cvm_steps,
+            # 32 LR px wide (the smallest demo frame is 142 px high): 24 px patches hold too
+            # few matches for disparities of up to 12 px.
+            cvm_patch_size=128,
         ),
         dict(scale=scale),
     )

@@ -20,14 +20,18 @@ def disparity_errors(predicted, gt, valid):
             known ground truth (> 0.5 counts).
 
     Returns:
-        dict with `epe`, `bad1` (floats, NaN without a valid pixel) and `pixels` (int).
+        dict with `epe`, `bad1`, `bias` (the mean signed error, predicted - gt: a matcher
+        that is off the same way everywhere shows it here), floats, NaN without a valid
+        pixel, and `pixels` (int).
     """
     predicted, gt = np.asarray(predicted, np.float64), np.asarray(gt, np.float64)
     mask = np.asarray(valid) > 0.5
     if not mask.any():
-        return {"epe": float("nan"), "bad1": float("nan"), "pixels": 0}
-    error = np.abs(predicted - gt)[mask]
-    return {"epe": float(error.mean()), "bad1": float((error > 1.0).mean()), "pixels": int(mask.sum())}
+        return {"epe": float("nan"), "bad1": float("nan"), "bias": float("nan"), "pixels": 0}
+    signed = (predicted - gt)[mask]
+    error = np.abs(signed)
+    return {"epe": float(error.mean()), "bad1": float((error > 1.0).mean()),
+            "bias": float(signed.mean()), "pixels": int(mask.sum())}
 
 
 def measure_disparity(cvm, eval_ds, scale, max_frames=None):
@@ -42,12 +46,12 @@ def measure_disparity(cvm, eval_ds, scale, max_frames=None):
         max_frames: stop after this many frames.
 
     Returns:
-        dict with `epe` and `bad1` (means over all valid LR pixels of all frames, in LR
-        pixels), `frame_epe` (mean of the per-frame EPEs), `frames` ([{id, epe, bad1,
+        dict with `epe`, `bad1` and `bias` (means over all valid LR pixels of all frames, in
+        LR pixels), `frame_epe` (mean of the per-frame EPEs), `frames` ([{id, epe, bad1,
         pixels}]) and `pixels`.
     """
     call = tf.function(lambda v, n: cvm((v, n), training=False)["disp_l"], reduce_retracing=True)
-    frames, errors, bad = [], 0.0, 0.0
+    frames, errors, bad, signed = [], 0.0, 0.0, 0.0
     pixels = 0
     for index, (inputs, targets, meta) in enumerate(eval_ds):
         if max_frames is not None and index >= max_frames:
@@ -64,12 +68,14 @@ def measure_disparity(cvm, eval_ds, scale, max_frames=None):
         frames.append(result)
         errors += result["epe"] * result["pixels"]
         bad += result["bad1"] * result["pixels"]
+        signed += result["bias"] * result["pixels"]
         pixels += result["pixels"]
     if not pixels:
-        return {"epe": None, "bad1": None, "frame_epe": None, "frames": [], "pixels": 0}
+        return {"epe": None, "bad1": None, "bias": None, "frame_epe": None, "frames": [], "pixels": 0}
     return {
         "epe": errors / pixels,
         "bad1": bad / pixels,
+        "bias": signed / pixels,
         "frame_epe": float(np.mean([f["epe"] for f in frames])),
         "frames": frames,
         "pixels": pixels,

@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from cspsr_tf import metrics, model_io
-from cspsr_tf.configs import ABLATIONS, PRESETS, CSPSRConfig
+from cspsr_tf.configs import ABLATIONS, LEGACY_MODEL_FIELDS, PRESETS, CSPSRConfig
 from cspsr_tf.data import pipeline, sources
 from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.losses import cspsr_loss_per_example
@@ -48,6 +48,8 @@ from cspsr_tf.precision import PRECISIONS
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 STAGES = ("sr", "cvm")
 LR_SCHEDULES = ("constant", "cosine")
+# Train fields a saved config.json may lack, with the behaviour from before they existed.
+LEGACY_TRAIN_FIELDS = {"cvm_lr_schedule": "constant"}
 # Fields that may change when a run is resumed (its length, its logging, and the learning rate,
 # the way out of a diverged run); all others must match the config.json of the training directory.
 RESUMABLE_FIELDS = (
@@ -119,7 +121,7 @@ class TrainConfig:
     freeze_cvm: bool = False
     cvm_steps: int = 500
     cvm_learning_rate: float = 1e-3
-    cvm_lr_schedule: str = "constant"
+    cvm_lr_schedule: str = "cosine"
     cvm_patch_size: int | None = None
     synthetic_max_disparity: float = 8.0
     lambda_match: float = 0.1
@@ -254,6 +256,9 @@ def _config_differences(old, new):
     differences = []
     for section in ("train", "model"):
         old_section = dict(old.get(section, {}))
+        legacy = LEGACY_MODEL_FIELDS if section == "model" else LEGACY_TRAIN_FIELDS
+        for key, value in legacy.items():
+            old_section.setdefault(key, value)
         if section == "train" and "mixed_precision" in old_section:
             # Written before `precision` existed: `mixed_precision` said float16 or not.
             old_section.setdefault(

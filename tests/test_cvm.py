@@ -56,20 +56,23 @@ def test_argument_errors():
         CrossViewMatching(normalization="layer")
 
 
-def test_without_batch_norm_training_and_inference_agree():
-    # normalization="none": no batch norm, so the disparity is the same in training mode
-    # (batch statistics) and in inference mode; with batch norm it is not.
+@pytest.mark.parametrize("normalization", ["group", "none"])
+def test_without_batch_norm_training_and_inference_agree(normalization):
+    # Group norm (per example) or none: the disparity is the same in training mode and in
+    # inference mode, and one example's disparity does not depend on the rest of its batch;
+    # with batch norm neither holds.
     vis = np.random.default_rng(1).random((2, 16, 24, 3), dtype=np.float32)
     nir = np.random.default_rng(2).random((2, 16, 24, 1), dtype=np.float32)
-    plain = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0, normalization="none")
-    plain((vis, nir))
-    assert not [w for w in plain.weights if "_bn" in w.path]
-    for head in plain.heads:  # a visible correction, so that the encoder/decoder matter
+    layer = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0, normalization=normalization)
+    layer((vis, nir))
+    assert not [w for w in layer.weights if "_bn" in w.path]
+    assert bool([w for w in layer.weights if "_gn" in w.path]) == (normalization == "group")
+    for head in layer.heads:  # a visible correction, so that the encoder/decoder matter
         head.kernel.assign(np.random.default_rng(3).normal(0, 0.5, head.kernel.shape))
-    np.testing.assert_allclose(
-        plain((vis, nir), training=True)["disp_l"].numpy(),
-        plain((vis, nir), training=False)["disp_l"].numpy(), atol=1e-6,
-    )
+    in_training = layer((vis, nir), training=True)["disp_l"].numpy()
+    np.testing.assert_allclose(in_training, layer((vis, nir), training=False)["disp_l"].numpy(), atol=1e-6)
+    alone = layer((vis[:1], nir[:1]), training=True)["disp_l"].numpy()
+    np.testing.assert_allclose(alone, in_training[:1], atol=1e-5)
     batch = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0)
     batch((vis, nir))
     assert [w for w in batch.weights if "_bn" in w.path]

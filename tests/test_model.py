@@ -105,29 +105,36 @@ def hand_count(config):
     )
     sr = shallow(3) + shallow(1) + t * dmf + conv_params(3, c, 3 * s * s) + conv_params(3, c, s * s)
     b, depth = config.cvm_base_channels, config.cvm_depth
-    bn = lambda ch: 4 * ch  # noqa: E731
+    # Per normalisation: parameters per output channel (batch: gamma, beta, moving mean and
+    # variance; group: gamma, beta); the conv has a bias only without normalisation.
+    norm_per_channel = {"batch": 4, "group": 2, "none": 0}[config.cvm_normalization]
+
+    def conv_norm(cin, cout):
+        return conv_params(3, cin, cout, bias=norm_per_channel == 0) + norm_per_channel * cout
+
     # Cost volumes: candidates 0, 2, ..., max at half resolution, learned and NCC^2, 2 views.
     volumes = 4 * (math.ceil(config.max_disparity / 2) + 1)
     cvm = 1  # the soft-argmin temperature
     for view_channels in (3, 1):  # matching feature extractors
         cvm += conv_params(3, view_channels, b) + 2 * conv_params(3, b, b)
-    cvm += conv_params(3, 4, b, bias=False) + bn(b)
+    cvm += conv_norm(4, b)
     skip = {0: b}
     for level in range(1, depth + 1):
         prev, ch = skip[level - 1], b * 2**level
-        cvm += conv_params(3, prev, ch, False) + bn(ch) + conv_params(3, ch, ch, False) + bn(ch)
+        cvm += conv_norm(prev, ch) + conv_norm(ch, ch)
         skip[level] = ch + (volumes if level == 1 else 0)
     incoming = b * 2**depth
     for step, level in enumerate(range(depth - 1, -1, -1)):
         ch = b * 2**level
         cin = incoming + skip[level] + (2 if step else 0)
-        cvm += conv_params(3, cin, ch, False) + bn(ch) + conv_params(3, ch, 2)
+        cvm += conv_norm(cin, ch) + conv_params(3, ch, 2)
         incoming = ch
     return sr, cvm
 
 
-def test_paper_preset_parameter_count_equals_hand_count():
-    config = PRESETS["paper"]
+@pytest.mark.parametrize("cvm_normalization", ["group", "none", "batch"])
+def test_paper_preset_parameter_count_equals_hand_count(cvm_normalization):
+    config = PRESETS["paper"].replace(cvm_normalization=cvm_normalization)
     assert (config.channels, config.num_modules, config.kernel_size) == (64, 15, 3)
     model = build_cspsr(config)
     sr, cvm = hand_count(config)

@@ -321,4 +321,25 @@ def test_cvm_pretraining_schedule_and_cvm_options_are_checked():
     with pytest.raises(training.ConfigError, match="cvm_lr_schedule"):
         training.validate_configs(*training.build_configs(dict(cvm_lr_schedule="step"), {}))
     with pytest.raises(training.ConfigError, match="cvm_normalization"):
-        training.build_configs({}, dict(cvm_normalization="group"))
+        training.build_configs({}, dict(cvm_normalization="layer"))
+
+
+def test_configs_saved_before_the_cvm_options_keep_their_behaviour():
+    # A config.json written before cvm_normalization / cvm_lr_schedule existed describes a
+    # CVM with batch norm and a constant pre-training rate: resuming must not see a change.
+    from cspsr_tf import training
+    from cspsr_tf.configs import CSPSRConfig
+
+    train, model = training.build_configs(
+        dict(cvm_lr_schedule="constant"), dict(cvm_normalization="batch")
+    )
+    old = {"train": train.to_dict(), "model": model.to_dict()}
+    del old["train"]["cvm_lr_schedule"], old["model"]["cvm_normalization"]
+    assert training._config_differences(old, {"train": train.to_dict(), "model": model.to_dict()}) == []
+    assert CSPSRConfig.from_dict(old["model"]).cvm_normalization == "batch"
+    # The current defaults differ from those, so an old run resumed with them is refused.
+    new_train, new_model = training.build_configs({}, {})
+    differences = training._config_differences(
+        old, {"train": new_train.to_dict(), "model": new_model.to_dict()}
+    )
+    assert any(d.startswith("cvm_normalization") for d in differences)

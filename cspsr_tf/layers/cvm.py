@@ -10,8 +10,10 @@ from cspsr_tf.layers.disparity_warp import warp_by_disparity
 from cspsr_tf.layers.replicas import several_replicas
 
 GEOMETRIES = ("stereo", "aligned")
-# `batch`: batch norm after each encoder/decoder convolution; `none`: biased convolutions.
-NORMALIZATIONS = ("batch", "none")
+# After each encoder/decoder convolution: `batch` norm, `group` norm (per example: the same in
+# training and inference) or `none` (biased convolutions).
+NORMALIZATIONS = ("batch", "group", "none")
+GROUPS = 8
 # Candidates (LR pixels) either side of the best one that the soft-argmin averages over.
 SOFT_ARGMIN_RADIUS = 2.0
 # Spread (LR pixels) of the Gaussian that aggregates the NCC^2 cost volume over neighbours.
@@ -53,8 +55,9 @@ class CrossViewMatching(keras.layers.Layer):
     A U-shaped encoder-decoder over concat(vis_lr, nir_lr), after the cross-spectral
     disparity network the paper builds on (Zhi et al. 2018, itself in the DispNet / Monodepth
     family), with the correlation layer of DispNetC (Mayer et al. 2016): `depth` stride-2
-    stages of two 3x3 conv + batch norm + ELU, a decoder that upsamples, concatenates the
-    encoder skip and the coarser disparity, and a disparity head at every decoder scale.
+    stages of two 3x3 conv (+ batch norm with `normalization="batch"`) + ELU, a decoder that
+    upsamples, concatenates the encoder skip and the coarser disparity, and a disparity head at
+    every decoder scale.
 
     Matching. A network that sees only the concatenated images must discover correspondence
     on its own, which takes far longer than a CPU training budget (measured: no progress in
@@ -84,8 +87,9 @@ class CrossViewMatching(keras.layers.Layer):
         depth: int, default 3; number of stride-2 stages.
         max_disparity: float, default 24.0; upper bound of the disparity in LR pixels.
         geometry: `stereo` (default; predict the disparity) or `aligned` (zero disparity).
-        normalization: `batch` (default; batch norm after each encoder/decoder convolution)
-            or `none` (biased convolutions, the same numbers in training and inference).
+        normalization: after each encoder/decoder convolution, `batch` norm (the layer's
+            default, for files saved before this argument), `group` norm (8 groups, per
+            example: the same in training and inference; `build_cspsr`'s default) or `none`.
 
     Call arguments:
         inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1], or a triple
@@ -113,6 +117,8 @@ class CrossViewMatching(keras.layers.Layer):
         max_disparity=24.0,
         return_pyramid=False,
         geometry="stereo",
+        # `batch` is the default of the layer because files saved before this argument existed
+        # hold batch norms; `build_cspsr` passes the config's value (`group` by default).
         normalization="batch",
         **kwargs,
     ):
@@ -141,16 +147,20 @@ class CrossViewMatching(keras.layers.Layer):
         policy = self.dtype_policy
 
         def conv_bn_elu(filters, strides, name):
-            batch_norm = normalization == "batch"
             conv = keras.layers.Conv2D(
-                filters, 3, strides=strides, padding="same", use_bias=not batch_norm,
+                filters, 3, strides=strides, padding="same", use_bias=normalization == "none",
                 name=f"{name}_conv", dtype=policy,
             )
             elu = keras.layers.Activation("elu", name=f"{name}_elu", dtype=policy)
-            if not batch_norm:
+            if normalization == "none":
                 return [conv, elu]
-            bn = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy)
-            return [conv, bn, elu]
+            if normalization == "group":
+                norm = keras.layers.GroupNormalization(
+                    groups=math.gcd(GROUPS, filters), name=f"{name}_gn", dtype=policy
+                )
+            else:
+                norm = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy)
+            return [conv, norm, elu]
 
         self.stem = conv_bn_elu(base_channels, 1, "stem")
         self.encoder = []
@@ -191,7 +201,7 @@ class CrossViewMatching(keras.layers.Layer):
                 if isinstance(layer, keras.layers.Conv2D):
                     layer.build((None, None, None, channels_in))
                     channels_in = layer.filters
-                elif isinstance(layer, keras.layers.BatchNormalization):
+                elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization)):
                     layer.build((None, None, None, channels_in))
             return channels_in
 
