@@ -59,9 +59,9 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
             val_frames=2,
             model_dir=model_dir,
             cvm_steps=cvm_steps,
-            # 32 LR px wide (the smallest demo frame is 142 px high): 24 px patches hold too
-            # few matches for disparities of up to 12 px.
-            cvm_patch_size=128,
+            # 28 LR px wide (the smallest training frame is 115 px high) rather than 24: the
+            # wider the patch, the more pixels have their match inside it (disparities <= 12).
+            cvm_patch_size=112,
         ),
         dict(scale=scale),
     )
