@@ -128,6 +128,8 @@ flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME)
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: <work_dir>/tfds).")
 flags.DEFINE_integer("steps", 2000, "SR training steps of every row.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps of rows with a CVM (train.py --cvm_steps).")
+flags.DEFINE_integer("cvm_patch_size", None, "HR patch side of the CVM pre-training (train.py "
+                     "--cvm_patch_size; default: train.py's, the SR patch size).")
 flags.DEFINE_integer("batch_size", 16, "Training batch size.")
 flags.DEFINE_integer("patch_size", 96, "HR patch size.")
 flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate.")
@@ -240,6 +242,8 @@ def train_argv(ctx, condition, ablation, seed, steps, model_dir, cvm_steps):
         argv.append(f"--{key}={value}")
     if ablation in USES_CVM and "cvm_steps" in train_flags():
         argv.append(f"--cvm_steps={cvm_steps}")
+        if FLAGS.cvm_patch_size:
+            argv.append(f"--cvm_patch_size={FLAGS.cvm_patch_size}")
     return argv
 
 
@@ -419,6 +423,9 @@ def row_settings(ctx, name):
         "batch_size": ctx["batch"], "patch_size": ctx["patch"], "scale": SCALE,
         "learning_rate": FLAGS.learning_rate, "lr_schedule": FLAGS.lr_schedule,
         "train_split": ctx["split"]["train_split"], "eval_splits": ctx["split"]["eval_splits"],
+        # Only when set, so that rows measured before the flag existed still match on --resume.
+        **({"cvm_patch_size": FLAGS.cvm_patch_size}
+           if FLAGS.cvm_patch_size and ablation in USES_CVM else {}),
     }
 
 
