@@ -93,7 +93,7 @@ MODEL_HELP = {
     "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
     "cvm_base_channels": "Width of the first CVM stage.",
     "cvm_depth": "Number of stride-2 stages of the CVM.",
-    "cvm_normalization": "Normalisation in the CVM's encoder and decoder: group (default; per example), none, or batch (models trained before this option).",
+    "cvm_normalization": "Normalisation in the CVM's encoder and decoder: batch (default), group (per example; matched best, see README) or none.",
     "max_disparity": "Upper bound of the predicted disparity, LR pixels.",
     "geometry": "Camera rig the model serves: stereo (NIR camera to the right) or aligned (registered pair, zero disparity).",
     "lambda_cssc": "Weight lambda1 of the cross-spectral spatial consistency loss (paper: 0.1).",

@@ -41,12 +41,12 @@ class CSPSRConfig:
             CLIs can switch a trained model to another (`--ops`).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
         cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
-        cvm_normalization: `group` (default: group norm after the CVM's encoder/decoder
-            convolutions, per example), `none` (biased convolutions) or `batch` (batch norm, as
-            before; configs saved without this field had it). Batch statistics of training
-            patches did not carry over to whole frames: the disparity came out biased by
-            +0.7 LR px; without normalisation, training could saturate the disparity heads
-            (benchmarks/cvm_matching.py, README).
+        cvm_normalization: after the CVM's encoder/decoder convolutions, `batch` norm
+            (default), `group` norm (8 groups, per example) or `none`. Measured
+            (benchmarks/cvm_matching.py, README): batch norm's statistics of training patches
+            bias the disparity on whole frames (+0.7 LR px); group norm matches best without
+            collapsing but is not local (tiled inference of the CVM is no longer exact);
+            `none` collapsed (saturated disparity heads) with small training patches.
         max_disparity: bound of the predicted disparity, in LR pixels.
         geometry: the camera rig the model serves: `stereo` (NIR camera to the right, the CVM
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
@@ -70,7 +70,7 @@ class CSPSRConfig:
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
     cvm_depth: int = 3
-    cvm_normalization: str = "group"
+    cvm_normalization: str = "batch"
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1

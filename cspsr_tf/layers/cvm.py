@@ -88,8 +88,8 @@ class CrossViewMatching(keras.layers.Layer):
         max_disparity: float, default 24.0; upper bound of the disparity in LR pixels.
         geometry: `stereo` (default; predict the disparity) or `aligned` (zero disparity).
         normalization: after each encoder/decoder convolution, `batch` norm (the layer's
-            default, for files saved before this argument), `group` norm (8 groups, per
-            example: the same in training and inference; `build_cspsr`'s default) or `none`.
+            default), `group` norm (8 groups, per example: the same in training and inference,
+            but not local: a tile's statistics differ from the whole frame's) or `none`.
 
     Call arguments:
         inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1], or a triple
@@ -118,7 +118,7 @@ class CrossViewMatching(keras.layers.Layer):
         return_pyramid=False,
         geometry="stereo",
         # `batch` is the default of the layer because files saved before this argument existed
-        # hold batch norms; `build_cspsr` passes the config's value (`group` by default).
+        # hold batch norms; `build_cspsr` passes the config's value.
         normalization="batch",
         **kwargs,
     ):
