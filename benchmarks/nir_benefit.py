@@ -130,6 +130,8 @@ flags.DEFINE_integer("steps", 2000, "SR training steps of every row.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps of rows with a CVM (train.py --cvm_steps).")
 flags.DEFINE_integer("cvm_patch_size", None, "HR patch side of the CVM pre-training (train.py "
                      "--cvm_patch_size; default: train.py's, the SR patch size).")
+flags.DEFINE_enum("cvm_normalization", None, ["batch", "group", "none"],
+                  "CVM normalisation of rows with a CVM (train.py --cvm_normalization; default: train.py's).")
 flags.DEFINE_integer("batch_size", 16, "Training batch size.")
 flags.DEFINE_integer("patch_size", 96, "HR patch size.")
 flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate.")
@@ -244,6 +246,8 @@ def train_argv(ctx, condition, ablation, seed, steps, model_dir, cvm_steps):
         argv.append(f"--cvm_steps={cvm_steps}")
         if FLAGS.cvm_patch_size:
             argv.append(f"--cvm_patch_size={FLAGS.cvm_patch_size}")
+    if ablation in USES_CVM and FLAGS.cvm_normalization:
+        argv.append(f"--cvm_normalization={FLAGS.cvm_normalization}")
     return argv
 
 
@@ -426,6 +430,8 @@ def row_settings(ctx, name):
         # Only when set, so that rows measured before the flag existed still match on --resume.
         **({"cvm_patch_size": FLAGS.cvm_patch_size}
            if FLAGS.cvm_patch_size and ablation in USES_CVM else {}),
+        **({"cvm_normalization": FLAGS.cvm_normalization}
+           if FLAGS.cvm_normalization and ablation in USES_CVM else {}),
     }
 
 
