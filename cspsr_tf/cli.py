@@ -76,13 +76,15 @@ def fail(program, message, details=""):
 
 
 def define_dataclass_flags(flags_module, fields, help_texts, defaults_none=False):
-    """One absl flag per dataclass field (bool, int, float, str, or optional str)."""
+    """One absl flag per dataclass field (bool, int, float, str, optional int or optional str)."""
     for field in fields:
         default = None if defaults_none else field.default
         help_text = help_texts.get(field.name, field.name.replace("_", " "))
         if defaults_none:
             help_text += " (default: the preset's value)"
         kind = field.type
+        if kind in (int | None, "int | None"):  # an optional integer, e.g. --cvm_patch_size
+            kind = int
         if kind is bool:
             flags_module.DEFINE_bool(field.name, default, help_text)
         elif kind is int:

@@ -343,3 +343,29 @@ def test_configs_saved_before_the_cvm_options_keep_their_behaviour():
         old, {"train": new_train.to_dict(), "model": new_model.to_dict()}
     )
     assert differences == ["cvm_lr_schedule: 'constant' -> 'cosine'"]
+
+
+def test_optional_integer_fields_get_integer_flags():
+    # --cvm_patch_size (int | None) used to be a string flag: "--cvm_patch_size=192" then
+    # failed in validate_configs with a TypeError.
+    from absl import flags as absl_flags
+
+    from cspsr_tf import training
+    from cspsr_tf.cli import define_dataclass_flags
+
+    import functools
+    import types
+
+    values = absl_flags.FlagValues()
+    # The absl module's DEFINE_* functions, bound to a fresh FlagValues.
+    module = types.SimpleNamespace(**{
+        name: functools.partial(getattr(absl_flags, name), flag_values=values)
+        for name in ("DEFINE_bool", "DEFINE_integer", "DEFINE_float", "DEFINE_string")
+    })
+    define_dataclass_flags(module, training.train_config_fields(), {})
+    values(["train.py", "--cvm_patch_size=192", "--cvm_init=runs/x"])
+    assert values.cvm_patch_size == 192 and values.cvm_init == "runs/x"
+    with pytest.raises(absl_flags.IllegalFlagValueError):
+        values(["train.py", "--cvm_patch_size=big"])
+    train, model = training.build_configs(dict(cvm_patch_size=values.cvm_patch_size), {})
+    training.validate_configs(train, model)
