@@ -348,13 +348,13 @@ def test_configs_saved_before_the_cvm_options_keep_their_behaviour():
 def test_optional_integer_fields_get_integer_flags():
     # --cvm_patch_size (int | None) used to be a string flag: "--cvm_patch_size=192" then
     # failed in validate_configs with a TypeError.
+    import functools
+    import types
+
     from absl import flags as absl_flags
 
     from cspsr_tf import training
     from cspsr_tf.cli import define_dataclass_flags
-
-    import functools
-    import types
 
     values = absl_flags.FlagValues()
     # The absl module's DEFINE_* functions, bound to a fresh FlagValues.
