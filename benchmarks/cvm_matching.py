@@ -44,6 +44,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.sample_split import define_splits  # noqa: E402
+from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
 
 NAME = "cvm_matching"
 TARGET_EPE = 1.0
@@ -56,7 +57,7 @@ flags.DEFINE_string("preset", "small", "Model preset.")
 flags.DEFINE_integer("scale", 4, "SR factor.")
 flags.DEFINE_integer("steps", 1500, "CVM training steps per trained row.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_enum("cvm_normalization", None, ["batch", "group", "none"],
+flags.DEFINE_enum("cvm_normalization", None, list(CVM_NORMALIZATIONS),
                   "Normalisation of the CVM's convolutions (default: the preset's).")
 flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
                   "Learning-rate schedule of the trained rows (default: train.py's --cvm_lr_schedule).")

@@ -88,6 +88,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.sample_split import chunked_split_strings, define_splits  # noqa: E402
+from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
 
 NAME = "nir_benefit"
 SAMPLES_DIR = Path(bench_util.SAMPLES_DIR)
@@ -130,7 +131,7 @@ flags.DEFINE_integer("steps", 2000, "SR training steps of every row.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps of rows with a CVM (train.py --cvm_steps).")
 flags.DEFINE_integer("cvm_patch_size", None, "HR patch side of the CVM pre-training (train.py "
                      "--cvm_patch_size; default: train.py's, the SR patch size).")
-flags.DEFINE_enum("cvm_normalization", None, ["batch", "group", "none"],
+flags.DEFINE_enum("cvm_normalization", None, list(CVM_NORMALIZATIONS),
                   "CVM normalisation of rows with a CVM (train.py --cvm_normalization; default: train.py's).")
 flags.DEFINE_integer("batch_size", 16, "Training batch size.")
 flags.DEFINE_integer("patch_size", 96, "HR patch size.")

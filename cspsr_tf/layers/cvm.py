@@ -5,14 +5,15 @@ import math
 import keras
 import tensorflow as tf
 
+from cspsr_tf.configs import CVM_NORMALIZATIONS
 from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
 from cspsr_tf.layers.replicas import several_replicas
 
 GEOMETRIES = ("stereo", "aligned")
 # After each encoder/decoder convolution: `batch` norm, `group` norm (per example: the same in
-# training and inference) or `none` (biased convolutions).
-NORMALIZATIONS = ("batch", "group", "none")
+# training and inference) or `none` (biased convolutions); the config validates the same names.
+NORMALIZATIONS = CVM_NORMALIZATIONS
 GROUPS = 8
 # Candidates (LR pixels) either side of the best one that the soft-argmin averages over.
 SOFT_ARGMIN_RADIUS = 2.0
