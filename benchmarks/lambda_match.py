@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/lambda_match.py                      # ~15 min on 2 cores
     .venv/bin/python benchmarks/lambda_match.py --values=0,0.1,1
+    .venv/bin/python benchmarks/lambda_match.py --values=0.1,freeze --cvm_normalization=group
 
 The `make demo` setting: `small` preset, x4, `nirvis_synthetic` (stereo pairs with a known
 disparity), batch 8 of 96x96 HR patches, Adam 5e-4 with a cosine decay. Every value of
 --values trains one run with the same seed, the same --cvm_steps of CVM pre-training and the
-same --steps of joint training, differing only in `lambda_match`; each is measured on the
+same --steps of joint training, differing only in `lambda_match` (the value `freeze` keeps the
+pre-trained CVM fixed in the joint stage: `train.py --freeze_cvm`, no matching term); each is
+measured on the
 test split: the CVM's disparity error (EPE and share off by > 1 px, LR pixels, valid ground
 truth), the same right after the pre-training (shared by every run), and the SR PSNR
 (standard protocol) beside bicubic.
@@ -26,15 +29,18 @@ quiet_tensorflow()
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402
 
 NAME = "lambda_match"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
-flags.DEFINE_list("values", ["0", "0.1"], "lambda_match values, one run each.")
+flags.DEFINE_list("values", ["0", "0.1"], "lambda_match values, one run each; `freeze` for --freeze_cvm.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps (the same for every run).")
 flags.DEFINE_integer("steps", 600, "Joint SR steps.")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Runs (git-ignored).")
+flags.DEFINE_enum("cvm_normalization", None, CVM_NORMALIZATIONS,
+                  "train.py --cvm_normalization for every run (default: train.py's).")
 flags.DEFINE_bool("smoke", False, "tiny preset, 2 + 2 steps.")
 
 
@@ -49,7 +55,8 @@ def main(argv):
     data_dir = os.path.join(FLAGS.work_dir, "tfds")
     test = list(pipeline.make_eval_dataset(sources.load_split("nirvis_synthetic", "test", data_dir), scale=4))
     results = {"machine": bench_util.machine_info(), "preset": preset, "cvm_steps": cvm_steps,
-               "steps": steps, "runs": {}}
+               "steps": steps, "cvm_normalization": FLAGS.cvm_normalization or "train.py default",
+               "runs": {}}
     for value in FLAGS.values:
         # Each run in a process of its own (train.py), as a user would start it.
         model_dir = os.path.join(FLAGS.work_dir, f"lambda_{value}")
@@ -57,7 +64,9 @@ def main(argv):
                    "--dataset=nirvis_synthetic", f"--data_dir={bench_util.rel(data_dir)}", f"--preset={preset}",
                    "--scale=4", "--patch_size=96", "--batch_size=8", "--learning_rate=5e-4",
                    "--lr_schedule=cosine", f"--steps={steps}", f"--cvm_steps={cvm_steps}",
-                   f"--lambda_match={value}", "--eval_every=0", f"--save_every={max(steps // 2, 1)}",
+                   *(["--freeze_cvm", "--lambda_match=0"] if value == "freeze" else [f"--lambda_match={value}"]),
+                   *([f"--cvm_normalization={FLAGS.cvm_normalization}"] if FLAGS.cvm_normalization else []),
+                   "--eval_every=0", f"--save_every={max(steps // 2, 1)}",
                    f"--model_dir={bench_util.rel(model_dir)}"]
         started = time.time()
         proc = subprocess.run(command, capture_output=True, text=True, check=False,
