@@ -321,13 +321,17 @@ def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, ou
         if self_ensemble:
             need += out_pixels * 3 * 4 * 2
         return int(need)
-    max_disparity, align = tiling.model_geometry(model)
+    # A group-norm CVM runs once on the whole frame (`tiling.default_frame_matching`).
+    frame_matching = tiling.default_frame_matching(model)
+    max_disparity, align = (0.0, 1) if frame_matching else tiling.model_geometry(model)
     plan = tiling.TilePlan(height, width, tile, overlap, tiling.DEFAULT_CONTEXT,
                            max_disparity, align)
     biggest = max(h * w for h, w in plan.input_shapes(self_ensemble))
     # Band, its handed-over copy, clipping and float64 rounding: about 5 float32 bands.
     band = plan.tile_h * scale * width * scale * 3 * 4
     need = per_pixel * biggest + 5 * band
+    if frame_matching:
+        need += tiling.frame_matching_bytes(model, height, width, self_ensemble) * _MEMORY_MARGIN
     if _extension(out_path) != ".png":  # held whole, plus OpenCV's copy while encoding
         need += 2 * out_bytes
     if disparity_out is not None and _extension(disparity_out) not in (".png", ".npy"):

@@ -5,7 +5,8 @@ extra input around it (the *context*), the context is thrown away, and the tiles
 are blended in their overlaps with linear (feathered) weights. Every model output is stitched
 at its own resolution: `vis_sr` / `nir_sr` at HR, `disp_l` / `disp_r` / `nir_l` at LR.
 
-Geometry of one tile (all sizes in LR pixels):
+Geometry of one tile (all sizes in LR pixels; the horizontal margin and the alignment only
+where the CVM runs tile by tile):
 
 * the *core* is a `tile` x `tile` window of the frame; neighbouring cores overlap by at least
   `overlap` pixels, and inside that band the two outputs are cross-faded linearly;
@@ -19,6 +20,15 @@ Geometry of one tile (all sizes in LR pixels):
   see, exactly as in whole-frame inference), and its top-left corner is moved outwards to a
   multiple of the CVM's stride `2**cvm_depth`, so the encoder's stride-2 sampling grid and its
   bottom/right padding are the same as for the whole frame.
+
+Cross-view matching on the whole frame (default for a CVM with group norm, which is not local:
+a tile's statistics differ from the frame's): the CVM runs once on the whole LR pair, and the
+tiles go through the rest of the model (`after_matching_model`, the same layers) with crops of
+its outputs (warped NIR, disparities). The disparities are then exactly the whole-frame ones,
+and the tiles need neither the disparity margin nor the stride alignment below, but memory
+grows with the frame (`frame_matching_bytes`: about 1 KB per LR pixel). A local CVM (`batch`
+norm, fixed in inference, or `none`) runs tile by tile by default, exact to float round-off,
+in memory bounded by the tile:
 
 What tiling cannot reproduce exactly: (a) convolutions near a tile's cut see the cut, not
 the image (the context keeps that out of the core as long as it exceeds the receptive field
@@ -124,12 +134,84 @@ def feather_weights(length, band, ramp_start, ramp_end):
 
 
 def _run_model(model, vis, nir, keys=None):
-    outputs = model({"vis_lr": tf.constant(vis), "nir_lr": tf.constant(nir)}, training=False)
+    if isinstance(nir, list):  # the model after the CVM: [vis_lr, nir_l, disp_l, disp_r]
+        outputs = model([tf.constant(vis), *(tf.constant(x) for x in nir)], training=False)
+    else:
+        outputs = model({"vis_lr": tf.constant(vis), "nir_lr": tf.constant(nir)}, training=False)
     return {
         key: np.asarray(value, dtype=np.float32)
         for key, value in outputs.items()
         if keys is None or key in keys
     }
+
+
+def stereo_cvm(model):
+    """The model's CVM layer if it matches a stereo pair, else None (no CVM, or `aligned`)."""
+    try:
+        cvm = model.get_layer("cvm")
+    except ValueError:
+        return None
+    return None if cvm.geometry == "aligned" else cvm
+
+
+def default_frame_matching(model):
+    """Whether tiled inference runs the model's CVM on the whole frame by default: for a
+    stereo CVM that is not local (group norm)."""
+    cvm = stereo_cvm(model)
+    return cvm is not None and not cvm.is_local
+
+
+# The CVM outputs the rest of the model reads, in the order `after_matching_model` takes them.
+MATCHED_KEYS = ("nir_l", "disp_l", "disp_r")
+
+
+def after_matching_model(model):
+    """The part of `model` after its CVM, sharing its layers and weights.
+
+    Inputs (a list): vis_lr [B, h, w, 3] and the CVM's outputs nir_l, disp_l, disp_r
+    [B, h, w, 1]; outputs: the same dict as `model`. Built once per model (cached on it).
+    """
+    cached = getattr(model, "_cspsr_after_matching", None)
+    if cached is not None:
+        return cached
+    import keras
+
+    # The output layers named like the CVM outputs read exactly those tensors.
+    matched = [model.get_layer(key).input for key in MATCHED_KEYS]
+    runner = keras.Model([model.get_layer("vis_lr").output, *matched], model.output,
+                         name=f"{model.name}_after_matching")
+    model._cspsr_after_matching = runner
+    return runner
+
+
+def match_frame(cvm, vis, nir, flip=False):
+    """The CVM on a whole [h, w, C] frame (vertically flipped with `flip`, the result flipped
+    back): float32 [h, w, 3] of `MATCHED_KEYS`, in the frame's coordinates."""
+    def whole(frame):
+        scaled = (frame[::-1] if flip else frame).astype(np.float32)
+        if frame.dtype.kind == "u":
+            scaled /= np.iinfo(frame.dtype).max
+        return tf.constant(scaled[np.newaxis])
+
+    outputs = cvm((whole(vis), whole(nir)), training=False)
+    matched = np.concatenate([np.asarray(outputs[key], np.float32)[0] for key in MATCHED_KEYS], -1)
+    return matched[::-1] if flip else matched
+
+
+def frame_matching_bytes(model, height, width, self_ensemble=False):
+    """Estimated peak bytes of the whole-frame CVM pass of `iter_tiled_rows` and its kept maps.
+
+    The CVM's NCC cost volumes have max_disparity + 1 full-resolution candidates; measured
+    peak resident growth of one pass: 975-1010 bytes per LR pixel for the `small` preset (13
+    candidates, 256^2 and 512^2 frames), 1255 for `paper` (25). This fit lies a little above.
+    The maps kept for the tiles are 3 float32 per pixel (per pass with self-ensemble).
+    """
+    cvm = stereo_cvm(model)
+    if cvm is None:
+        return 0
+    candidates = 2 * int(math.ceil(cvm.max_disparity / 2.0)) + 1
+    pixels = int(height) * int(width)
+    return pixels * (750 + 25 * candidates) + pixels * 12 * (2 if self_ensemble else 1)
 
 
 def predict_whole(model, vis_lr, nir_lr):
@@ -275,6 +357,7 @@ def iter_tiled_rows(
     align=None,
     batch=1,
     self_ensemble=False,
+    frame_matching=None,
     stats=None,
 ):
     """Tiled inference that hands over the output one finished band of rows at a time.
@@ -292,8 +375,12 @@ def iter_tiled_rows(
         keys: model outputs to stitch (default: all); the others are dropped at once.
         self_ensemble: also run every tile vertically flipped and average the two (the
             flipped tile is aligned like the whole flipped frame, see `TilePlan`).
-        stats: optional dict, filled with "tiles", "forward_passes" and "model_seconds"
-            (wall time inside the model calls).
+        frame_matching: run the CVM once on the whole frame and the rest of the model on
+            tiles (default: `default_frame_matching`, True for a group-norm CVM; see the
+            module docstring).
+        stats: optional dict, filled with "tiles", "forward_passes", "model_seconds"
+            (wall time inside the model calls, the whole-frame CVM included) and
+            "frame_matching".
 
     Yields:
         (lr_start, lr_stop, {key: float32 [(lr_stop - lr_start) * factor, w * factor, C]}):
@@ -310,7 +397,13 @@ def iter_tiled_rows(
     if batch < 1:
         raise ValueError(f"batch must be >= 1. Received: batch={batch}")
     height, width = vis.shape[:2]
-    model_disparity, model_stride = model_geometry(model)
+    cvm = stereo_cvm(model)
+    if frame_matching is None:
+        frame_matching = default_frame_matching(model)
+    frame_matching = bool(frame_matching)
+    if frame_matching and cvm is None:
+        raise ValueError(f"frame_matching needs a model with a stereo CVM; {model.name!r} has none.")
+    model_disparity, model_stride = (0.0, 1) if frame_matching else model_geometry(model)
     plan = TilePlan(
         height, width, tile, overlap, context,
         model_disparity if max_disparity is None else float(max_disparity),
@@ -318,16 +411,35 @@ def iter_tiled_rows(
     )
     logging.info(
         "Tiled inference of a %dx%d LR frame: %d tiles of %dx%d, overlap %d, context %d "
-        "(+%d horizontally for disparity), alignment %d%s.",
+        "(+%d horizontally for disparity), alignment %d%s%s.",
         height, width, plan.num_tiles, plan.tile_h, plan.tile_w, overlap, plan.context_v,
         plan.context_h - plan.context_v, plan.align, ", self-ensemble" if self_ensemble else "",
+        ", CVM on the whole frame" if frame_matching else "",
     )
     stats = {} if stats is None else stats
-    stats.update(tiles=plan.num_tiles, forward_passes=0, model_seconds=0.0)
+    stats.update(tiles=plan.num_tiles, forward_passes=0, model_seconds=0.0,
+                 frame_matching=frame_matching)
     keys = None if keys is None else set(keys)
     bands, factors, weights = {}, {}, {}
     passes = (False, True) if self_ensemble else (False,)
     share = 1.0 / len(passes)
+    runner, matched = model, {}
+    if frame_matching:
+        runner = after_matching_model(model)
+        started = time.perf_counter()
+        matched = {flip: match_frame(cvm, vis, nir, flip) for flip in passes}
+        stats["model_seconds"] += time.perf_counter() - started
+
+    def nir_tiles(chunk, rows_of):
+        """The NIR input of the tiles of `chunk`: nir_lr, or crops of the matched maps."""
+        source = [(matched[flip] if frame_matching else nir) for _, flip, _ in chunk]
+        tiles = np.stack([
+            _tile_input(frame, rows_of(top), slice(plan.cols[c][2], plan.cols[c][3]), flip)
+            for frame, (c, flip, top) in zip(source, chunk, strict=True)
+        ])
+        if not frame_matching:
+            return tiles
+        return [tiles[..., i : i + 1] for i in range(len(MATCHED_KEYS))]
 
     for row_index, (y0, y1, cy0, cy1, fy0, fy1) in enumerate(plan.rows):
         # Forward passes of this row, grouped by input size so equal tiles share a batch.
@@ -344,13 +456,9 @@ def iter_tiled_rows(
                                 plan.cols[c][3]), flip)
                     for c, flip, top in chunk
                 ])
-                nir_tiles = np.stack([
-                    _tile_input(nir, slice(top, top + in_h), slice(plan.cols[c][2],
-                                plan.cols[c][3]), flip)
-                    for c, flip, top in chunk
-                ])
+                nir_inputs = nir_tiles(chunk, lambda top, in_h=in_h: slice(top, top + in_h))
                 started = time.perf_counter()
-                outputs = _run_model(model, vis_tiles, nir_tiles, keys)
+                outputs = _run_model(runner, vis_tiles, nir_inputs, keys)
                 stats["model_seconds"] += time.perf_counter() - started
                 stats["forward_passes"] += len(chunk)
                 for key, value in outputs.items():
@@ -406,6 +514,7 @@ def tiled_predict(
     batch=1,
     keys=None,
     self_ensemble=False,
+    frame_matching=None,
 ):
     """Runs `model` on overlapping tiles of an LR pair and stitches the outputs.
 
@@ -422,12 +531,14 @@ def tiled_predict(
         context: int, default 24: LR pixels of extra input on each side of a core, computed
             and discarded.
         max_disparity: float or None: extra horizontal context, in LR pixels, for the stereo
-            warp; None reads it from the model's CVM (0 without a CVM).
+            warp; None reads it from the model's CVM (0 without a CVM or with frame_matching).
         align: int or None: tile origins are moved outwards to multiples of this; None uses
-            the CVM's stride 2**depth (1 without a CVM).
+            the CVM's stride 2**depth (1 without a CVM or with frame_matching).
         batch: int, default 1: how many tiles of equal size go through the model together.
         keys: outputs to return (default: all); only these are held in memory.
         self_ensemble: average every tile with its vertically flipped pass.
+        frame_matching: CVM on the whole frame, the rest on tiles (default: True for a
+            group-norm CVM; see the module docstring).
 
     Returns:
         dict of float32 numpy arrays with the same keys and shapes as the model's outputs for
@@ -440,6 +551,7 @@ def tiled_predict(
     for start, stop, bands in iter_tiled_rows(
         model, vis_lr, nir_lr, scale, keys=keys, tile=tile, overlap=overlap, context=context,
         max_disparity=max_disparity, align=align, batch=batch, self_ensemble=self_ensemble,
+        frame_matching=frame_matching,
     ):
         for key, band in bands.items():
             if key not in stitched:

@@ -188,6 +188,19 @@ def test_memory_estimate_of_a_large_frame(saved_model):
         predict._check_memory_against(model, 8000, 8000, SCALE, None, 4 * gib, **kwargs)
 
 
+def test_memory_estimate_counts_the_whole_frame_cvm_of_a_group_norm_model():
+    """A group-norm CVM runs on the whole frame in tiled inference: memory grows with it."""
+    from cspsr_tf.configs import get_config
+    from cspsr_tf.model import build_cspsr
+
+    model = build_cspsr(get_config("tiny", scale=SCALE, cvm_normalization="group"))
+    kwargs = dict(overlap=8, self_ensemble=False, out_path="sr.png")
+    tiled = predict.memory_need(model, 8000, 8000, SCALE, tile=256, **kwargs)
+    frame_cvm = tiling.frame_matching_bytes(model, 8000, 8000)
+    assert frame_cvm > 8000 * 8000 * 750  # at least the measured ~1 KB per LR pixel
+    assert tiled > frame_cvm
+
+
 def test_cli_size_mismatch_exits_2(saved_model, pair, tmp_path):
     _, _, model_path = saved_model
     _, _, vis_path, _ = pair

@@ -71,13 +71,24 @@ def whole(dual_model, frame):
 
 
 @pytest.mark.parametrize(
-    "tile, overlap",
-    [(24, 6), ((20, 27), 5), (16, 0)],
-    ids=["24-overlap6", "20x27-overlap5", "16-no-overlap"],
+    "tile, overlap, frame_matching",
+    [(24, 6, None), ((20, 27), 5, None), (16, 0, None), (24, 6, True), ((20, 27), 5, True)],
+    ids=["24-overlap6", "20x27-overlap5", "16-no-overlap", "24-cvm-on-frame",
+         "20x27-cvm-on-frame"],
 )
-def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap):
+def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap, frame_matching):
     hr, lr, nir = frame
-    tiled = tiling.tiled_predict(dual_model, lr, nir, SCALE, tile=tile, overlap=overlap)
+    stats = {}
+    tiled = {}
+    for _start, _stop, bands in tiling.iter_tiled_rows(
+        dual_model, lr, nir, SCALE, tile=tile, overlap=overlap, frame_matching=frame_matching,
+        stats=stats,
+    ):
+        for key, band in bands.items():
+            tiled.setdefault(key, []).append(band)
+    tiled = {key: np.concatenate(bands)[np.newaxis] for key, bands in tiled.items()}
+    # The batch-norm CVM is local: per tile by default.
+    assert stats["frame_matching"] is (frame_matching is True)
 
     assert set(tiled) == set(whole)
     for key, value in whole.items():
@@ -95,12 +106,55 @@ def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap):
     # (measured: 68-73 dB, at most 3e-4 apart).
     assert _numpy_psnr(tiled["vis_sr"][0], whole["vis_sr"][0]) > 60
     np.testing.assert_allclose(tiled["vis_sr"], whole["vis_sr"], atol=2e-3)
-    # The CVM is local and the tiles are stride-aligned with disparity margins: the
-    # disparities and the warped NIR match the whole-frame ones to float round-off, which
-    # the NCC cost volume (variances as differences of means) and its sharp softmax amplify
-    # (measured: 4.3e-4 px on disparities of about 9 px).
+    # On the frame, the CVM's outputs are cropped from the whole-frame ones. Per tile (a
+    # local batch-norm CVM, stride-aligned tiles with disparity margins) they match to float
+    # round-off, which the NCC cost volume (variances as differences of means) and its sharp
+    # softmax amplify (measured: 4.3e-4 px on disparities of about 9 px).
     for key in ("disp_l", "disp_r", "nir_l"):
-        np.testing.assert_allclose(tiled[key], whole[key], atol=1e-3, err_msg=key)
+        atol = 1e-5 if frame_matching else 1e-3
+        np.testing.assert_allclose(tiled[key], whole[key], atol=atol, err_msg=key)
+
+
+def test_group_norm_cvm_needs_the_whole_frame_pass():
+    """A group-norm CVM normalises over the input it sees: per tile its disparities drift from
+    the whole frame's (a batch-norm CVM's do not); the whole-frame CVM pass reproduces them."""
+    # Larger than the fixture frame, so that a tile's input (core, context and disparity
+    # margin: 88 x 112 LR px) is smaller than the frame.
+    lr = data.astronaut()[100:292:2, 100:356:2].astype(np.float32) / 255
+    nir = np.roll(lr.mean(axis=-1, keepdims=True), -3, axis=1)
+    drift = {}
+    for normalization in ("batch", "group"):
+        keras.utils.set_random_seed(3)
+        model = build_cspsr(get_config("tiny", scale=SCALE, cvm_normalization=normalization))
+        _random_reconstruction(model)
+        # Non-zero heads, so the network's normalised features reach the disparities.
+        for layer in model.get_layer("cvm").heads:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([np.random.default_rng(4).normal(0, 0.05, kernel.shape).astype(
+                np.float32), bias])
+        whole = tiling.predict_whole(model, lr, nir)
+        assert tiling.default_frame_matching(model) is (normalization == "group")
+        framed = tiling.tiled_predict(model, lr, nir, SCALE, tile=40, overlap=6,
+                                      frame_matching=True)
+        per_tile = tiling.tiled_predict(model, lr, nir, SCALE, tile=40, overlap=6,
+                                        frame_matching=False)
+        np.testing.assert_allclose(framed["disp_l"], whole["disp_l"], atol=1e-5)
+        np.testing.assert_allclose(framed["vis_sr"], whole["vis_sr"], atol=2e-3)
+        drift[normalization] = np.abs(per_tile["disp_l"] - whole["disp_l"]).max()
+    assert drift["batch"] < 1e-3 and drift["group"] > 1e-2, drift
+
+
+def test_after_matching_model_shares_the_layers(dual_model, frame, whole):
+    _, lr, nir = frame
+    runner = tiling.after_matching_model(dual_model)
+    assert tiling.after_matching_model(dual_model) is runner  # built once
+    model_weights = {id(v) for v in dual_model.weights}
+    assert runner.weights and all(id(v) in model_weights for v in runner.weights)
+    assert not any(layer.name == "cvm" for layer in runner.layers)
+    matched = tiling.match_frame(dual_model.get_layer("cvm"), lr, nir)
+    outputs = runner([lr[np.newaxis], *(matched[np.newaxis, ..., i : i + 1] for i in range(3))])
+    for key, value in whole.items():
+        np.testing.assert_allclose(np.asarray(outputs[key]), value, atol=1e-6, err_msg=key)
 
 
 def test_tiled_self_ensemble_matches_whole_frame(dual_model, frame):
@@ -195,3 +249,6 @@ def test_bad_arguments(dual_model, frame):
         tiling.tiled_predict(dual_model, lr, nir[:-1], SCALE, tile=16)
     with pytest.raises(ValueError, match="not scale=4"):
         tiling.tiled_predict(dual_model, lr, nir, 4, tile=40, overlap=4)
+    baseline = build_cspsr(get_config("tiny", ablation="baseline", scale=SCALE))
+    with pytest.raises(ValueError, match="frame_matching needs a model with a stereo CVM"):
+        tiling.tiled_predict(baseline, lr, nir, SCALE, tile=16, frame_matching=True)

@@ -194,6 +194,14 @@ class CrossViewMatching(keras.layers.Layer):
                 )
             )
 
+    @property
+    def is_local(self):
+        """Whether an output pixel depends on a bounded neighbourhood of the input only.
+
+        Batch norm in inference is a fixed per-channel affine map; group norm normalises by
+        statistics of the whole input, so a crop of the input changes every output."""
+        return self.normalization != "group"
+
     def build(self, input_shape):
         vis_shape, nir_shape = input_shape[0], input_shape[1]
 

@@ -1,0 +1,142 @@
+"""Writes a copy of an `nirvis_folder` manual directory with its registered pairs re-registered.
+
+    .venv/bin/python -m datasets.nirvis_folder.register_folder \
+        --manual_dir=../shared/data/nirvis_samples --out_dir=runs/nirvis_registered
+
+Every `aligned` row gets its residual translation measured (`cspsr_tf.data.registration`:
+phase correlation of gradient magnitudes, as `../shared/data/nirvis_samples/SOURCE.md`
+checks them); where it is more than 0.5 px on an axis, both images are cropped to their
+overlap so that the whole-pixel part is gone (nothing is resampled; the residual is at most
+0.5 px). Stereo rows are copied: their shift is the disparity the CVM is for. A measured shift
+above --max_shift is taken for a failed estimate: the row is left out and named. Images are
+written as PNG (the decoded pixels of the source, so a JPEG's pixels are kept exactly) at the
+same relative paths with a `.png` suffix, so the `id`s stay the same. `pairs.csv` keeps the
+source's columns and adds `shift_y,shift_x` (measured), `crop_y,crop_x` (removed) and
+`residual_y,residual_x` (measured again after the crop; the measured shift where nothing was
+cropped), empty for stereo rows.
+
+The output folder is built beside --out_dir and renamed into place when complete, so a failed
+run leaves nothing half-written.
+"""
+
+import csv
+import io
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from absl import app, flags
+from etils import epath
+
+from cspsr_tf.cli import fail
+from cspsr_tf.data import registration
+from datasets import _common
+from datasets.nirvis_folder import nirvis_folder_dataset_builder as folder
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("manual_dir", None, "Folder with pairs.csv and the images it lists.")
+flags.DEFINE_string("out_dir", None, "Folder to write (must not exist, unless --overwrite).")
+flags.DEFINE_float("max_shift", 24.0, "Larger measured shifts (px, either axis) drop the row.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out_dir.")
+
+ADDED_COLUMNS = ("shift_y", "shift_x", "crop_y", "crop_x", "residual_y", "residual_x")
+
+
+def _png_path(cell):
+    return str(Path(cell.strip().replace("\\", "/")).with_suffix(".png"))
+
+
+def _write_png(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_common.encode_png(image))
+
+
+def register_folder(manual_dir, out_dir, max_shift=24.0, log=print):
+    """Writes the re-registered copy of `manual_dir` to `out_dir` (see the module docstring).
+
+    Returns:
+        {"rows": written rows, "cropped": [(id, (dy, dx))], "dropped": [(id, (dy, dx))]}.
+    """
+    manual_dir, out_dir = Path(manual_dir), Path(out_dir)
+    csv_path = manual_dir / folder.CSV_NAME
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} was not found.")
+    rows = folder.read_rows(epath.Path(csv_path))
+    if not rows:
+        raise ValueError(f"{csv_path} lists no pair.")
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        cells = [row for row in csv.DictReader(f) if (row.get("rgb") or "").strip()]
+    columns = [c.strip() for c in cells[0]] if cells else ["rgb", "nir"]
+    columns += [c for c in ADDED_COLUMNS if c not in columns]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    report = {"rows": 0, "cropped": [], "dropped": []}
+    try:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+        writer.writeheader()
+        for (key, rgb_path, nir_path, geometry), cell in zip(rows, cells, strict=True):
+            vis, nir = _common.read_pair(rgb_path, nir_path)
+            row = {k.strip(): v for k, v in cell.items()}
+            added = dict.fromkeys(ADDED_COLUMNS, "")  # not measured for stereo rows
+            if geometry == _common.ALIGNED:
+                shift = registration.estimate_shift(vis, nir)
+                if max(abs(s) for s in shift) > max_shift:
+                    report["dropped"].append((key, shift))
+                    log(f"dropped {key}: measured shift (dy, dx) = ({shift[0]:.2f}, {shift[1]:.2f}) "
+                        f"px is above --max_shift={max_shift}")
+                    continue
+                crop = registration.integer_shift(shift)
+                residual = shift
+                if crop != (0, 0):
+                    vis, nir = registration.crop_registered(vis, nir, shift)
+                    residual = registration.estimate_shift(vis, nir)
+                    report["cropped"].append((key, shift))
+                added = dict(
+                    shift_y=f"{shift[0]:.2f}", shift_x=f"{shift[1]:.2f}",
+                    crop_y=str(crop[0]), crop_x=str(crop[1]),
+                    residual_y=f"{residual[0]:.2f}", residual_x=f"{residual[1]:.2f}",
+                )
+            row.update(rgb=_png_path(row["rgb"]), nir=_png_path(row["nir"]), **added)
+            if "width" in row and "height" in row:
+                row.update(width=str(vis.shape[1]), height=str(vis.shape[0]))
+            _write_png(staging / row["rgb"], vis)
+            _write_png(staging / row["nir"], nir)
+            writer.writerow(row)
+            report["rows"] += 1
+        (staging / folder.CSV_NAME).write_text(buffer.getvalue(), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def main(argv):
+    program = "register_folder"
+    if len(argv) > 1:
+        fail(program, f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.manual_dir or not FLAGS.out_dir:
+        fail(program, "--manual_dir and --out_dir are required")
+    out_dir = Path(FLAGS.out_dir)
+    if out_dir.exists() and not FLAGS.overwrite:
+        fail(program, f"--out_dir {out_dir} exists; pass --overwrite to replace it")
+    if out_dir.resolve() == Path(FLAGS.manual_dir).resolve():
+        fail(program, "--out_dir must differ from --manual_dir")
+    try:
+        report = register_folder(FLAGS.manual_dir, out_dir, FLAGS.max_shift)
+    except (OSError, ValueError) as e:
+        fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    print(f"Wrote {report['rows']} pairs to {out_dir}: {len(report['cropped'])} re-registered, "
+          f"{len(report['dropped'])} dropped (see the shift_* / crop_* / residual_* columns of "
+          f"{out_dir / folder.CSV_NAME}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
