@@ -6,16 +6,26 @@
 The CVM of the `small` preset at x4 is trained alone (`--stage=cvm`, the first phase of every
 SR run, `cspsr_tf.training.pretrain_cvm`) on the training pairs of the shared samples: their
 registered pairs become stereo pairs with a known random piecewise-planar disparity
-(`cspsr_tf.data.stereo_synthesis`, up to --synthetic_max_disparity LR px), and the real stereo
+(`cspsr_tf.data.stereo_synthesis`, up to --synthetic_max_disparity LR px, default train.py's:
+the model's max_disparity), and the real stereo
 frames (no ground truth) contribute the label-free terms only. It is measured on
 
   warped   the held-out registered pairs (the test split of benchmarks/sample_split.py's rule,
-           by id), each moved into a virtual right camera by a fixed disparity field;
+           by id), each moved into a virtual right camera by a fixed disparity field of up
+           to --eval_max_disparity LR px (8);
   synthetic the `nirvis_synthetic` test split (scikit-image photos with a synthetic right
            view, and the Middlebury Motorcycle pair's real disparity);
 
 as end-point error (mean |d - d_gt| over valid pixels, LR pixels), the share of pixels off
-by more than 1 px and the bias (mean signed error d - d_gt). Rows:
+by more than 1 px and the bias (mean signed error d - d_gt); and on
+
+  real_stereo the held-out real stereo pairs with a disparity range measured by hand
+           (`REFERENCE_DISPARITY_HR`, from ../shared/data/nirvis_samples/SOURCE.md: the SANet
+           indoor pair, 40-52 HR px): median predicted disparity and share of pixels inside
+           the range widened by 1 LR px (no per-pixel ground truth; a rough check that a
+           matcher trained on warped registered pairs carries over to a real rig).
+
+Rows:
 
   constant      the best single disparity for all pixels (the median ground truth of the
                 evaluation set: an oracle no matcher should lose to)
@@ -47,6 +57,9 @@ from benchmarks.sample_split import define_splits  # noqa: E402
 from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
 
 NAME = "cvm_matching"
+# Disparity ranges (HR px) of real stereo pairs, measured by gradient cross-correlation on
+# horizontal bands (../shared/data/nirvis_samples/SOURCE.md, section 2).
+REFERENCE_DISPARITY_HR = {"sanet_own_rgbnir_stereo/lustrouselixir_SANet/Ours/01_target": (40.0, 52.0)}
 TARGET_EPE = 1.0
 PATH_FLAGS = ("out", "manual_dir", "work_dir")
 
@@ -62,7 +75,10 @@ flags.DEFINE_enum("cvm_normalization", None, list(CVM_NORMALIZATIONS),
 flags.DEFINE_enum("lr_schedule", None, ["constant", "cosine"],
                   "Learning-rate schedule of the trained rows (default: train.py's --cvm_lr_schedule).")
 flags.DEFINE_integer("patch_size", 192, "HR patch side (48 LR px at x4).")
-flags.DEFINE_float("synthetic_max_disparity", 8.0, "Largest synthetic disparity, LR px.")
+flags.DEFINE_float("synthetic_max_disparity", None,
+                   "Largest synthetic disparity of the trained rows, LR px (default: train.py's).")
+flags.DEFINE_float("eval_max_disparity", 8.0,
+                   "Largest disparity of the fixed fields that move the held-out pairs, LR px.")
 flags.DEFINE_list("rows", ["default", "label_free"], "Trained rows.")
 flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Shared samples folder (pairs.csv).")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Runs (git-ignored).")
@@ -82,7 +98,35 @@ def evaluation_sets(data_dir, manual_dir, scale, max_disparity_hr, max_frames):
     )
     synthetic = pipeline.make_eval_dataset(sources.load_split("nirvis_synthetic", "test", data_dir), scale=scale)
     sets = {"warped": list(warped.take(max_frames or -1)), "synthetic": list(synthetic.take(max_frames or -1))}
+    real = [frame for frame in pipeline.make_eval_dataset(held_out, scale=scale)
+            if _frame_id(frame) in REFERENCE_DISPARITY_HR]
+    if real:
+        sets["real_stereo"] = real
     return sets, splits
+
+
+def _frame_id(frame):
+    import numpy as np
+
+    value = np.asarray(frame[2]["id"]).reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def real_stereo_result(cvm, frames, scale):
+    """Median disparity (LR px) and share inside the reference range +- 1 LR px, per frame."""
+    import numpy as np
+
+    result = {"frames": []}
+    for frame in frames:
+        inputs = frame[0]
+        low, high = (v / scale for v in REFERENCE_DISPARITY_HR[_frame_id(frame)])
+        disparity = np.asarray(cvm((inputs["vis_lr"], inputs["nir_lr"]), training=False)["disp_l"])
+        inside = float(((disparity >= low - 1) & (disparity <= high + 1)).mean())
+        result["frames"].append({"id": _frame_id(frame), "median": float(np.median(disparity)),
+                                 "in_range": inside, "range_lr": [low, high]})
+    result["median"] = float(np.mean([f["median"] for f in result["frames"]]))
+    result["in_range"] = float(np.mean([f["in_range"] for f in result["frames"]]))
+    return result
 
 
 def constant_row(sets, scale):
@@ -93,6 +137,8 @@ def constant_row(sets, scale):
 
     row = {}
     for name, frames in sets.items():
+        if name == "real_stereo":
+            continue
         gts, valids = [], []
         for _, targets, _ in frames:
             if "disparity_hr" not in targets:
@@ -112,6 +158,9 @@ def measured_row(cvm, sets, scale):
 
     row = {}
     for name, frames in sets.items():
+        if name == "real_stereo":
+            row[name] = real_stereo_result(cvm, frames, scale)
+            continue
         result = measure_disparity(cvm, frames, scale)
         row[name] = {k: result[k] for k in ("epe", "bad1", "bias", "frame_epe", "pixels")}
     return row
@@ -147,13 +196,18 @@ def train_row(name, splits, data_dir, manual_dir):
 
 
 def print_rows(results, sets):
-    table = [
-        [name] + [bench_util.fmt(row[s]["epe"]) + " / " + bench_util.fmt(100 * row[s]["bad1"], 1) + "%"
-                  + ("" if row[s].get("bias") is None else " / " + f"{row[s]['bias']:+.2f}")
-                  for s in sets]
-        for name, row in results["rows"].items()
-    ]
-    bench_util.print_table(["row"] + [f"{s} EPE / >1px / bias" for s in sets], table)
+    def cell(row, s):
+        if s not in row:
+            return "-"
+        if s == "real_stereo":
+            return bench_util.fmt(row[s]["median"]) + " / " + bench_util.fmt(100 * row[s]["in_range"], 1) + "%"
+        return (bench_util.fmt(row[s]["epe"]) + " / " + bench_util.fmt(100 * row[s]["bad1"], 1) + "%"
+                + ("" if row[s].get("bias") is None else " / " + f"{row[s]['bias']:+.2f}"))
+
+    table = [[name] + [cell(row, s) for s in sets] for name, row in results["rows"].items()]
+    bench_util.print_table(
+        ["row"] + [f"{s} median / in range" if s == "real_stereo" else f"{s} EPE / >1px / bias"
+                   for s in sets], table)
 
 
 def main(argv):
@@ -170,7 +224,7 @@ def main(argv):
         raise app.UsageError(f"{FLAGS.manual_dir} has no pairs.csv: the shared samples are needed")
     bench_util.header(NAME, {k: FLAGS[k].value for k in ("preset", "scale", "steps", "batch_size", "patch_size")})
     data_dir = os.path.join(FLAGS.work_dir, "tfds")
-    max_hr = FLAGS.synthetic_max_disparity * FLAGS.scale
+    max_hr = FLAGS.eval_max_disparity * FLAGS.scale
     sets, splits = evaluation_sets(data_dir, FLAGS.manual_dir, FLAGS.scale, max_hr, FLAGS.max_frames)
     results = {"machine": bench_util.machine_info(), "split_rule": splits["rule"],
                "flags": {f.name: bench_util.rel(f.value) if f.name in PATH_FLAGS else f.value
@@ -179,6 +233,11 @@ def main(argv):
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
     if FLAGS.measure:
         from cspsr_tf import model_io
+
+        if "untrained" not in [item.partition("=")[0] for item in FLAGS.measure]:
+            keras.utils.set_random_seed(0)
+            untrained = build_cspsr(get_config(FLAGS.preset, **model_overrides())).get_layer("cvm")
+            results["rows"]["untrained"] = measured_row(untrained, sets, FLAGS.scale)
 
         for item in FLAGS.measure:
             name, _, path = item.partition("=")

@@ -64,7 +64,8 @@ def main(argv):
                    "--dataset=nirvis_synthetic", f"--data_dir={bench_util.rel(data_dir)}", f"--preset={preset}",
                    "--scale=4", "--patch_size=96", "--batch_size=8", "--learning_rate=5e-4",
                    "--lr_schedule=cosine", f"--steps={steps}", f"--cvm_steps={cvm_steps}",
-                   *(["--freeze_cvm", "--lambda_match=0"] if value == "freeze" else [f"--lambda_match={value}"]),
+                   *(["--freeze_cvm", "--lambda_match=0"] if value == "freeze"
+                     else ["--nofreeze_cvm", f"--lambda_match={value}"]),
                    *([f"--cvm_normalization={FLAGS.cvm_normalization}"] if FLAGS.cvm_normalization else []),
                    "--eval_every=0", f"--save_every={max(steps // 2, 1)}",
                    f"--model_dir={bench_util.rel(model_dir)}"]

@@ -76,7 +76,7 @@ def fail(program, message, details=""):
 
 
 def define_dataclass_flags(flags_module, fields, help_texts, defaults_none=False):
-    """One absl flag per dataclass field (bool, int, float, str, optional int or optional str)."""
+    """One absl flag per dataclass field (bool, int, float, str, optional int, float or str)."""
     for field in fields:
         default = None if defaults_none else field.default
         help_text = help_texts.get(field.name, field.name.replace("_", " "))
@@ -85,6 +85,8 @@ def define_dataclass_flags(flags_module, fields, help_texts, defaults_none=False
         kind = field.type
         if kind in (int | None, "int | None"):  # an optional integer, e.g. --cvm_patch_size
             kind = int
+        if kind in (float | None, "float | None"):  # e.g. --synthetic_max_disparity
+            kind = float
         if kind is bool:
             flags_module.DEFINE_bool(field.name, default, help_text)
         elif kind is int:

@@ -80,10 +80,14 @@ class TrainConfig:
     The CVM's alignment signal (`matching_losses`): an SR run of a model with a CVM first
     pre-trains the CVM for `cvm_steps` steps (a `--stage=cvm` run in `<model_dir>/cvm_pretrain`,
     resumable like any run, at `cvm_learning_rate`, with `cvm_patch_size` HR patches), then
-    trains the SR model from it, keeping `lambda_match` x the matching loss in the joint loss.
-    In the CVM stage, registered (`aligned`) pairs become stereo pairs with a known disparity
-    (random fields up to `synthetic_max_disparity` LR pixels, `data.stereo_synthesis`), whose
-    supervised term has weight `cvm_supervision`; in the SR stage they keep zero disparity.
+    trains the SR model from it with the CVM fixed (`freeze_cvm`, the default: as the paper's
+    separately trained stereo network; trained along, the SR loss pulled the CVM to zero
+    disparity on real stereo frames), or, with `freeze_cvm=False`, trains the CVM along with
+    `lambda_match` x the matching loss in the joint loss. In the CVM stage, registered
+    (`aligned`) pairs become stereo pairs with a known disparity (random fields up to
+    `synthetic_max_disparity` LR pixels, default the model's `max_disparity`,
+    `data.stereo_synthesis`), whose supervised term has weight `cvm_supervision`; in the SR
+    stage they keep zero disparity.
 
     Precision (`precision.py`): `precision` is the compute dtype of the model's body
     (`float32`, `bfloat16` or `float16`; variables, losses and the float32 islands stay
@@ -118,12 +122,12 @@ class TrainConfig:
     precision: str = "float32"
     jit_compile: bool = False
     cvm_init: str | None = None
-    freeze_cvm: bool = False
+    freeze_cvm: bool = True
     cvm_steps: int = 500
     cvm_learning_rate: float = 1e-3
     cvm_lr_schedule: str = "cosine"
     cvm_patch_size: int | None = None
-    synthetic_max_disparity: float = 8.0
+    synthetic_max_disparity: float | None = None
     lambda_match: float = 0.1
     cvm_smoothness: float = 0.01
     cvm_consistency: float = 0.01
@@ -170,6 +174,14 @@ def uses_loss_scaling(train):
     return train.precision == "float16" or train.mixed_precision
 
 
+def synthetic_disparity_bound(train, model):
+    """Largest synthetic disparity of the CVM stage, LR px: `synthetic_max_disparity`, or the
+    model's `max_disparity` (its whole search range) when None."""
+    if train.synthetic_max_disparity is None:
+        return float(model.max_disparity)
+    return float(train.synthetic_max_disparity)
+
+
 def validate_configs(train, model):
     """Raises ConfigError with one clear line for any bad combination."""
     _check_choice("dataset", train.dataset, sources.DATASETS)
@@ -194,8 +206,8 @@ def validate_configs(train, model):
         raise ConfigError("--max_minutes cannot be used with --strategy=multi_worker; use --steps")
     if train.stage == "cvm" and not model.use_cvm:
         raise ConfigError("--stage=cvm needs a model with a CVM (use_cvm=True)")
-    if (train.freeze_cvm or train.cvm_init) and not model.use_cvm:
-        raise ConfigError("--cvm_init / --freeze_cvm need a model with a CVM (use_cvm=True)")
+    if train.cvm_init and not model.use_cvm:  # (--freeze_cvm is moot without a CVM)
+        raise ConfigError("--cvm_init needs a model with a CVM (use_cvm=True)")
     if train.cvm_steps < 0:
         raise ConfigError(f"--cvm_steps must be >= 0, got {train.cvm_steps}")
     if train.cvm_learning_rate <= 0:
@@ -208,7 +220,7 @@ def validate_configs(train, model):
         )
     for name in ("synthetic_max_disparity", "lambda_match", "cvm_smoothness", "cvm_consistency",
                  "cvm_supervision"):
-        if getattr(train, name) < 0:
+        if getattr(train, name) is not None and getattr(train, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(train, name)}")
 
 
@@ -608,7 +620,7 @@ def select_stage(train, model_config, model, twin):
             )
 
         return cvm_losses, cvm.trainable_variables
-    if train.freeze_cvm:
+    if train.freeze_cvm and cvm is not None:
         cvm.trainable = False  # also runs its batch norms in inference mode
     match = cvm is not None and train.lambda_match > 0 and not train.freeze_cvm
 
@@ -701,7 +713,7 @@ def make_training_dataset(train, model_config, raw_train, start):
         vertical_flip=train.vertical_flip,
         degradation=None if train.degradation == "none" else train.degradation,
         synthetic_stereo_max_disparity=(
-            train.synthetic_max_disparity * model_config.scale if cvm_stage else None
+            synthetic_disparity_bound(train, model_config) * model_config.scale if cvm_stage else None
         ),
     ).with_options(options)
 

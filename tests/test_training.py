@@ -363,9 +363,29 @@ def test_optional_integer_fields_get_integer_flags():
         for name in ("DEFINE_bool", "DEFINE_integer", "DEFINE_float", "DEFINE_string")
     })
     define_dataclass_flags(module, training.train_config_fields(), {})
-    values(["train.py", "--cvm_patch_size=192", "--cvm_init=runs/x"])
+    values(["train.py", "--cvm_patch_size=192", "--cvm_init=runs/x", "--synthetic_max_disparity=6.5"])
     assert values.cvm_patch_size == 192 and values.cvm_init == "runs/x"
+    assert values.synthetic_max_disparity == 6.5  # float | None: a float flag
     with pytest.raises(absl_flags.IllegalFlagValueError):
         values(["train.py", "--cvm_patch_size=big"])
     train, model = training.build_configs(dict(cvm_patch_size=values.cvm_patch_size), {})
     training.validate_configs(train, model)
+
+
+def test_cvm_recipe_defaults_freeze_and_full_synthetic_range():
+    """The SR stage keeps the pre-trained CVM fixed by default, the synthetic disparities of the
+    CVM stage span the model's whole search range, and a model without a CVM trains with the
+    same defaults."""
+    from cspsr_tf import training
+
+    train, model = training.build_configs({}, dict(max_disparity=12.0))
+    assert train.freeze_cvm is True and train.synthetic_max_disparity is None
+    assert training.synthetic_disparity_bound(train, model) == 12.0
+    explicit = training.build_configs(dict(synthetic_max_disparity=5.0), {})[0]
+    assert training.synthetic_disparity_bound(explicit, model) == 5.0
+    baseline_train, baseline = training.build_configs(dict(ablation="baseline"), {})
+    training.validate_configs(baseline_train, baseline)  # freeze_cvm is moot without a CVM
+    with pytest.raises(training.ConfigError, match="--cvm_init needs a model with a CVM"):
+        training.validate_configs(*training.build_configs(dict(ablation="baseline", cvm_init="x"), {}))
+    with pytest.raises(training.ConfigError, match="synthetic_max_disparity"):
+        training.validate_configs(*training.build_configs(dict(synthetic_max_disparity=-1.0), {}))
