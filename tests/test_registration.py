@@ -74,3 +74,12 @@ def test_bad_inputs(scene):
         registration.crop_registered(scene, scene[:-1], (1, 1))
     with pytest.raises(ValueError, match="no overlap"):
         registration.crop_registered(scene[:10, :10], scene[:10, :10, 0], (0, 12))
+
+
+def test_local_spread_tells_a_translation_from_a_non_rigid_misalignment(scene):
+    rgb, nir, nir_full = _pair(scene, 0, 0)
+    assert registration.local_spread(rgb, nir) < 0.3  # registered: every quadrant agrees
+    # The right half of the NIR moved 6 px more than the left half (parallax, moving objects).
+    torn = nir.copy()
+    torn[:, 200:] = nir_full[40:440, 240 + 6 : 440 + 6]
+    assert registration.local_spread(rgb, torn) > 2.5

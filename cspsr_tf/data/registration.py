@@ -6,7 +6,10 @@ zero disparity on them learns to distrust the NIR. `estimate_shift` measures the
 the way SOURCE.md does (phase correlation of Hann-windowed gradient magnitudes, which is
 insensitive to the contrast differences between the two spectra; 1/20 px precision), and
 `crop_registered` removes its integer part by cropping both images to their overlap, so no
-pixel is resampled and the residual is at most 0.5 px per axis.
+pixel is resampled and the residual is at most 0.5 px per axis. A translation does not fix
+every pair: `local_spread` measures the shift in the four quadrants, and where they disagree
+(parallax, or clouds, leaves and water that moved between the exposures) the pair is not
+registered by any single shift.
 """
 
 import math
@@ -85,3 +88,18 @@ def crop_registered(rgb, nir, shift):
     rgb_cols = slice(max(0, dx), width + min(0, dx))
     nir_cols = slice(max(0, -dx), width - max(0, dx))
     return rgb[rgb_rows, rgb_cols], nir[nir_rows, nir_cols]
+
+
+def local_spread(rgb, nir):
+    """Largest distance (px, either axis) of a quadrant's shift from the quadrants' median.
+
+    Rough: a quadrant with little texture (sky, water) gives a noisy estimate, so a large
+    spread means "not shown to be registered" rather than "misregistered by that much".
+    """
+    height, width = np.shape(rgb)[:2]
+    shifts = np.array([
+        estimate_shift(rgb[rows, cols], nir[rows, cols])
+        for rows in (slice(0, height // 2), slice(height // 2, height))
+        for cols in (slice(0, width // 2), slice(width // 2, width))
+    ])
+    return float(np.abs(shifts - np.median(shifts, axis=0)).max())

@@ -13,7 +13,8 @@ written as PNG (the decoded pixels of the source, so a JPEG's pixels are kept ex
 same relative paths with a `.png` suffix, so the `id`s stay the same. `pairs.csv` keeps the
 source's columns and adds `shift_y,shift_x` (measured), `crop_y,crop_x` (removed) and
 `residual_y,residual_x` (measured again after the crop; the measured shift where nothing was
-cropped), empty for stereo rows.
+cropped), and `local_spread` (`registration.local_spread` after the crop: how far the four
+quadrants' shifts disagree; --max_local_spread drops the rows above it), empty for stereo rows.
 
 The output folder is built beside --out_dir and renamed into place when complete, so a failed
 run leaves nothing half-written.
@@ -39,9 +40,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("manual_dir", None, "Folder with pairs.csv and the images it lists.")
 flags.DEFINE_string("out_dir", None, "Folder to write (must not exist, unless --overwrite).")
 flags.DEFINE_float("max_shift", 24.0, "Larger measured shifts (px, either axis) drop the row.")
+flags.DEFINE_float("max_local_spread", None, "Drop aligned rows whose quadrant shifts disagree "
+                   "by more than this many px after the crop (default: keep every row).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out_dir.")
 
-ADDED_COLUMNS = ("shift_y", "shift_x", "crop_y", "crop_x", "residual_y", "residual_x")
+ADDED_COLUMNS = ("shift_y", "shift_x", "crop_y", "crop_x", "residual_y", "residual_x",
+                 "local_spread")
 
 
 def _png_path(cell):
@@ -53,7 +57,7 @@ def _write_png(path, image):
     path.write_bytes(_common.encode_png(image))
 
 
-def register_folder(manual_dir, out_dir, max_shift=24.0, log=print):
+def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, log=print):
     """Writes the re-registered copy of `manual_dir` to `out_dir` (see the module docstring).
 
     Returns:
@@ -94,8 +98,15 @@ def register_folder(manual_dir, out_dir, max_shift=24.0, log=print):
                 if crop != (0, 0):
                     vis, nir = registration.crop_registered(vis, nir, shift)
                     residual = registration.estimate_shift(vis, nir)
+                spread = registration.local_spread(vis, nir)
+                if max_local_spread is not None and spread > max_local_spread:
+                    report["dropped"].append((key, shift))
+                    log(f"dropped {key}: its quadrants' shifts disagree by {spread:.2f} px "
+                        f"(--max_local_spread={max_local_spread})")
+                    continue
+                if crop != (0, 0):
                     report["cropped"].append((key, shift))
-                added = dict(
+                added = dict(local_spread=f"{spread:.2f}",
                     shift_y=f"{shift[0]:.2f}", shift_x=f"{shift[1]:.2f}",
                     crop_y=str(crop[0]), crop_x=str(crop[1]),
                     residual_y=f"{residual[0]:.2f}", residual_x=f"{residual[1]:.2f}",
@@ -129,7 +140,7 @@ def main(argv):
     if out_dir.resolve() == Path(FLAGS.manual_dir).resolve():
         fail(program, "--out_dir must differ from --manual_dir")
     try:
-        report = register_folder(FLAGS.manual_dir, out_dir, FLAGS.max_shift)
+        report = register_folder(FLAGS.manual_dir, out_dir, FLAGS.max_shift, FLAGS.max_local_spread)
     except (OSError, ValueError) as e:
         fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
     print(f"Wrote {report['rows']} pairs to {out_dir}: {len(report['cropped'])} re-registered, "

@@ -79,6 +79,22 @@ def test_registers_the_shifted_pair_only(manual_dir, tmp_path):
     assert ids == [r[0] for r in folder.read_rows(epath.Path(manual_dir / "pairs.csv"))]
 
 
+def test_pairs_no_single_shift_registers_are_dropped_on_request(manual_dir, tmp_path):
+    # `fine` made non-rigid: its right half moved by 8 px more than its left half.
+    scene = data.astronaut()
+    nir = _fake_nir(scene)[100:400, 100:400].copy()
+    nir[:, 150:] = _fake_nir(scene)[100:400, 258:408]
+    _write(manual_dir / "a/fine_nir.png", nir)
+    kept = module.register_folder(manual_dir, tmp_path / "all", log=lambda _: None)
+    with open(tmp_path / "all" / "pairs.csv") as f:
+        spreads = {r["rgb"]: r["local_spread"] for r in csv.DictReader(f)}
+    assert float(spreads["a/fine_rgb.png"]) > 2 and float(spreads["a/shifted_rgb.png"]) < 1
+    assert spreads["b/stereo_rgb.png"] == "" and kept["rows"] == 3
+    report = module.register_folder(manual_dir, tmp_path / "strict", max_local_spread=1.0,
+                                    log=lambda _: None)
+    assert [k for k, _ in report["dropped"]] == ["a/fine_rgb"] and report["rows"] == 2
+
+
 def test_implausible_shift_drops_the_row(manual_dir, tmp_path):
     report = module.register_folder(manual_dir, tmp_path / "out", max_shift=3.0, log=lambda _: None)
     assert [k for k, _ in report["dropped"]] == ["a/shifted_rgb"] and report["rows"] == 2
