@@ -124,6 +124,8 @@ flags.DEFINE_string("preset", "small", "Model preset.")
 flags.DEFINE_integer("channels", None, "Override of the preset's channels (passed to train.py).")
 flags.DEFINE_integer("num_modules", None, "Override of the preset's num_modules (passed to train.py).")
 flags.DEFINE_string("manual_dir", str(SAMPLES_DIR), "Folder with pairs.csv (nirvis_folder).")
+flags.DEFINE_string("split_rule_dir", None, "Apply the split rule to this folder's ids (default: "
+                    "--manual_dir's), so a copy with rows left out keeps the test frames it has.")
 flags.DEFINE_string("work_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME),
                     "Training runs, evaluations and logs (runs/ is git-ignored).")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: <work_dir>/tfds).")
@@ -637,7 +639,7 @@ def main(argv):
     started = time.time()
 
     print(f"Preparing nirvis_folder in {bench_util.rel(data_dir)} and checking the split ...", flush=True)
-    split = define_splits(data_dir, manual_dir, max_frames)
+    split = define_splits(data_dir, manual_dir, max_frames, rule_dir=FLAGS.split_rule_dir)
     print(f"  train: {len(split['train_ids'])} pairs; test: {len(split['test_ids'])} pairs "
           f"({len(split['eval_ids'])} evaluated, {len(split['eval_splits'])} split strings)")
     for frame_id, near in split["checks"]["nearest_train_frame_by_thumbnail"].items():
@@ -661,6 +663,7 @@ def main(argv):
         "cvm_steps": cvm_steps, "learning_rate": FLAGS.learning_rate,
         "lr_schedule": FLAGS.lr_schedule, "max_frames": max_frames, "smoke": FLAGS.smoke,
         "work_dir": bench_util.rel(work_dir), "data_dir": bench_util.rel(data_dir), "manual_dir": bench_util.rel(manual_dir),
+        "split_rule_dir": FLAGS.split_rule_dir and bench_util.rel(FLAGS.split_rule_dir),
         "resume": FLAGS.resume,
     }
     previous = {}

@@ -97,15 +97,29 @@ def thumbnails(builder, split):
     return out
 
 
-def define_splits(data_dir, manual_dir, max_frames=None):
-    """The train / test split strings, their ids, and the checks; prepares the data."""
+def folder_ids(folder):
+    """The ids of the rows of `<folder>/pairs.csv` (as the nirvis_folder builder names them)."""
+    from etils import epath
+
+    from datasets.nirvis_folder import nirvis_folder_dataset_builder as builder_module
+
+    return [row[0] for row in builder_module.read_rows(epath.Path(folder) / "pairs.csv")]
+
+
+def define_splits(data_dir, manual_dir, max_frames=None, rule_dir=None):
+    """The train / test split strings, their ids, and the checks; prepares the data.
+
+    `rule_dir`: apply the rule to the ids of that folder's pairs.csv instead of `manual_dir`'s,
+    so that a cleaned copy of the samples (rows left out) keeps exactly the test frames it
+    still has, instead of renumbering the positions of the rule.
+    """
     from cspsr_tf.data import sources
 
     builder = sources.get_builder("nirvis_folder", data_dir, manual_dir)
     # Positions must be TFDS indices: a plain read of a split of several shard files
     # interleaves them, so its order is not `train[i]`'s.
     ids = read_ids(builder, "train", by_index=True)
-    expected_test = rule_test_ids(ids)
+    expected_test = rule_test_ids(folder_ids(rule_dir) if rule_dir else ids) & set(ids)
     test_pos = [i for i, frame_id in enumerate(ids) if frame_id in expected_test]
     train_pos = [i for i in range(len(ids)) if ids[i] not in expected_test]
     if not test_pos or not train_pos:
