@@ -37,12 +37,17 @@ from datasets import _common
 from datasets.nirvis_folder import nirvis_folder_dataset_builder as folder
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("manual_dir", None, "Folder with pairs.csv and the images it lists.")
-flags.DEFINE_string("out_dir", None, "Folder to write (must not exist, unless --overwrite).")
-flags.DEFINE_float("max_shift", 24.0, "Larger measured shifts (px, either axis) drop the row.")
-flags.DEFINE_float("max_local_spread", None, "Drop aligned rows whose quadrant shifts disagree "
-                   "by more than this many px after the crop (default: keep every row).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out_dir.")
+
+
+def define_flags():
+    """The CLI's flags (defined only when run as a program: the library functions below are
+    imported by tests beside other modules with flags of the same names)."""
+    flags.DEFINE_string("manual_dir", None, "Folder with pairs.csv and the images it lists.")
+    flags.DEFINE_string("out_dir", None, "Folder to write (must not exist, unless --overwrite).")
+    flags.DEFINE_float("max_shift", 24.0, "Larger measured shifts (px, either axis) drop the row.")
+    flags.DEFINE_float("max_local_spread", None, "Drop aligned rows whose quadrant shifts disagree "
+                       "by more than this many px after the crop (default: keep every row).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out_dir.")
 
 ADDED_COLUMNS = ("shift_y", "shift_x", "crop_y", "crop_x", "residual_y", "residual_x",
                  "local_spread")
@@ -150,4 +155,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))
