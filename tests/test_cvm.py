@@ -72,7 +72,9 @@ def test_without_batch_norm_training_and_inference_agree(normalization):
     in_training = layer((vis, nir), training=True)["disp_l"].numpy()
     np.testing.assert_allclose(in_training, layer((vis, nir), training=False)["disp_l"].numpy(), atol=1e-6)
     alone = layer((vis[:1], nir[:1]), training=True)["disp_l"].numpy()
-    np.testing.assert_allclose(alone, in_training[:1], atol=1e-5)
+    # A batch of 1 may take another convolution algorithm: float round-off (seen: 1.2e-5 px on
+    # 2.5 px), far below batch norm's batch dependence (> 1e-3 below).
+    np.testing.assert_allclose(alone, in_training[:1], atol=5e-5)
     batch = CrossViewMatching(base_channels=4, depth=2, max_disparity=6.0)
     batch((vis, nir))
     assert [w for w in batch.weights if "_bn" in w.path]
