@@ -25,10 +25,10 @@ Cross-view matching on the whole frame (default for a CVM with group norm, which
 a tile's statistics differ from the frame's): the CVM runs once on the whole LR pair, and the
 tiles go through the rest of the model (`after_matching_model`, the same layers) with crops of
 its outputs (warped NIR, disparities). The disparities are then exactly the whole-frame ones,
-and the tiles need neither the disparity margin nor the stride alignment below, but memory
+and the tiles need neither the disparity margin nor the stride alignment above, but memory
 grows with the frame (`frame_matching_bytes`: about 1 KB per LR pixel). A local CVM (`batch`
 norm, fixed in inference, or `none`) runs tile by tile by default, exact to float round-off,
-in memory bounded by the tile:
+in memory bounded by the tile.
 
 What tiling cannot reproduce exactly: (a) convolutions near a tile's cut see the cut, not
 the image (the context keeps that out of the core as long as it exceeds the receptive field
