@@ -5,8 +5,8 @@
 1. Prepares the embedded `nirvis_synthetic` dataset (no download, no manual step).
 2. Trains the `small` preset at x4: first the CVM alone for --cvm_steps with its matching
    loss (<out_dir>/run/cvm_pretrain), then the SR model, with that CVM fixed, for at most
-   --minutes with the project's training loop (checkpoints, TensorBoard logs and best/final .keras in
-   <out_dir>/run; running the demo again resumes and then only re-evaluates).
+   --minutes with the project's training loop (checkpoints, TensorBoard logs and best/final
+   .keras in <out_dir>/run; running the demo again resumes and then only re-evaluates).
 3. Evaluates the final model on the held-out `test` split beside bicubic, under both metric
    protocols, writing tables, SR images, disparity maps and comparison figures.
 4. Exports a SavedModel for serving and checks that it reproduces the Keras model.

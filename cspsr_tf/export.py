@@ -23,8 +23,6 @@ into the graph, so changing it means exporting again.
 
 import json
 import os
-import shutil
-import uuid
 
 import tensorflow as tf
 from absl import logging
@@ -233,7 +231,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         os.chmod(tmp_dir, 0o777 & ~_current_umask())
         tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
         _write_metadata(tmp_dir, module, config, scale, multiple)
-        _move_into_place(tmp_dir, out_dir, overwrite)
+        scratch_dirs.move_into_place(tmp_dir, out_dir, overwrite)
     logging.info("Exported SavedModel (x%d, %s) to %s", scale, sorted(module.signatures()), out_dir)
     return out_dir
 
@@ -299,25 +297,3 @@ def _write_metadata(saved_model_dir, module, config, scale, multiple):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
-
-
-def _move_into_place(tmp_dir, out_dir, overwrite):
-    if not os.path.lexists(out_dir):
-        os.rename(tmp_dir, out_dir)
-        return
-    check_target(out_dir, overwrite)  # it may have appeared during the save
-    parent, name = os.path.split(out_dir)
-    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp_dir, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    try:
-        if os.path.isdir(old) and not os.path.islink(old):
-            shutil.rmtree(old)
-        else:
-            os.remove(old)
-    except OSError as error:
-        logging.warning("Replaced %s but could not delete the old copy %s: %s", out_dir, old, error)

@@ -323,7 +323,7 @@ def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, ou
         return int(need)
     # A group-norm CVM runs once on the whole frame (`tiling.default_frame_matching`).
     frame_matching = tiling.default_frame_matching(model)
-    max_disparity, align = (0.0, 1) if frame_matching else tiling.model_geometry(model)
+    max_disparity, align = tiling.tile_geometry(model, frame_matching)
     plan = tiling.TilePlan(height, width, tile, overlap, tiling.DEFAULT_CONTEXT,
                            max_disparity, align)
     biggest = max(h * w for h, w in plan.input_shapes(self_ensemble))

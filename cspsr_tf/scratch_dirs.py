@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 
 from absl import logging
 
@@ -86,3 +87,32 @@ def remove_stale(parent, prefix, grace_seconds=GRACE_SECONDS):
         logging.info("Removed %s, left by an interrupted run", entry.path)
         removed.append(entry.path)
     return removed
+
+
+def move_into_place(tmp_dir, out_dir, overwrite):
+    """Renames the finished `tmp_dir` to `out_dir` (same parent).
+
+    With `overwrite`, an existing `out_dir` is moved aside, replaced, then deleted (and put
+    back if the rename fails), so `out_dir` is never missing or half-written. Without it, an
+    `out_dir` that appeared meanwhile raises FileExistsError.
+    """
+    if not os.path.lexists(out_dir):
+        os.rename(tmp_dir, out_dir)
+        return
+    if not overwrite:
+        raise FileExistsError(f"Target already exists (use overwrite to replace it): {out_dir}")
+    parent, name = os.path.split(out_dir)
+    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp_dir, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    try:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old)
+        else:
+            os.remove(old)
+    except OSError as error:
+        logging.warning("Replaced %s but could not delete the old copy %s: %s", out_dir, old, error)

@@ -188,14 +188,17 @@ def match_frame(cvm, vis, nir, flip=False):
     """The CVM on a whole [h, w, C] frame (vertically flipped with `flip`, the result flipped
     back): float32 [h, w, 3] of `MATCHED_KEYS`, in the frame's coordinates."""
     def whole(frame):
-        scaled = (frame[::-1] if flip else frame).astype(np.float32)
-        if frame.dtype.kind == "u":
-            scaled /= np.iinfo(frame.dtype).max
-        return tf.constant(scaled[np.newaxis])
+        return tf.constant(_tile_input(frame, slice(None), slice(None), flip)[np.newaxis])
 
     outputs = cvm((whole(vis), whole(nir)), training=False)
     matched = np.concatenate([np.asarray(outputs[key], np.float32)[0] for key in MATCHED_KEYS], -1)
     return matched[::-1] if flip else matched
+
+
+def tile_geometry(model, frame_matching):
+    """(max_disparity, align) the tiles of `model` need: none of either when its CVM runs on
+    the whole frame, else its CVM's (`model_geometry`)."""
+    return (0.0, 1) if frame_matching else model_geometry(model)
 
 
 def frame_matching_bytes(model, height, width, self_ensemble=False):
@@ -403,7 +406,7 @@ def iter_tiled_rows(
     frame_matching = bool(frame_matching)
     if frame_matching and cvm is None:
         raise ValueError(f"frame_matching needs a model with a stereo CVM; {model.name!r} has none.")
-    model_disparity, model_stride = (0.0, 1) if frame_matching else model_geometry(model)
+    model_disparity, model_stride = tile_geometry(model, frame_matching)
     plan = TilePlan(
         height, width, tile, overlap, context,
         model_disparity if max_disparity is None else float(max_disparity),

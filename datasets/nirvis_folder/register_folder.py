@@ -22,15 +22,13 @@ run leaves nothing half-written.
 
 import csv
 import io
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from absl import app, flags
 from etils import epath
 
+from cspsr_tf import scratch_dirs
 from cspsr_tf.cli import fail
 from cspsr_tf.data import registration
 from datasets import _common
@@ -62,8 +60,32 @@ def _write_png(path, image):
     path.write_bytes(_common.encode_png(image))
 
 
-def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, log=print):
-    """Writes the re-registered copy of `manual_dir` to `out_dir` (see the module docstring).
+def _register_pair(vis, nir, max_shift, max_local_spread):
+    """(vis, nir, columns, why dropped or None) of an aligned pair, cropped if it is off."""
+    shift = registration.estimate_shift(vis, nir)
+    columns = dict.fromkeys(ADDED_COLUMNS, "")
+    columns.update(shift_y=f"{shift[0]:.2f}", shift_x=f"{shift[1]:.2f}")
+    if max(abs(s) for s in shift) > max_shift:
+        return vis, nir, columns, (f"measured shift (dy, dx) = ({shift[0]:.2f}, {shift[1]:.2f}) "
+                                   f"px is above --max_shift={max_shift}")
+    crop = registration.integer_shift(shift)
+    residual = shift
+    if crop != (0, 0):
+        vis, nir = registration.crop_registered(vis, nir, shift)
+        residual = registration.estimate_shift(vis, nir)
+    spread = registration.local_spread(vis, nir)
+    columns.update(crop_y=str(crop[0]), crop_x=str(crop[1]), residual_y=f"{residual[0]:.2f}",
+                   residual_x=f"{residual[1]:.2f}", local_spread=f"{spread:.2f}")
+    if max_local_spread is not None and spread > max_local_spread:
+        return vis, nir, columns, (f"its quadrants' shifts disagree by {spread:.2f} px "
+                                   f"(--max_local_spread={max_local_spread})")
+    return vis, nir, columns, None
+
+
+def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, overwrite=False,
+                    log=print):
+    """Writes the re-registered copy of `manual_dir` to `out_dir` (see the module docstring);
+    an existing `out_dir` raises FileExistsError unless `overwrite`.
 
     Returns:
         {"rows": written rows, "cropped": [(id, (dy, dx))], "dropped": [(id, (dy, dx))]}.
@@ -80,42 +102,31 @@ def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, 
     columns = [c.strip() for c in cells[0]] if cells else ["rgb", "nir"]
     columns += [c for c in ADDED_COLUMNS if c not in columns]
 
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    prefix = f".{out_dir.name}.tmp-"
+    # Staging folders of earlier runs that were killed are removed; a live run's is locked.
+    scratch_dirs.remove_stale(str(out_dir.parent), prefix)
     report = {"rows": 0, "cropped": [], "dropped": []}
-    try:
+    with scratch_dirs.locked_scratch_dir(str(out_dir.parent), prefix) as scratch:
+        staging = Path(scratch)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, lineterminator="\n")
         writer.writeheader()
         for (key, rgb_path, nir_path, geometry), cell in zip(rows, cells, strict=True):
             vis, nir = _common.read_pair(rgb_path, nir_path)
-            row = {k.strip(): v for k, v in cell.items()}
             added = dict.fromkeys(ADDED_COLUMNS, "")  # not measured for stereo rows
             if geometry == _common.ALIGNED:
-                shift = registration.estimate_shift(vis, nir)
-                if max(abs(s) for s in shift) > max_shift:
+                vis, nir, added, dropped = _register_pair(vis, nir, max_shift, max_local_spread)
+                shift = (float(added["shift_y"]), float(added["shift_x"]))
+                if dropped:
                     report["dropped"].append((key, shift))
-                    log(f"dropped {key}: measured shift (dy, dx) = ({shift[0]:.2f}, {shift[1]:.2f}) "
-                        f"px is above --max_shift={max_shift}")
+                    log(f"dropped {key}: {dropped}")
                     continue
-                crop = registration.integer_shift(shift)
-                residual = shift
-                if crop != (0, 0):
-                    vis, nir = registration.crop_registered(vis, nir, shift)
-                    residual = registration.estimate_shift(vis, nir)
-                spread = registration.local_spread(vis, nir)
-                if max_local_spread is not None and spread > max_local_spread:
-                    report["dropped"].append((key, shift))
-                    log(f"dropped {key}: its quadrants' shifts disagree by {spread:.2f} px "
-                        f"(--max_local_spread={max_local_spread})")
-                    continue
-                if crop != (0, 0):
+                if (added["crop_y"], added["crop_x"]) != ("0", "0"):
                     report["cropped"].append((key, shift))
-                added = dict(local_spread=f"{spread:.2f}",
-                    shift_y=f"{shift[0]:.2f}", shift_x=f"{shift[1]:.2f}",
-                    crop_y=str(crop[0]), crop_x=str(crop[1]),
-                    residual_y=f"{residual[0]:.2f}", residual_x=f"{residual[1]:.2f}",
-                )
+            row = {k.strip(): v for k, v in cell.items()}
             row.update(rgb=_png_path(row["rgb"]), nir=_png_path(row["nir"]), **added)
             if "width" in row and "height" in row:
                 row.update(width=str(vis.shape[1]), height=str(vis.shape[0]))
@@ -124,12 +135,7 @@ def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, 
             writer.writerow(row)
             report["rows"] += 1
         (staging / folder.CSV_NAME).write_text(buffer.getvalue(), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        scratch_dirs.move_into_place(scratch, str(out_dir), overwrite)
     return report
 
 
@@ -145,7 +151,8 @@ def main(argv):
     if out_dir.resolve() == Path(FLAGS.manual_dir).resolve():
         fail(program, "--out_dir must differ from --manual_dir")
     try:
-        report = register_folder(FLAGS.manual_dir, out_dir, FLAGS.max_shift, FLAGS.max_local_spread)
+        report = register_folder(FLAGS.manual_dir, out_dir, FLAGS.max_shift, FLAGS.max_local_spread,
+                                 overwrite=FLAGS.overwrite)
     except (OSError, ValueError) as e:
         fail(program, str(e).splitlines()[0] if str(e) else type(e).__name__)
     print(f"Wrote {report['rows']} pairs to {out_dir}: {len(report['cropped'])} re-registered, "
