@@ -65,7 +65,7 @@ TRAIN_HELP = {
     "cvm_steps": "Pre-train the CVM for this many steps (in <model_dir>/cvm_pretrain) before the SR stage of a model with a CVM; 0: none.",
     "cvm_learning_rate": "Adam learning rate of the CVM pre-training.",
     "cvm_lr_schedule": "Learning-rate schedule of the CVM pre-training: constant or cosine (decays to 1% over --cvm_steps).",
-    "cvm_patch_size": "HR patch side of the CVM pre-training (default: --patch_size).",
+    "cvm_patch_size": "HR patch side of the CVM pre-training (default: the largest multiple of --scale up to 192 that every training frame holds, at least --patch_size).",
     "synthetic_max_disparity": "CVM pre-training: registered pairs become stereo pairs with random disparities up to this many LR pixels (default: the model's max_disparity).",
     "lambda_match": "With --nofreeze_cvm: weight of the CVM matching loss in the joint SR loss (0: Eq. 3 alone).",
     "cvm_smoothness": "Weight of the edge-aware smoothness term of the matching loss.",

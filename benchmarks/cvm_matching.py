@@ -179,7 +179,8 @@ def train_row(name, splits, data_dir, manual_dir):
     overrides = dict(
         dataset="nirvis_folder", data_dir=data_dir, manual_dir=manual_dir,
         train_split=splits["train_split"], preset=FLAGS.preset, stage="cvm", steps=FLAGS.steps,
-        batch_size=FLAGS.batch_size, patch_size=FLAGS.patch_size, eval_every=0,
+        batch_size=FLAGS.batch_size, patch_size=FLAGS.patch_size, cvm_patch_size=FLAGS.patch_size,
+        eval_every=0,
         learning_rate=training.TrainConfig.cvm_learning_rate,
         lr_schedule=FLAGS.lr_schedule or training.TrainConfig.cvm_lr_schedule,
         synthetic_max_disparity=FLAGS.synthetic_max_disparity,

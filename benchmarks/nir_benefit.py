@@ -132,7 +132,7 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: <work_dir>/tfds).
 flags.DEFINE_integer("steps", 2000, "SR training steps of every row.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps of rows with a CVM (train.py --cvm_steps).")
 flags.DEFINE_integer("cvm_patch_size", None, "HR patch side of the CVM pre-training (train.py "
-                     "--cvm_patch_size; default: train.py's, the SR patch size).")
+                     "--cvm_patch_size; default: train.py's, the largest the frames allow up to 192).")
 flags.DEFINE_enum("cvm_normalization", None, list(CVM_NORMALIZATIONS),
                   "CVM normalisation of rows with a CVM (train.py --cvm_normalization; default: train.py's).")
 flags.DEFINE_integer("batch_size", 16, "Training batch size.")
@@ -430,9 +430,9 @@ def row_settings(ctx, name):
         "batch_size": ctx["batch"], "patch_size": ctx["patch"], "scale": SCALE,
         "learning_rate": FLAGS.learning_rate, "lr_schedule": FLAGS.lr_schedule,
         "train_split": ctx["split"]["train_split"], "eval_splits": ctx["split"]["eval_splits"],
-        # Only when set, so that rows measured before the flag existed still match on --resume.
-        **({"cvm_patch_size": FLAGS.cvm_patch_size}
-           if FLAGS.cvm_patch_size and ablation in USES_CVM else {}),
+        # Rows measured before train.py chose the CVM patch itself (it was the SR patch) have
+        # no such key, so --resume re-trains them.
+        **({"cvm_patch_size": FLAGS.cvm_patch_size or "auto"} if ablation in USES_CVM else {}),
         **({"cvm_normalization": FLAGS.cvm_normalization}
            if FLAGS.cvm_normalization and ablation in USES_CVM else {}),
     }

@@ -59,9 +59,8 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
             val_frames=2,
             model_dir=model_dir,
             cvm_steps=cvm_steps,
-            # 28 LR px wide (the smallest training frame is 115 px high) rather than 24: the
-            # wider the patch, the more pixels have their match inside it (disparities <= 12).
-            cvm_patch_size=112,
+            # cvm_patch_size left to its default: 112 HR px here (the smallest training frame
+            # is 115 px high), the largest these frames allow; wider patches match better.
         ),
         dict(scale=scale),
     )

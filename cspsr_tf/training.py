@@ -79,7 +79,9 @@ class TrainConfig:
 
     The CVM's alignment signal (`matching_losses`): an SR run of a model with a CVM first
     pre-trains the CVM for `cvm_steps` steps (a `--stage=cvm` run in `<model_dir>/cvm_pretrain`,
-    resumable like any run, at `cvm_learning_rate`, with `cvm_patch_size` HR patches), then
+    resumable like any run, at `cvm_learning_rate`, with `cvm_patch_size` HR patches; None:
+    the largest multiple of the scale up to `CVM_PATCH_SIZE_CAP` that every training frame
+    holds, and at least `patch_size`, `auto_cvm_patch_size`), then
     trains the SR model from it with the CVM fixed (`freeze_cvm`, the default: as the paper's
     separately trained stereo network; trained along, the SR loss pulled the CVM to zero
     disparity on real stereo frames), or, with `freeze_cvm=False`, trains the CVM along with
@@ -474,6 +476,8 @@ def run_training(train, model_config, strategy=None):
     """
     train = resolve_precision(train)
     validate_configs(train, model_config)
+    if train.stage == "cvm":  # recorded in model_dir resolved, so a resume compares the size
+        train = with_cvm_patch_size(train, model_config)
     strategy = strategy or make_strategy(train.strategy)
     chief = is_chief(strategy)
     check_model_dir(train, model_config)
@@ -499,6 +503,32 @@ def run_training(train, model_config, strategy=None):
 
 
 CVM_PRETRAIN_SUBDIR = "cvm_pretrain"
+# The CVM pre-training's patch when the frames allow it: on 192 px HR patches (48 LR px at x4)
+# the CVM matched far better than on 96 px ones (warped EPE 0.97 vs 1.33 LR px, SANet pair
+# 9.95 vs 6.06 of 10-13 px; benchmarks/results/cvm_matching_real_stereo_patch192.json):
+# a small patch holds few large disparities that stay inside it.
+CVM_PATCH_SIZE_CAP = 192
+
+
+def auto_cvm_patch_size(patch_size, scale, smallest_frame_side):
+    """The default CVM patch: the largest multiple of `scale` <= CVM_PATCH_SIZE_CAP that fits
+    a frame of side `smallest_frame_side`, but never below the SR `patch_size` (frames smaller
+    than that stop the SR stage anyway, with an error naming the frame)."""
+    fits = min(CVM_PATCH_SIZE_CAP, smallest_frame_side) // scale * scale
+    return max(patch_size, fits)
+
+
+def with_cvm_patch_size(train, model_config):
+    """`train` with `cvm_patch_size` set: as given, or `auto_cvm_patch_size` of the training
+    split (read from the image headers)."""
+    if train.cvm_patch_size is not None:
+        return train
+    smallest = sources.smallest_frame_side(train.dataset, train.train_split, train.data_dir,
+                                           train.manual_dir)
+    size = auto_cvm_patch_size(train.patch_size, model_config.scale, smallest)
+    logging.info("CVM patch: %d HR px (smallest training frame side %d px, cap %d)",
+                 size, smallest, CVM_PATCH_SIZE_CAP)
+    return dataclasses.replace(train, cvm_patch_size=size)
 
 
 def cvm_pretraining_config(train):
@@ -706,7 +736,7 @@ def make_training_dataset(train, model_config, raw_train, start):
     return pipeline.make_training_dataset(
         raw_train,
         scale=model_config.scale,
-        hr_patch_size=(train.cvm_patch_size or train.patch_size) if cvm_stage else train.patch_size,
+        hr_patch_size=train.cvm_patch_size if cvm_stage else train.patch_size,
         batch_size=train.batch_size,
         seed=_data_seed(train.seed, start),
         random_downscale=(0.5, 1.0) if train.random_downscale else None,

@@ -219,7 +219,8 @@ def test_multi_worker_two_processes_agree(synthetic_data_dir, tmp_path):
 def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
     common = [*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0", "--save_every=2"]
     cvm_dir = tmp_path / "cvm_stage"
-    result = run_train([*common, "--stage=cvm", "--steps=2", f"--model_dir={cvm_dir}"])
+    result = run_train([*common, "--stage=cvm", "--steps=2", "--cvm_patch_size=32",
+                        f"--model_dir={cvm_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     losses = summary_of(result.stderr)["losses"]
     assert set(losses) == {"total", "photometric", "smoothness", "consistency", "supervised"}
@@ -254,6 +255,16 @@ def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(synthetic_data_dir
     summary = summary_of(result.stderr)
     assert summary["step"] == 2 and summary["cvm_pretraining"]["step"] == 3
     assert (run / "cvm_pretrain" / "cvm" / "cvm.index").exists()
+    # No --cvm_patch_size: the pre-training used the largest multiple of the scale (2) that
+    # every training frame holds (below the 192 px cap here), recorded resolved.
+    from cspsr_tf.data import sources
+
+    frames = sources.load_split("nirvis_synthetic", "train", synthetic_data_dir)
+    smallest = min(min(ex[key].shape[:2]) for ex in frames for key in ("vis", "nir"))
+    assert smallest < 192
+    recorded = json.loads((run / "cvm_pretrain" / "config.json").read_text())["train"]
+    assert recorded["cvm_patch_size"] == smallest // 2 * 2
+    assert json.loads((run / "config.json").read_text())["train"]["cvm_patch_size"] is None
     from cspsr_tf import model_io
 
     pre, _ = model_io.load_model(str(run / "cvm_pretrain" / "final.keras"))

@@ -164,9 +164,10 @@ def _is_prepared(builder):
     )
 
 
-def load_split(name, split, data_dir=None, manual_dir=None):
+def load_split(name, split, data_dir=None, manual_dir=None, decoders=None):
     """A `tf.data.Dataset` of example dicts (`vis`, `nir`, `geometry`, `id`, ...).
 
+    `decoders` goes to `builder.as_dataset` (e.g. `tfds.decode.SkipDecoding()` per feature).
     Raises DataError naming the dataset and split when the split is unknown or empty.
     """
     builder = get_builder(name, data_dir, manual_dir)
@@ -178,7 +179,50 @@ def load_split(name, split, data_dir=None, manual_dir=None):
         )
     if splits[base_split].num_examples == 0:
         raise DataError(f"Split {split!r} of dataset {name!r} is empty")
-    return builder.as_dataset(split=split, shuffle_files=False)
+    return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+
+
+def encoded_image_size(encoded):
+    """(height, width) int32 of an encoded image, read from the PNG or JPEG header.
+
+    Other formats are decoded. Lets a scan of a split's frame sizes skip the decoding.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    magic = tf.strings.substr(encoded, 0, 8)
+
+    def png():  # IHDR: big-endian width then height at bytes 16-23 (each < 2**31 by the spec)
+        width_height = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.int32,
+                                        little_endian=False)
+        return tf.reverse(width_height, [0])
+
+    def jpeg():
+        return tf.image.extract_jpeg_shape(encoded)[:2]
+
+    def other():
+        return tf.shape(tf.io.decode_image(encoded, expand_animations=False))[:2]
+
+    return tf.case(
+        [(tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+         (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg)],
+        default=other,
+    )
+
+
+def smallest_frame_side(name, split, data_dir=None, manual_dir=None):
+    """The smallest height or width of the `vis` and `nir` images of a split.
+
+    Reads image headers only (no decoding), so it is cheap even for large splits.
+    """
+    import tensorflow_datasets as tfds
+
+    skip = tfds.decode.SkipDecoding()
+    ds = load_split(name, split, data_dir, manual_dir, decoders={"vis": skip, "nir": skip})
+    sides = ds.map(
+        lambda example: tf.minimum(tf.reduce_min(encoded_image_size(example["vis"])),
+                                   tf.reduce_min(encoded_image_size(example["nir"]))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return int(sides.reduce(tf.constant(2**31 - 1, tf.int32), tf.minimum))
 
 
 def count_examples(dataset):
