@@ -356,6 +356,25 @@ def test_configs_saved_before_the_cvm_options_keep_their_behaviour():
     assert differences == ["cvm_lr_schedule: 'constant' -> 'cosine'"]
 
 
+def test_cvm_stage_recorded_before_the_auto_patch_compares_as_its_sr_patch():
+    # A --stage=cvm run recorded cvm_patch_size=None when None meant "the SR patch"; now the
+    # stage records the size it resolved, so the old record reads as that patch size.
+    from cspsr_tf import training
+
+    train, model = training.build_configs(dict(stage="cvm", patch_size=96), {})
+    old = {"train": {**train.to_dict(), "cvm_patch_size": None}, "model": model.to_dict()}
+
+    def differences(size):
+        new = {"train": {**train.to_dict(), "cvm_patch_size": size}, "model": model.to_dict()}
+        return training._config_differences(old, new)
+
+    assert differences(96) == []
+    assert differences(192) == ["cvm_patch_size: 96 -> 192"]
+    sr_old = {"train": {**old["train"], "stage": "sr"}, "model": model.to_dict()}
+    sr_new = {"train": {**train.to_dict(), "stage": "sr"}, "model": model.to_dict()}
+    assert training._config_differences(sr_old, sr_new) == []  # an SR run keeps None
+
+
 def test_optional_integer_fields_get_integer_flags():
     # --cvm_patch_size (int | None) used to be a string flag: "--cvm_patch_size=192" then
     # failed in validate_configs with a TypeError.
