@@ -15,6 +15,7 @@ recorded for the same folders (checked; the script stops otherwise).
 
 import json
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,35 +69,39 @@ def recorded_psnrs(results_paths):
     return recorded, split
 
 
-def evaluate_at(folder, step, split, condition):
-    """{frame id: (group, standard PSNR)} of the folder's model with the weights of ckpt-<step>."""
+def evaluate_steps(folder, steps, split, condition):
+    """{step: {frame id: (group, standard PSNR)}}: the folder's model (loaded once) with the
+    weights of each `ckpt-<step>`."""
     import tensorflow as tf
 
     from cspsr_tf import evaluation, model_io
     from cspsr_tf.data import pipeline, sources
 
     model, config = model_io.load_model(os.path.join(folder, "final.keras"))
-    tf.train.Checkpoint(model_weights=model_io.weights_by_path(model)).read(
-        os.path.join(folder, "checkpoints", f"ckpt-{step}")).expect_partial().assert_existing_objects_matched()
-    frames = {}
-    for split_string in split["eval_splits"]:
-        raw = sources.load_split("nirvis_folder", split_string, FLAGS.data_dir, FLAGS.manual_dir)
-        ds = pipeline.make_eval_dataset(raw, scale=config.scale, degradation=DEGRADATION[condition])
-        results = evaluation.evaluate_dataset(model, config, ds, scale=config.scale, save_images=False)
-        for frame in results["frames"]:
-            frames[frame["id"]] = (frame["group"], frame["model"]["standard"]["psnr"])
-    return frames
-
-
-def mean(values):
-    values = list(values)
-    return sum(values) / len(values)
+    # Evaluation datasets are deterministic (degradation seeds by frame position): built once.
+    datasets = [pipeline.make_eval_dataset(
+        sources.load_split("nirvis_folder", split_string, FLAGS.data_dir, FLAGS.manual_dir),
+        scale=config.scale, degradation=DEGRADATION[condition]) for split_string in split["eval_splits"]]
+    checkpoint = tf.train.Checkpoint(model_weights=model_io.weights_by_path(model))
+    by_step = {}
+    for step in steps:
+        checkpoint.read(os.path.join(folder, "checkpoints", f"ckpt-{step}")
+                        ).expect_partial().assert_existing_objects_matched()
+        frames = {}
+        for ds in datasets:
+            results = evaluation.evaluate_dataset(model, config, ds, scale=config.scale, save_images=False)
+            frames.update({f["id"]: (f["group"], f["model"]["standard"]["psnr"]) for f in results["frames"]})
+        print(f"step {step} {folder}: {statistics.fmean(p for _, p in frames.values()):.3f} dB", flush=True)
+        by_step[step] = frames
+    return by_step
 
 
 def gain(psnrs, selected):
-    """Mean PSNR of the NIR rows and of the VIS rows (means over seeds) on the frames `selected`."""
+    """Mean PSNR of the NIR rows and of the VIS rows (means over seeds) on the frames `selected`;
+    `psnrs`: {folder: {frame id: (group, PSNR)}}."""
     def rows_mean(rows):
-        return mean(mean(psnrs[os.path.normpath(f)][i][1] for i in selected) for f in rows)
+        return statistics.fmean(
+            statistics.fmean(psnrs[os.path.normpath(f)][i][1] for i in selected) for f in rows)
 
     nir, vis = rows_mean(FLAGS.nir_rows), rows_mean(FLAGS.vis_rows)
     return {"nir": round(nir, 4), "vis": round(vis, 4), "gain_db": round(nir - vis, 4),
@@ -115,21 +120,20 @@ def main(argv):
     if not steps:
         raise app.UsageError("the folders hold no checkpoint step in common")
     recorded, split = recorded_psnrs(FLAGS.results)
+    by_folder = {}
+    for folder in folders:
+        by_folder[folder] = evaluate_steps(folder, steps, split, FLAGS.condition)
+        want = recorded.get(bench_util.rel(folder))
+        if want:
+            last = by_folder[folder][steps[-1]]
+            worst = max(abs(last[i][1] - want[i]) for i in want)
+            if worst > 0.01:
+                raise SystemExit(f"{folder} at step {steps[-1]}: {worst:.3f} dB off the recorded PSNRs")
     per_step = {}
     for step in steps:
-        psnrs = {}
-        for folder in folders:
-            frames = evaluate_at(folder, step, split, FLAGS.condition)
-            psnrs[folder] = frames
-            print(f"step {step} {folder}: {mean(p for _, p in frames.values()):.3f} dB", flush=True)
-            if step == steps[-1] and bench_util.rel(folder) in recorded:
-                want = recorded[bench_util.rel(folder)]
-                worst = max(abs(frames[i][1] - want[i]) for i in want)
-                if worst > 0.01:
-                    raise SystemExit(f"{folder} at step {step}: {worst:.3f} dB off the recorded PSNRs")
+        psnrs = {folder: by_folder[folder][step] for folder in folders}
         ids = sorted(psnrs[folders[0]])
         groups = sorted({psnrs[folders[0]][i][0] for i in ids})
-
         per_step[step] = {"all": gain(psnrs, ids), "groups": {
             g: gain(psnrs, [i for i in ids if psnrs[folders[0]][i][0] == g]) for g in groups}}
         print(f"step {step}: gain {per_step[step]['all']['gain_db']:+.3f} dB "

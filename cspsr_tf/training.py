@@ -279,7 +279,7 @@ def _config_differences(old, new):
                 "precision", "float16" if old_section["mixed_precision"] else "float32"
             )
         if section == "train" and old_section.get("stage") == "cvm" and \
-                old_section.get("cvm_patch_size", 0) is None:
+                old_section.get("cvm_patch_size") is None:
             # Recorded before the CVM stage resolved its patch: None meant the SR patch.
             old_section["cvm_patch_size"] = old_section.get("patch_size")
         for key, value in new[section].items():

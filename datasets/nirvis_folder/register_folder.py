@@ -61,13 +61,15 @@ def _write_png(path, image):
 
 
 def _register_pair(vis, nir, max_shift, max_local_spread):
-    """(vis, nir, columns, why dropped or None) of an aligned pair, cropped if it is off."""
+    """(vis, nir, shift, crop, columns, why dropped or None) of an aligned pair, cropped by
+    `crop` (whole px; (0, 0) when it is not off) after its measured `shift` (dy, dx)."""
     shift = registration.estimate_shift(vis, nir)
     columns = dict.fromkeys(ADDED_COLUMNS, "")
     columns.update(shift_y=f"{shift[0]:.2f}", shift_x=f"{shift[1]:.2f}")
     if max(abs(s) for s in shift) > max_shift:
-        return vis, nir, columns, (f"measured shift (dy, dx) = ({shift[0]:.2f}, {shift[1]:.2f}) "
-                                   f"px is above --max_shift={max_shift}")
+        return vis, nir, shift, (0, 0), columns, (
+            f"measured shift (dy, dx) = ({shift[0]:.2f}, {shift[1]:.2f}) px is above "
+            f"--max_shift={max_shift}")
     crop = registration.integer_shift(shift)
     residual = shift
     if crop != (0, 0):
@@ -77,9 +79,9 @@ def _register_pair(vis, nir, max_shift, max_local_spread):
     columns.update(crop_y=str(crop[0]), crop_x=str(crop[1]), residual_y=f"{residual[0]:.2f}",
                    residual_x=f"{residual[1]:.2f}", local_spread=f"{spread:.2f}")
     if max_local_spread is not None and spread > max_local_spread:
-        return vis, nir, columns, (f"its quadrants' shifts disagree by {spread:.2f} px "
-                                   f"(--max_local_spread={max_local_spread})")
-    return vis, nir, columns, None
+        return vis, nir, shift, crop, columns, (f"its quadrants' shifts disagree by {spread:.2f} px "
+                                                f"(--max_local_spread={max_local_spread})")
+    return vis, nir, shift, crop, columns, None
 
 
 def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, overwrite=False,
@@ -118,13 +120,13 @@ def register_folder(manual_dir, out_dir, max_shift=24.0, max_local_spread=None, 
             vis, nir = _common.read_pair(rgb_path, nir_path)
             added = dict.fromkeys(ADDED_COLUMNS, "")  # not measured for stereo rows
             if geometry == _common.ALIGNED:
-                vis, nir, added, dropped = _register_pair(vis, nir, max_shift, max_local_spread)
-                shift = (float(added["shift_y"]), float(added["shift_x"]))
+                vis, nir, shift, crop, added, dropped = _register_pair(
+                    vis, nir, max_shift, max_local_spread)
                 if dropped:
                     report["dropped"].append((key, shift))
                     log(f"dropped {key}: {dropped}")
                     continue
-                if (added["crop_y"], added["crop_x"]) != ("0", "0"):
+                if crop != (0, 0):
                     report["cropped"].append((key, shift))
             row = {k.strip(): v for k, v in cell.items()}
             row.update(rgb=_png_path(row["rgb"]), nir=_png_path(row["nir"]), **added)
