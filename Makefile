@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Test processes of `make test` (pytest-xdist); each holds its own TensorFlow (~1-2 GiB).
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint clean
 
@@ -17,7 +19,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
