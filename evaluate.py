@@ -40,7 +40,7 @@ flags.DEFINE_integer("tile_overlap", 8, "Overlap of neighbouring tiles, LR pixel
 flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped pass (geometry-safe).")
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per split.")
 flags.DEFINE_bool("save_images", True, "Write SR images, disparity maps and comparison figures.")
-flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure.")
+flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure; parameters after a colon, e.g. low_light:gain=0.1.")
 define_speed_flags(flags)
 
 
@@ -116,6 +116,12 @@ def main(argv):
         fail("evaluate.py", "--model is required (a .keras file or a training directory)")
     if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
         fail("evaluate.py", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    from cspsr_tf.data.degradations import resolve_degradation
+
+    try:
+        resolve_degradation(FLAGS.degradation)
+    except ValueError as error:
+        fail("evaluate.py", f"--degradation={FLAGS.degradation}: {error}")
     try:
         results = evaluate(
             FLAGS.model, [d for d in FLAGS.dataset.split(",") if d],

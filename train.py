@@ -53,7 +53,7 @@ TRAIN_HELP = {
     "adam_beta2": "Adam beta_2 (paper: 0.999).",
     "random_downscale": "Randomly downscale HR frames by 0.5-1x before cropping (paper's augmentation).",
     "vertical_flip": "Random vertical flips of both views (the only geometry-safe flip for a stereo pair).",
-    "degradation": "Extra degradation of the LR VIS input: none (paper), noise, low_light, over_exposure.",
+    "degradation": "Extra degradation of the LR VIS input: none (paper), noise, low_light, over_exposure; parameters after a colon, e.g. low_light:gain=0.1 (cspsr_tf/data/degradations.py).",
     "seed": "Random seed of the initialisation and of the data stream.",
     "model_dir": "Training directory: config.json, checkpoints, best.keras, final.keras, TensorBoard logs.",
     "strategy": "auto (mirrored if >1 GPU), default, mirrored, or multi_worker (cluster from TF_CONFIG).",

@@ -39,6 +39,7 @@ from absl import logging
 from cspsr_tf import metrics, model_io
 from cspsr_tf.configs import ABLATIONS, LEGACY_MODEL_FIELDS, PRESETS, CSPSRConfig
 from cspsr_tf.data import pipeline, sources
+from cspsr_tf.data.degradations import resolve_degradation
 from cspsr_tf.data.resize import bicubic_upscale
 from cspsr_tf.losses import cspsr_loss_per_example
 from cspsr_tf.matching_losses import cvm_matching_loss_per_example, disparity_to_lr
@@ -194,6 +195,10 @@ def validate_configs(train, model):
     _check_choice("lr_schedule", train.lr_schedule, LR_SCHEDULES)
     _check_choice("cvm_lr_schedule", train.cvm_lr_schedule, LR_SCHEDULES)
     resolve_precision(train)
+    try:
+        resolve_degradation(train.degradation)
+    except ValueError as error:
+        raise ConfigError(f"--degradation={train.degradation}: {error}") from None
     if train.patch_size < model.scale or train.patch_size % model.scale:
         raise ConfigError(
             f"--patch_size={train.patch_size} must be a positive multiple of --scale={model.scale}"

@@ -98,3 +98,28 @@ def test_resolve_degradation_accepts_none_names_and_mappings():
     assert set(DEGRADATIONS) == {"none", "noise", "low_light", "over_exposure"}
     with pytest.raises(ValueError, match="'name'"):
         resolve_degradation({"sigma": 0.1})
+
+
+def test_a_string_spec_carries_parameters_after_a_colon():
+    assert resolve_degradation("low_light:gain=0.1") == (
+        "low_light", {"gain": 0.1, "photons_at_white": 400.0, "read_noise": 0.005})
+    assert resolve_degradation("low_light: gain=0.1 , read_noise=0") == (
+        "low_light", {"gain": 0.1, "photons_at_white": 400.0, "read_noise": 0.0})
+    assert resolve_degradation("noise:") == ("noise", {"sigma": 0.02})
+    for bad, message in [("low_light:gain", "expected name:key=value"),
+                         ("low_light:gain=dark", "gain='dark' is not a number"),
+                         ("low_light:sigma=0.1", "Valid parameters"),
+                         ("low_light:gain=0", "gain must be > 0"),
+                         ("fog:gain=0.1", "Unknown degradation 'fog'")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_degradation(bad)
+
+
+def test_string_spec_degrades_as_the_mapping_does():
+    image = _constant(0.5, (8, 8, 3))
+    name, params = resolve_degradation("low_light:gain=0.1")
+    by_string = apply_degradation(image, name, _SEED, **params)
+    by_mapping = apply_degradation(image, "low_light", _SEED, gain=0.1)
+    np.testing.assert_array_equal(by_string.numpy(), by_mapping.numpy())
+    # A 0.1 exposure of a mid grey: mean about 0.05 (the noise is zero-mean before clipping).
+    assert abs(float(np.mean(by_mapping)) - 0.05) < 0.01

@@ -419,3 +419,14 @@ def test_cvm_recipe_defaults_freeze_and_full_synthetic_range():
         training.validate_configs(*training.build_configs(dict(ablation="baseline", cvm_init="x"), {}))
     with pytest.raises(training.ConfigError, match="synthetic_max_disparity"):
         training.validate_configs(*training.build_configs(dict(synthetic_max_disparity=-1.0), {}))
+
+
+def test_degradation_is_checked_before_anything_is_written():
+    from cspsr_tf import training
+
+    training.validate_configs(*training.build_configs(dict(degradation="low_light:gain=0.1"), {}))
+    for bad, message in [("fog", "Unknown degradation 'fog'"),
+                         ("low_light:gain=-1", "gain must be > 0"),
+                         ("low_light:gain", "expected name:key=value")]:
+        with pytest.raises(training.ConfigError, match=rf"^--degradation={bad}: .*{message}"):
+            training.validate_configs(*training.build_configs(dict(degradation=bad), {}))

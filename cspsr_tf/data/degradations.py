@@ -45,20 +45,22 @@ def resolve_degradation(spec):
     """Turns a config value into a validated `(name, params)` pair.
 
     Args:
-        spec: None (the paper protocol, same as `"none"`), a name from `DEGRADATIONS`, or a
+        spec: None (the paper protocol, same as `"none"`), a name from `DEGRADATIONS`, a
             mapping with a `"name"` key and optional parameter overrides, e.g.
-            `{"name": "noise", "sigma": 0.05}`.
+            `{"name": "noise", "sigma": 0.05}`, or the same as one string (what the CLIs'
+            `--degradation` takes): `"noise:sigma=0.05"`, `"low_light:gain=0.1,read_noise=0"`.
 
     Returns:
         (name, params) where params holds every parameter of that name, defaults filled in.
 
     Raises:
-        ValueError: for an unknown name, an unknown parameter, or an out-of-range value.
+        ValueError: for an unknown name, an unknown parameter, an out-of-range value, or a
+            string that is not `name` or `name:key=value,...`.
     """
     if spec is None:
         return "none", {}
     if isinstance(spec, str):
-        name, overrides = spec, {}
+        name, overrides = _parse_spec_string(spec)
     elif isinstance(spec, Mapping):
         if "name" not in spec:
             raise ValueError(f"A degradation mapping needs a 'name' key. Received: {dict(spec)}")
@@ -69,6 +71,21 @@ def resolve_degradation(spec):
             f"degradation must be None, a name or a mapping with a 'name'. Received: {spec!r}"
         )
     return name, _validated_params(name, overrides)
+
+
+def _parse_spec_string(spec):
+    """`"name"` or `"name:key=value,key=value"` -> (name, {key: float})."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in rest.split(",") if rest else []:
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key:
+            raise ValueError(f"Degradation {spec!r}: expected name:key=value,... ; got {item!r}")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise ValueError(f"Degradation {spec!r}: {key}={value!r} is not a number") from None
+    return name.strip(), overrides
 
 
 def _validated_params(name, overrides):
