@@ -110,6 +110,7 @@ def test_a_string_spec_carries_parameters_after_a_colon():
                          ("low_light:gain=dark", "gain='dark' is not a number"),
                          ("low_light:sigma=0.1", "Valid parameters"),
                          ("low_light:gain=0", "gain must be > 0"),
+                         ("low_light:gain=nan", "gain must be a finite number"),
                          ("fog:gain=0.1", "Unknown degradation 'fog'")]:
         with pytest.raises(ValueError, match=message):
             resolve_degradation(bad)

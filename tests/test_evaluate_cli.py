@@ -97,6 +97,8 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
         ([f"--model={tiny_model_path}", "--split=test,validation"], "no split"),
         ([f"--model={tiny_model_path}", "--precision=float64"],
          "--precision='float64' is not one of: float32, bfloat16, float16"),
+        ([f"--model={tiny_model_path}", "--degradation=low_light:gain=-1"],
+         "--degradation=low_light:gain=-1: low_light: gain must be > 0"),
     ]
     for args, message in cases:
         out = tmp_path / "o"

@@ -25,6 +25,7 @@ Random degradations are stateless: the same `seed` (a shape [2] integer tensor, 
 `tf.data.Dataset.map`.
 """
 
+import math
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -104,6 +105,8 @@ def _validated_params(name, overrides):
     params = {**defaults, **overrides}
     for key, value in params.items():
         value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: {key} must be a finite number. Received: {key}={value}")
         # Noise levels may be zero; gains and photon counts must be positive to stay physical.
         if key in ("sigma", "read_noise") and value < 0:
             raise ValueError(f"{name}: {key} must be >= 0. Received: {key}={value}")
