@@ -36,7 +36,7 @@ bicubic LR, the paper's protocol) and `low_light` (`--degradation=low_light`: th
 darkened x0.25 with shot and read noise; the NIR stays clean, the HR target is the clean VIS).
 `dark` (`--degradation=low_light:gain=0.1`, the same noise constants at a 0.1 exposure) is run
 only when named in --rows: it was added after the main table, when
-`benchmarks/nir_guided_filter.py` showed a classical NIR-guided filter gaining +0.24 dB over the
+`benchmarks/nir_guided_filter.py` showed a classical NIR-guided filter gaining +0.14 dB over the
 VIS-only ones at `low_light` and +0.65 dB at this exposure.
 
 Rows, run in this order so that a partial run is still a useful table (JSON + markdown
