@@ -42,16 +42,17 @@ from absl import app, flags  # noqa: E402
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.nir_usage import load_frames  # noqa: E402
 from benchmarks.sample_split import define_splits  # noqa: E402
+from cspsr_tf.data.degradations import resolve_degradation  # noqa: E402
 
 NAME = "nir_guided_filter"
 SCALE = 4
-# name: (degradation spec, exposure gain). `low_light` is nir_benefit.py's condition; the
-# darker ones keep its photon and read-noise constants and cut the exposure further.
+# name: degradation spec. `low_light` is nir_benefit.py's condition; the darker ones keep its
+# photon and read-noise constants and cut the exposure further.
 CONDITIONS = {
-    "clean": ("none", 1.0),
-    "low_light": ("low_light", 0.25),
-    "low_light_gain0.1": ({"name": "low_light", "gain": 0.1}, 0.1),
-    "low_light_gain0.05": ({"name": "low_light", "gain": 0.05}, 0.05),
+    "clean": "none",
+    "low_light": "low_light",
+    "low_light_gain0.1": {"name": "low_light", "gain": 0.1},
+    "low_light_gain0.05": {"name": "low_light", "gain": 0.05},
 }
 GUIDED_GRID = [(r, eps) for r in (1, 2, 3, 4, 6) for eps in (1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)]
 GRIDS = {
@@ -143,7 +144,8 @@ def main(argv):
     train_split = splits["train_split"]
     results = {}
     for condition in FLAGS.conditions:
-        degradation, gain = CONDITIONS[condition]
+        degradation = CONDITIONS[condition]
+        gain = resolve_degradation(degradation)[1].get("gain", 1.0)  # the exposure to restore
         tune = load_frames("nirvis_folder", [train_split], FLAGS.data_dir, FLAGS.manual_dir,
                            SCALE, degradation, max_frames=FLAGS.tune_frames)
         test = load_frames("nirvis_folder", splits["eval_splits"], FLAGS.data_dir,
@@ -152,14 +154,13 @@ def main(argv):
         for method, grid in GRIDS.items():
             tuned = [(statistics.fmean(score(method, p, tune, gain)), p) for p in grid]
             best_tune, best = max(tuned, key=lambda t: t[0])
-            per_frame = score(method, best, test, gain)
-            epfl = [v for (i, *_), v in zip(test, per_frame, strict=True)
-                    if i.startswith("epfl_nirscene1/")]
+            per_frame = dict(zip((i for i, *_ in test), score(method, best, test, gain), strict=True))
+            epfl = [v for i, v in per_frame.items() if i.startswith("epfl_nirscene1/")]
             rows[method] = {
                 "param": best, "tune_psnr": best_tune,
-                "test_psnr": statistics.fmean(per_frame),
+                "test_psnr": statistics.fmean(per_frame.values()),
                 "test_psnr_epfl": statistics.fmean(epfl) if epfl else None,
-                "per_frame": {i: v for (i, *_), v in zip(test, per_frame, strict=True)},
+                "per_frame": per_frame,
             }
             print(f"{condition:9s} {method:14s} param={best!s:14s} tune {best_tune:.2f} dB, "
                   f"test {rows[method]['test_psnr']:.2f} dB (EPFL {rows[method]['test_psnr_epfl']:.2f})")
