@@ -104,10 +104,11 @@ ABLATIONS = {
     "w_nir": "single branch, VIS + NIR concatenated",
     "wo_cvm": "dual branch (DMF), no CVM",
     "full_early": "CSPSR with the NIR also concatenated to the VIS branch input",
+    "full_gf": "CSPSR with the VIS guided-filtered by the NIR also at the VIS branch input",
 }
 TRAIN_ABLATION = {"baseline_wide": "baseline"}
-USES_CVM = {"full", "full_early"}
-NIR_USAGE_ROWS = {"full", "full_early", "wo_cvm", "w_nir"}
+USES_CVM = {"full", "full_early", "full_gf"}
+NIR_USAGE_ROWS = {"full", "full_early", "full_gf", "wo_cvm", "w_nir"}
 ROW_ORDER = [
     "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",
     "low_light/baseline/seed1", "low_light/full/seed1", "clean/baseline/seed1", "clean/full/seed1",

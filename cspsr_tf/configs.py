@@ -9,7 +9,7 @@ SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
 CVM_NORMALIZATIONS = ("batch", "group", "none")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch"}
+LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radius": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,11 @@ class CSPSRConfig:
         nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
             (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
             the paper; a switch for measuring where the NIR should enter).
+        nir_guided_filter_radius: dual branch only; 0 (default) for none. Else the VIS branch's
+            shallow features also read the LR VIS image filtered by a guided filter whose
+            guide is the aligned LR NIR (windows of radius r, a learned eps per colour;
+            `layers/guided_filter.py`; not in the paper: it hands the network the local
+            linear model of VIS on NIR that a measured classical filter exploits).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
         dynamic_conv_implementation: how the element-wise parts of each DMF module run:
             `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
@@ -65,6 +70,7 @@ class CSPSRConfig:
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
     nir_early_fusion: bool = False
+    nir_guided_filter_radius: int = 0
     global_skip: bool = True
     dynamic_conv_implementation: str = "fused"
     kernel_normalization: str = "softmax"
@@ -106,6 +112,12 @@ class CSPSRConfig:
         if self.nir_early_fusion and self.architecture != "dual":
             raise ValueError("nir_early_fusion is a dual-branch switch; a single branch uses "
                              "single_branch_input='vis_nir'")
+        if self.nir_guided_filter_radius < 0:
+            raise ValueError(
+                f"nir_guided_filter_radius must be >= 0. Received: {self.nir_guided_filter_radius}"
+            )
+        if self.nir_guided_filter_radius and self.architecture != "dual":
+            raise ValueError("nir_guided_filter_radius is a dual-branch switch")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
 
@@ -153,6 +165,7 @@ ABLATIONS = {
     "wo_dyconv": dict(use_dynamic_conv=False),
     "wo_cssc": dict(lambda_cssc=0.0),
     "full_early": dict(nir_early_fusion=True),
+    "full_gf": dict(nir_guided_filter_radius=2),
     "full": dict(),
 }
 

@@ -10,6 +10,7 @@ from cspsr_tf.configs import CSPSRConfig
 from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
 from cspsr_tf.layers.cvm import CrossViewMatching
 from cspsr_tf.layers.dmf import DMF
+from cspsr_tf.layers.guided_filter import NIRGuidedFilter
 from cspsr_tf.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.layers.residual_block import ResidualBlock
 from cspsr_tf.precision import check_precision, global_precision, model_precision, policy_name
@@ -113,10 +114,17 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
             f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n, dtype=policy))(f)
         outputs["vis_sr"] = _output(layers, _reconstruct(layers, f, vis_lr, 3, config, "vis"), "vis_sr")
     else:
-        vis_input = vis_lr
+        vis_inputs = [vis_lr]
         if config.nir_early_fusion:
+            vis_inputs.append(nir)
+        if config.nir_guided_filter_radius:
+            # A float32 island (window variances cancel in low precision).
+            vis_inputs.append(layers("nir_guided_filter", lambda n: NIRGuidedFilter(
+                radius=config.nir_guided_filter_radius, name=n, dtype=FLOAT32))((vis_lr, nir)))
+        vis_input = vis_lr
+        if len(vis_inputs) > 1:
             vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(
-                name=n, dtype=policy))([vis_lr, nir])
+                name=n, dtype=policy))(vis_inputs)
         f_vis = _shallow_features(layers, vis_input, c, "vis")
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
