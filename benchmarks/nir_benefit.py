@@ -48,7 +48,8 @@ written after every row; --resume skips rows already in the JSON with the same s
 `baseline` is the single-branch VIS-only model, `full` CSPSR (dual branch with DMF modules
 and the CVM), `w_nir` the single branch with the NIR concatenated, `wo_cvm` the dual branch
 without the CVM. Rows run only when named: `full_early` (the NIR also at the VIS branch input)
-and `full_gf` (the LR VIS guided-filtered by the aligned NIR also at the VIS branch input). A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's
+`full_gf` (the LR VIS guided-filtered by the aligned NIR also at the VIS branch input) and
+`full_gf_bank` (three such filters, radii 1, 2, 4). A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's
 residual block has two, so at equal T the baseline has the stronger VIS path: `baseline_wide`
 is the baseline with `--num_modules` raised until its parameter count is the closest to the
 full model's SR part (the full model's count without the layer `cvm`); both counts are printed
@@ -106,10 +107,11 @@ ABLATIONS = {
     "wo_cvm": "dual branch (DMF), no CVM",
     "full_early": "CSPSR with the NIR also concatenated to the VIS branch input",
     "full_gf": "CSPSR with the VIS guided-filtered by the NIR also at the VIS branch input",
+    "full_gf_bank": "full_gf with guided filters of radii 1, 2 and 4",
 }
 TRAIN_ABLATION = {"baseline_wide": "baseline"}
-USES_CVM = {"full", "full_early", "full_gf"}
-NIR_USAGE_ROWS = {"full", "full_early", "full_gf", "wo_cvm", "w_nir"}
+USES_CVM = {"full", "full_early", "full_gf", "full_gf_bank"}
+NIR_USAGE_ROWS = {"full", "full_early", "full_gf", "full_gf_bank", "wo_cvm", "w_nir"}
 ROW_ORDER = [
     "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",
     "low_light/baseline/seed1", "low_light/full/seed1", "clean/baseline/seed1", "clean/full/seed1",

@@ -9,7 +9,7 @@ SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
 CVM_NORMALIZATIONS = ("batch", "group", "none")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radius": 0}
+LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +33,11 @@ class CSPSRConfig:
         nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
             (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
             the paper; a switch for measuring where the NIR should enter).
-        nir_guided_filter_radius: dual branch only; 0 (default) for none. Else the VIS branch's
-            shallow features also read the LR VIS image filtered by a guided filter whose
-            guide is the aligned LR NIR (windows of radius r, a learned eps per colour;
-            `layers/guided_filter.py`; not in the paper: it hands the network the local
-            linear model of VIS on NIR that a measured classical filter exploits).
+        nir_guided_filter_radii: dual branch only; () (default) for none. Else the VIS branch's
+            shallow features also read the LR VIS image filtered by guided filters whose
+            guide is the aligned LR NIR, one per window radius r given (a learned eps per
+            colour; `layers/guided_filter.py`; not in the paper: it hands the network the
+            local linear model of VIS on NIR that a measured classical filter exploits).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
         dynamic_conv_implementation: how the element-wise parts of each DMF module run:
             `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
@@ -70,7 +70,7 @@ class CSPSRConfig:
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
     nir_early_fusion: bool = False
-    nir_guided_filter_radius: int = 0
+    nir_guided_filter_radii: tuple = ()
     global_skip: bool = True
     dynamic_conv_implementation: str = "fused"
     kernel_normalization: str = "softmax"
@@ -112,12 +112,15 @@ class CSPSRConfig:
         if self.nir_early_fusion and self.architecture != "dual":
             raise ValueError("nir_early_fusion is a dual-branch switch; a single branch uses "
                              "single_branch_input='vis_nir'")
-        if self.nir_guided_filter_radius < 0:
+        # A tuple whatever it came as (a JSON config holds a list), so that configs compare.
+        radii = tuple(self.nir_guided_filter_radii)
+        object.__setattr__(self, "nir_guided_filter_radii", radii)
+        if any(not isinstance(r, int) or r < 1 for r in radii) or len(set(radii)) != len(radii):
             raise ValueError(
-                f"nir_guided_filter_radius must be >= 0. Received: {self.nir_guided_filter_radius}"
+                f"nir_guided_filter_radii must be distinct integers >= 1. Received: {radii}"
             )
-        if self.nir_guided_filter_radius and self.architecture != "dual":
-            raise ValueError("nir_guided_filter_radius is a dual-branch switch")
+        if radii and self.architecture != "dual":
+            raise ValueError("nir_guided_filter_radii is a dual-branch switch")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
 
@@ -165,7 +168,8 @@ ABLATIONS = {
     "wo_dyconv": dict(use_dynamic_conv=False),
     "wo_cssc": dict(lambda_cssc=0.0),
     "full_early": dict(nir_early_fusion=True),
-    "full_gf": dict(nir_guided_filter_radius=2),
+    "full_gf": dict(nir_guided_filter_radii=(2,)),
+    "full_gf_bank": dict(nir_guided_filter_radii=(1, 2, 4)),
     "full": dict(),
 }
 

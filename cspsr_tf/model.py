@@ -117,10 +117,10 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         vis_inputs = [vis_lr]
         if config.nir_early_fusion:
             vis_inputs.append(nir)
-        if config.nir_guided_filter_radius:
+        for radius in config.nir_guided_filter_radii:
             # A float32 island (window variances cancel in low precision).
-            vis_inputs.append(layers("nir_guided_filter", lambda n: NIRGuidedFilter(
-                radius=config.nir_guided_filter_radius, name=n, dtype=FLOAT32))((vis_lr, nir)))
+            vis_inputs.append(layers(f"nir_guided_filter_r{radius}", lambda n, r=radius: NIRGuidedFilter(
+                radius=r, name=n, dtype=FLOAT32))((vis_lr, nir)))
         vis_input = vis_lr
         if len(vis_inputs) > 1:
             vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(

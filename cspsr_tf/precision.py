@@ -26,7 +26,7 @@ What runs in float32 whatever the precision (the float32 islands, set in `model.
   (`vis_bicubic`, `vis_global_skip`, `nir_...`): the low precision only touches the
   residual (small values), not the image (whose 8-bit levels bfloat16 could not hold
   above 0.5).
-- the NIR-guided filter of the `full_gf` row (`nir_guided_filter`, `layers/guided_filter.py`):
+- the NIR-guided filter of the `full_gf` row (`nir_guided_filter_r*`, `layers/guided_filter.py`):
   its window variances are differences of close moments, E[g^2] - E[g]^2.
 - every output (`vis_sr`, `nir_sr`, `disp_l`, `disp_r`, `nir_l`): a float32 linear
   activation at the end of the graph, so losses, metrics and callers always get float32.

@@ -61,9 +61,10 @@ def test_ablation_switches_change_the_graph():
     np.testing.assert_array_equal(model(a)["vis_sr"].numpy(), model(b)["vis_sr"].numpy())
 
 
-def test_keras_save_and_reload_gives_same_outputs(tmp_path):
-    config = get_config("tiny", scale=2)
-    model = build_cspsr(config)
+@pytest.mark.parametrize("ablation", ["full", "full_gf_bank"])
+def test_keras_save_and_reload_gives_same_outputs(tmp_path, ablation):
+    config = get_config("tiny", ablation, scale=2)
+    model = perturb_weights(build_cspsr(config), seed=3, stddev=0.05)
     inputs = random_pair(2, 6, 9)
     expected = model(inputs)
     path = str(tmp_path / "m.keras")
