@@ -312,7 +312,9 @@ def check_model_dir(train, model):
             raise ConfigError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(old, dict):
         raise ConfigError(f"{path} is not a training config (a JSON object)")
-    differences = _config_differences(old, {"train": train.to_dict(), "model": model.to_dict()})
+    # Compared as config.json would hold it (a tuple field is a list in JSON).
+    current = json.loads(json.dumps({"train": train.to_dict(), "model": model.to_dict()}))
+    differences = _config_differences(old, current)
     if differences:
         raise ConfigError(
             f"{train.model_dir} holds a run with a different config ({'; '.join(differences)}); "
