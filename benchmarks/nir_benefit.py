@@ -47,11 +47,12 @@ written after every row; --resume skips rows already in the JSON with the same s
     clean/wo_cvm/seed0
 `baseline` is the single-branch VIS-only model, `full` CSPSR (dual branch with DMF modules
 and the CVM), `w_nir` the single branch with the NIR concatenated, `wo_cvm` the dual branch
-without the CVM. Rows run only when named: `full_early` (the NIR also at the VIS branch input)
+without the CVM. Rows run only when named: `full_early` (the NIR also at the VIS branch input),
 `full_gf` (the LR VIS guided-filtered by the aligned NIR also at the VIS branch input) and
-`full_gf_bank` (three such filters, radii 1, 2, 4). A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's
-residual block has two, so at equal T the baseline has the stronger VIS path: `baseline_wide`
-is the baseline with `--num_modules` raised until its parameter count is the closest to the
+`full_gf_bank` (three such filters, radii 1, 2, 4).
+
+A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's residual block has
+two, so at equal T the baseline has the stronger VIS path: `baseline_wide` is the baseline with `--num_modules` raised until its parameter count is the closest to the
 full model's SR part (the full model's count without the layer `cvm`); both counts are printed
 and recorded.
 
