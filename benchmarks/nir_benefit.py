@@ -52,9 +52,9 @@ without the CVM. Rows run only when named: `full_early` (the NIR also at the VIS
 `full_gf_bank` (three such filters, radii 1, 2, 4).
 
 A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's residual block has
-two, so at equal T the baseline has the stronger VIS path: `baseline_wide` is the baseline with `--num_modules` raised until its parameter count is the closest to the
-full model's SR part (the full model's count without the layer `cvm`); both counts are printed
-and recorded.
+two, so at equal T the baseline has the stronger VIS path: `baseline_wide` is the baseline
+with `--num_modules` raised until its parameter count is the closest to the full model's SR
+part (the full model's count without the layer `cvm`); both counts are printed and recorded.
 
 Every row: train.py with the same steps (--steps, default 2000), batch 16, HR patch 96, x4,
 Adam 5e-4 with a cosine schedule, no validation, seed 0 or 1 (weights and data stream), the
