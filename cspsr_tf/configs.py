@@ -8,8 +8,10 @@ ARCHITECTURES = ("dual", "single")
 SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
 CVM_NORMALIZATIONS = ("batch", "group", "none")
+SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": ()}
+LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": (),
+                       "skip_gain": False, "skip_source": "vis"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,12 @@ class CSPSRConfig:
             colour; `layers/guided_filter.py`; not in the paper: it hands the network the
             local linear model of VIS on NIR that a measured classical filter exploits).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
+        skip_gain: multiply the VIS output's bicubic skip by a learned gain per colour
+            (`layers/skip_gain.py`; starts at 1). For inputs darker than the target (the
+            `low_light` degradation), where a skip of gain 1 adds a dark image. Not in the paper.
+        skip_source: what the VIS output's bicubic skip upsamples: `vis` (the LR VIS input,
+            the paper's choice) or `guided_filter` (the output of the first NIR-guided filter
+            of `nir_guided_filter_radii`, so the skip is the NIR-denoised VIS; not in the paper).
         dynamic_conv_implementation: how the element-wise parts of each DMF module run:
             `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
             CSFT's gates compiled by XLA, computed in float32), `shift` (plain TensorFlow
@@ -72,6 +80,8 @@ class CSPSRConfig:
     nir_early_fusion: bool = False
     nir_guided_filter_radii: tuple = ()
     global_skip: bool = True
+    skip_gain: bool = False
+    skip_source: str = "vis"
     dynamic_conv_implementation: str = "fused"
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
@@ -121,6 +131,12 @@ class CSPSRConfig:
             )
         if radii and self.architecture != "dual":
             raise ValueError("nir_guided_filter_radii is a dual-branch switch")
+        if self.skip_source not in SKIP_SOURCES:
+            raise ValueError(f"skip_source must be one of {SKIP_SOURCES}. Received: {self.skip_source!r}")
+        if (self.skip_gain or self.skip_source != "vis") and not self.global_skip:
+            raise ValueError("skip_gain and skip_source need global_skip=True")
+        if self.skip_source == "guided_filter" and not radii:
+            raise ValueError("skip_source='guided_filter' needs nir_guided_filter_radii")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
 
@@ -170,6 +186,11 @@ ABLATIONS = {
     "full_early": dict(nir_early_fusion=True),
     "full_gf": dict(nir_guided_filter_radii=(2,)),
     "full_gf_bank": dict(nir_guided_filter_radii=(1, 2, 4)),
+    # Not in the paper either: a learned gain on the VIS skip (for dark inputs), and that skip
+    # taken from the NIR-guided filter.
+    "baseline_skip_gain": dict(architecture="single", single_branch_input="vis", use_cvm=False,
+                               skip_gain=True),
+    "full_gf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter"),
     "full": dict(),
 }
 

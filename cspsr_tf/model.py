@@ -13,6 +13,7 @@ from cspsr_tf.layers.dmf import DMF
 from cspsr_tf.layers.guided_filter import NIRGuidedFilter
 from cspsr_tf.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.layers.residual_block import ResidualBlock
+from cspsr_tf.layers.skip_gain import SkipGain
 from cspsr_tf.precision import check_precision, global_precision, model_precision, policy_name
 
 INPUT_NAMES = ("vis_lr", "nir_lr")
@@ -48,8 +49,9 @@ def _shallow_features(layers, x, channels, prefix):
     return layers(f"{prefix}_resblock", lambda n: ResidualBlock(channels, name=n, dtype=policy))(x)
 
 
-def _reconstruct(layers, features, lr_image, out_channels, config, prefix):
-    """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip.
+def _reconstruct(layers, features, lr_image, out_channels, config, prefix, skip_gain=False):
+    """A conv and a pixel shuffle (paper Sec. 4.1), plus the optional bicubic skip of
+    `lr_image` (times a learned gain per channel with `skip_gain`).
 
     The bicubic image and its sum with the residual are float32 islands: in bfloat16 the
     image itself would be rounded to 8 mantissa bits (steps of 1/256 above 0.5), while the
@@ -68,6 +70,8 @@ def _reconstruct(layers, features, lr_image, out_channels, config, prefix):
         bicubic = layers(f"{prefix}_bicubic", lambda n: BicubicUpsample(s, name=n, dtype=FLOAT32))(
             lr_image
         )
+        if skip_gain:
+            bicubic = layers(f"{prefix}_skip_gain", lambda n: SkipGain(name=n, dtype=FLOAT32))(bicubic)
         x = layers(f"{prefix}_global_skip", lambda n: keras.layers.Add(name=n, dtype=FLOAT32))(
             [x, bicubic]
         )
@@ -112,15 +116,19 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         f = _shallow_features(layers, x, c, "vis")
         for t in range(config.num_modules):
             f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n, dtype=policy))(f)
-        outputs["vis_sr"] = _output(layers, _reconstruct(layers, f, vis_lr, 3, config, "vis"), "vis_sr")
+        outputs["vis_sr"] = _output(layers, _reconstruct(
+            layers, f, vis_lr, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
     else:
         vis_inputs = [vis_lr]
         if config.nir_early_fusion:
             vis_inputs.append(nir)
+        filtered = []
         for radius in config.nir_guided_filter_radii:
             # A float32 island (window variances cancel in low precision).
-            vis_inputs.append(layers(f"nir_guided_filter_r{radius}", lambda n, r=radius: NIRGuidedFilter(
+            filtered.append(layers(f"nir_guided_filter_r{radius}", lambda n, r=radius: NIRGuidedFilter(
                 radius=r, name=n, dtype=FLOAT32))((vis_lr, nir)))
+        vis_inputs += filtered
+        vis_skip = filtered[0] if config.skip_source == "guided_filter" else vis_lr
         vis_input = vis_lr
         if len(vis_inputs) > 1:
             vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(
@@ -139,7 +147,8 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
                 name=n,
                 dtype=policy,
             ))((f_vis, f_nir))
-        outputs["vis_sr"] = _output(layers, _reconstruct(layers, f_vis, vis_lr, 3, config, "vis"), "vis_sr")
+        outputs["vis_sr"] = _output(layers, _reconstruct(
+            layers, f_vis, vis_skip, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
         outputs["nir_sr"] = _output(layers, _reconstruct(layers, f_nir, nir, 1, config, "nir"), "nir_sr")
     return outputs
 
