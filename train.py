@@ -41,7 +41,7 @@ TRAIN_HELP = {
     "train_split": "TFDS split to train on (slicing allowed, e.g. train[4:]).",
     "val_split": "TFDS split for validation PSNR/SSIM (e.g. test or train[:4]).",
     "preset": "Model preset: paper, small or tiny.",
-    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_early (the NIR also at the VIS branch input) or full_gf / full_gf_bank (the VIS guided-filtered by the NIR, radius 2 / radii 1, 2, 4, also at the VIS branch input), baseline_skip_gain (a learned gain on the bicubic skip, for dark inputs) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain).",
+    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_early (the NIR also at the VIS branch input) or full_gf / full_gf_bank (the VIS guided-filtered by the NIR, radius 2 / radii 1, 2, 4, also at the VIS branch input), baseline_skip_gain (a learned gain on the bicubic skip, for dark inputs) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain) or full_lgf_skip (full_gf_skip whose guide is the NIR plus a learned correction).",
     "stage": "sr: train the SR model (Eq. 3; preceded by --cvm_steps of CVM pre-training); cvm: train the CVM alone with the matching loss.",
     "patch_size": "HR training patch side in pixels (paper: 120); a multiple of --scale.",
     "batch_size": "Global batch size, split over replicas (paper: 32).",

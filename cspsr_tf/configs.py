@@ -11,7 +11,7 @@ CVM_NORMALIZATIONS = ("batch", "group", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
 LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": (),
-                       "skip_gain": False, "skip_source": "vis"}
+                       "skip_gain": False, "skip_source": "vis", "learned_guide": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,9 @@ class CSPSRConfig:
             guide is the aligned LR NIR, one per window radius r given (a learned eps per
             colour; `layers/guided_filter.py`; not in the paper: it hands the network the
             local linear model of VIS on NIR that a measured classical filter exploits).
+        learned_guide: the guided filters' guide is the aligned LR NIR plus a correction by a
+            small network over the LR VIS and NIR whose last conv starts at zero
+            (`layers/learned_guide.py`); needs `nir_guided_filter_radii`. Not in the paper.
         global_skip: add the bicubic upsampling of the LR input to each SR output.
         skip_gain: multiply the VIS output's bicubic skip by a learned gain per colour
             (`layers/skip_gain.py`; starts at 1). For inputs darker than the target (the
@@ -79,6 +82,7 @@ class CSPSRConfig:
     dmf_residual: bool = True
     nir_early_fusion: bool = False
     nir_guided_filter_radii: tuple = ()
+    learned_guide: bool = False
     global_skip: bool = True
     skip_gain: bool = False
     skip_source: str = "vis"
@@ -131,6 +135,8 @@ class CSPSRConfig:
             )
         if radii and self.architecture != "dual":
             raise ValueError("nir_guided_filter_radii is a dual-branch switch")
+        if self.learned_guide and not radii:
+            raise ValueError("learned_guide needs nir_guided_filter_radii")
         if self.skip_source not in SKIP_SOURCES:
             raise ValueError(f"skip_source must be one of {SKIP_SOURCES}. Received: {self.skip_source!r}")
         if (self.skip_gain or self.skip_source != "vis") and not self.global_skip:
@@ -191,6 +197,8 @@ ABLATIONS = {
     "baseline_skip_gain": dict(architecture="single", single_branch_input="vis", use_cvm=False,
                                skip_gain=True),
     "full_gf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter"),
+    "full_lgf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter",
+                          learned_guide=True),
     "full": dict(),
 }
 

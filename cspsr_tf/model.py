@@ -11,6 +11,7 @@ from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
 from cspsr_tf.layers.cvm import CrossViewMatching
 from cspsr_tf.layers.dmf import DMF
 from cspsr_tf.layers.guided_filter import NIRGuidedFilter
+from cspsr_tf.layers.learned_guide import LearnedGuide
 from cspsr_tf.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.layers.residual_block import ResidualBlock
 from cspsr_tf.layers.skip_gain import SkipGain
@@ -123,10 +124,14 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         if config.nir_early_fusion:
             vis_inputs.append(nir)
         filtered = []
+        guide = nir
+        if config.learned_guide:
+            guide = layers("nir_learned_guide", lambda n: LearnedGuide(name=n, dtype=FLOAT32))(
+                (vis_lr, nir))
         for radius in config.nir_guided_filter_radii:
             # A float32 island (window variances cancel in low precision).
             filtered.append(layers(f"nir_guided_filter_r{radius}", lambda n, r=radius: NIRGuidedFilter(
-                radius=r, name=n, dtype=FLOAT32))((vis_lr, nir)))
+                radius=r, name=n, dtype=FLOAT32))((vis_lr, guide)))
         vis_inputs += filtered
         vis_skip = filtered[0] if config.skip_source == "guided_filter" else vis_lr
         vis_input = vis_lr

@@ -61,7 +61,7 @@ def test_ablation_switches_change_the_graph():
     np.testing.assert_array_equal(model(a)["vis_sr"].numpy(), model(b)["vis_sr"].numpy())
 
 
-@pytest.mark.parametrize("ablation", ["full", "full_gf_bank", "full_gf_skip"])
+@pytest.mark.parametrize("ablation", ["full", "full_gf_bank", "full_gf_skip", "full_lgf_skip"])
 def test_keras_save_and_reload_gives_same_outputs(tmp_path, ablation):
     config = get_config("tiny", ablation, scale=2)
     model = perturb_weights(build_cspsr(config), seed=3, stddev=0.05)
