@@ -5,7 +5,7 @@
         --manual_dir=../shared/data/nirvis_samples --data_dir=runs/nir_benefit/tfds \
         --split='train[2:3]+train[4:5]' --degradation=low_light --out=guide.json
 
-For a trained model with NIR-guided filters (`full_gf`, `full_gf_skip`, `full_lgf_skip`) and
+For each trained model (comma-separated) with NIR-guided filters (`full_gf`, `full_gf_skip`, `full_lgf_skip`) and
 the evaluation frames of the splits (taken as `benchmarks/nir_usage.py` takes them: the
 degraded LR VIS, and the clean LR VIS of the same frame without the degradation), per guide:
 
@@ -104,16 +104,22 @@ def main(argv):
 
     quiet_library_logs()
     f = flags.FLAGS
-    model, config = model_io.load_model(f.model)
-    scale = tiling.model_scale(model, config)
     splits = [s for s in f.split.split(",") if s]
-    degraded = load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, f.degradation)
-    clean = load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, "none")
-    result = {"model": f.model, "splits": splits, "degradation": f.degradation,
-              "num_frames": len(degraded), "guides": measure(model, config, degraded, clean)}
-    for name, values in result["guides"].items():
-        ncc2 = f"ncc2 {values['ncc2']:.4f}" if "ncc2" in values else " " * 11
-        print(f"{name:10s} {ncc2}  filter PSNR {values['filter_psnr']:.2f} dB")
+    result = {"splits": splits, "degradation": f.degradation, "models": {}}
+    frames = {}
+    for path in f.model:
+        model, config = model_io.load_model(path)
+        scale = tiling.model_scale(model, config)
+        if scale not in frames:
+            frames[scale] = (load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, f.degradation),
+                             load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, "none"))
+        degraded, clean = frames[scale]
+        result["num_frames"] = len(degraded)
+        result["models"][path] = guides = measure(model, config, degraded, clean)
+        print(path)
+        for name, values in guides.items():
+            ncc2 = f"ncc2 {values['ncc2']:.4f}" if "ncc2" in values else " " * 11
+            print(f"  {name:10s} {ncc2}  filter PSNR {values['filter_psnr']:.2f} dB")
     if f.out:
         os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
         with open(f.out, "w") as out:
@@ -122,7 +128,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("model", None, "A .keras model with NIR-guided filters.", required=True)
+    flags.DEFINE_list("model", None, "One or more .keras models with NIR-guided filters.", required=True)
     flags.DEFINE_string("dataset", "nirvis_folder", "Dataset builder.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory.")
     flags.DEFINE_string("manual_dir", None, "Manual files of the dataset (nirvis_folder).")
