@@ -62,12 +62,12 @@ def measure(model, config, degraded, clean):
     from cspsr_tf.layers.guided_filter import guided_filter
     from cspsr_tf.model import with_geometry
 
-    if not config.nir_guided_filter_radii:
+    if config is None or not config.nir_guided_filter_radii:
         raise ValueError("the model has no NIR-guided filter (nir_guided_filter_radii is empty)")
     radius = config.nir_guided_filter_radii[0]
 
     def probe(m):
-        outputs = {"nir": m.get_layer("nir_l").output if config.use_cvm else m.inputs[1]}
+        outputs = {"nir": m.get_layer("nir_l").output if config.use_cvm else m.input["nir_lr"]}
         if config.learned_guide:
             outputs["learned"] = m.get_layer("nir_learned_guide").output
         return keras.Model(m.inputs, outputs)
@@ -99,16 +99,25 @@ def measure(model, config, degraded, clean):
 
 def main(argv):
     del argv
-    from cspsr_tf import model_io, tiling
-    from cspsr_tf.cli import quiet_library_logs
+    from cspsr_tf.cli import fail, quiet_library_logs
 
     quiet_library_logs()
-    f = flags.FLAGS
+    try:
+        run(flags.FLAGS)
+    except (OSError, ValueError) as error:  # missing or corrupt model, bad split, no guided filter
+        fail("guide_quality.py", str(error).partition("\n")[0])
+
+
+def run(f):
+    from cspsr_tf import model_io, tiling
+
     splits = [s for s in f.split.split(",") if s]
     result = {"splits": splits, "degradation": f.degradation, "models": {}}
     frames = {}
     for path in f.model:
         model, config = model_io.load_model(path)
+        if config is None or not config.nir_guided_filter_radii:
+            raise ValueError(f"{path}: the model has no NIR-guided filter (nir_guided_filter_radii is empty)")
         scale = tiling.model_scale(model, config)
         if scale not in frames:
             frames[scale] = (load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, f.degradation),

@@ -51,3 +51,19 @@ def test_measure_on_a_tiny_untrained_learned_guide_model():
     with pytest.raises(ValueError, match="no NIR-guided filter"):
         plain = get_config("tiny", "full", scale=2)
         measure(build_cspsr(plain), plain, degraded, clean)
+
+
+def test_without_a_cvm_the_nir_guide_is_the_nir_input():
+    import tensorflow as tf
+
+    from cspsr_tf.layers.cross_spectral_similarity import local_ncc_squared, luminance
+
+    config = get_config("tiny", "full_gf", scale=2).replace(use_cvm=False)
+    rng = np.random.default_rng(5)
+    clean_lr = rng.random((1, 10, 12, 3)).astype(np.float32)
+    nir_lr = rng.random((1, 10, 12, 1)).astype(np.float32)
+    frames = [("f", 0.5 * clean_lr, nir_lr, None, "stereo")]
+    got = measure(build_cspsr(config), config, frames, [("f", clean_lr, nir_lr, None, "stereo")])
+    want = float(tf.reduce_mean(local_ncc_squared(tf.constant(nir_lr), luminance(tf.constant(clean_lr)))))
+    assert got["nir"]["ncc2"] == pytest.approx(want, rel=1e-6)
+    assert "learned" not in got
