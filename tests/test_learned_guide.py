@@ -52,6 +52,8 @@ def test_the_guide_learns_what_a_window_fit_of_the_raw_nir_cannot():
     # The NIR is a non-monotonic function of the VIS luminance, (l - 0.5)^2: no window's linear
     # fit of VIS on it holds where l crosses 0.5. Filtering a noisy VIS with it loses detail; a
     # learned guide, seeing both images, can undo the fold. Only the guide is trained.
+    # (Measured over initialisation seeds 0-4: the error falls to 0.21-0.22 of its start.)
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[0:32, 0:32] / 32.0
     luma = 0.5 + 0.4 * np.sin(6 * xx + 4 * yy) * np.cos(5 * yy)
