@@ -33,11 +33,10 @@ from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
-import json  # noqa: E402
-
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks import bench_util  # noqa: E402
 from benchmarks.nir_usage import load_frames  # noqa: E402
 
 GUIDES = ("nir", "learned", "luma")
@@ -124,16 +123,13 @@ def run(f):
                              load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, "none"))
         degraded, clean = frames[scale]
         result["num_frames"] = len(degraded)
-        result["models"][path] = guides = measure(model, config, degraded, clean)
+        result["models"][bench_util.rel(path)] = guides = measure(model, config, degraded, clean)
         print(path)
         for name, values in guides.items():
             ncc2 = f"ncc2 {values['ncc2']:.4f}" if "ncc2" in values else " " * 11
             print(f"  {name:10s} {ncc2}  filter PSNR {values['filter_psnr']:.2f} dB")
     if f.out:
-        os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-        with open(f.out, "w") as out:
-            json.dump(result, out, indent=1)
-        print(f"Wrote {f.out}")
+        bench_util.write_json(f.out, result)
 
 
 if __name__ == "__main__":

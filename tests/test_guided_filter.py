@@ -34,6 +34,16 @@ def numpy_guided_filter(source, guide, radius, eps):
     return numpy_box(a, radius) * guide + numpy_box(b, radius)
 
 
+def bicubic_of_guided_filter(vis_lr, guide, scale, radius=2, eps=1e-4):
+    """The bicubic upsampling of `numpy_guided_filter` of each colour of vis_lr [1, h, w, 3] by
+    guide [h, w]: what a `full_gf_skip`-type model outputs while its residual branch is zero."""
+    from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
+
+    filtered = np.stack([numpy_guided_filter(np.asarray(vis_lr)[0, ..., c].astype(np.float64), guide, radius, eps)
+                         for c in range(3)], axis=-1)
+    return BicubicUpsample(scale)(filtered[None].astype(np.float32)).numpy()
+
+
 def random_pair(batch, height, width, seed=0):
     rng = np.random.default_rng(seed)
     return {
