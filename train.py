@@ -41,7 +41,7 @@ TRAIN_HELP = {
     "train_split": "TFDS split to train on (slicing allowed, e.g. train[4:]).",
     "val_split": "TFDS split for validation PSNR/SSIM (e.g. test or train[:4]).",
     "preset": "Model preset: paper, small or tiny.",
-    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_early (the NIR also at the VIS branch input) or full_gf / full_gf_bank (the VIS guided-filtered by the NIR, radius 2 / radii 1, 2, 4, also at the VIS branch input), baseline_skip_gain (a learned gain on the bicubic skip, for dark inputs) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain) or full_lgf_skip (full_gf_skip whose guide is the NIR plus a learned correction).",
+    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_early (the NIR also at the VIS branch input) or full_gf / full_gf_bank (the VIS guided-filtered by the NIR, radius 2 / radii 1, 2, 4, also at the VIS branch input), baseline_skip_gain (a learned gain on the bicubic skip, for dark inputs) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain) or full_lgf_skip (full_gf_skip whose guide is the NIR plus a learned correction) or full_lgf_sup_skip (full_lgf_skip whose guide is also trained towards the clean VIS luminance, lambda_guide=1).",
     "stage": "sr: train the SR model (Eq. 3; preceded by --cvm_steps of CVM pre-training); cvm: train the CVM alone with the matching loss.",
     "patch_size": "HR training patch side in pixels (paper: 120); a multiple of --scale.",
     "batch_size": "Global batch size, split over replicas (paper: 32).",
@@ -97,6 +97,7 @@ MODEL_HELP = {
     "max_disparity": "Upper bound of the predicted disparity, LR pixels.",
     "geometry": "Camera rig the model serves: stereo (NIR camera to the right) or aligned (registered pair, zero disparity).",
     "lambda_cssc": "Weight lambda1 of the cross-spectral spatial consistency loss (paper: 0.1).",
+    "lambda_guide": "Weight of a training term pulling the learned guide towards the clean LR VIS luminance (needs learned_guide; 0: none; not in the paper).",
 }
 
 FLAGS = flags.FLAGS

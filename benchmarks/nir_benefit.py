@@ -54,7 +54,8 @@ without the CVM. Rows run only when named: `full_early` (the NIR also at the VIS
 `full_gf_bank` (three such filters, radii 1, 2, 4); and for dark inputs `baseline_skip_gain`
 (a learned gain on the baseline's bicubic skip) and `full_gf_skip` (`full_gf` whose bicubic
 skip upsamples the guided-filtered VIS, with a learned gain) and `full_lgf_skip` (`full_gf_skip`
-whose guide is the NIR plus a learned correction).
+whose guide is the NIR plus a learned correction) and `full_lgf_sup_skip` (that guide also
+trained towards the clean VIS luminance, `lambda_guide`).
 
 A DMF module's VIS path has one 3x3 conv after CSFT where the baseline's residual block has
 two, so at equal T the baseline has the stronger VIS path: `baseline_wide` is the baseline
@@ -118,9 +119,11 @@ ABLATIONS = {
     "baseline_skip_gain": "baseline with a learned gain on its bicubic skip",
     "full_gf_skip": "full_gf whose VIS skip is the guided-filtered VIS, with a learned gain",
     "full_lgf_skip": "full_gf_skip whose guide is the NIR plus a learned correction",
+    "full_lgf_sup_skip": "full_lgf_skip whose guide is also trained towards the clean VIS luminance",
 }
 TRAIN_ABLATION = {"baseline_wide": "baseline"}
-USES_CVM = {"full", "full_early", "full_gf", "full_gf_bank", "full_gf_skip", "full_lgf_skip"}
+USES_CVM = {"full", "full_early", "full_gf", "full_gf_bank", "full_gf_skip", "full_lgf_skip",
+            "full_lgf_sup_skip"}
 NIR_USAGE_ROWS = USES_CVM | {"wo_cvm", "w_nir"}
 ROW_ORDER = [
     "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",

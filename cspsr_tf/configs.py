@@ -11,7 +11,8 @@ CVM_NORMALIZATIONS = ("batch", "group", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
 LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": (),
-                       "skip_gain": False, "skip_source": "vis", "learned_guide": False}
+                       "skip_gain": False, "skip_source": "vis", "learned_guide": False,
+                       "lambda_guide": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,9 @@ class CSPSRConfig:
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
             is used as it is; the CVM weights are kept but unused).
         lambda_cssc: weight of L_CSSC in Eq. (3) (paper: 0.1; 0 is "w/o L_CSSC").
+        lambda_guide: weight of a training term that pulls the learned guide towards the
+            luminance of the clean LR VIS (`losses.guide_loss_per_example`); 0 (default) for
+            none; > 0 needs `learned_guide`. Not in the paper.
     """
 
     scale: int = 4
@@ -94,6 +98,7 @@ class CSPSRConfig:
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1
+    lambda_guide: float = 0.0
 
     def __post_init__(self):
         if self.scale not in SUPPORTED_SCALES:
@@ -145,6 +150,10 @@ class CSPSRConfig:
             raise ValueError("skip_source='guided_filter' needs nir_guided_filter_radii")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
+        if self.lambda_guide < 0:
+            raise ValueError(f"lambda_guide must be >= 0. Received: {self.lambda_guide}")
+        if self.lambda_guide > 0 and not self.learned_guide:
+            raise ValueError("lambda_guide > 0 needs learned_guide")
 
     @property
     def uses_nir(self):
@@ -199,6 +208,9 @@ ABLATIONS = {
     "full_gf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter"),
     "full_lgf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter",
                           learned_guide=True),
+    # ... with the guide supervised by the clean VIS luminance in training.
+    "full_lgf_sup_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True,
+                              skip_source="guided_filter", learned_guide=True, lambda_guide=1.0),
     "full": dict(),
 }
 

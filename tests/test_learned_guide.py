@@ -1,4 +1,5 @@
-"""The learned correction of the guided filter's NIR guide (`full_lgf_skip`)."""
+"""The learned correction of the guided filter's NIR guide (`full_lgf_skip`) and its
+supervision towards the clean VIS luminance (`full_lgf_sup_skip`)."""
 
 import json
 
@@ -7,10 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cspsr_tf import training
 from cspsr_tf.configs import CSPSRConfig, get_config
+from cspsr_tf.data.resize import bicubic_downscale
 from cspsr_tf.layers.guided_filter import guided_filter
 from cspsr_tf.layers.learned_guide import LearnedGuide
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.losses import guide_loss_per_example
+from cspsr_tf.model import build_cspsr, build_cspsr_with_training_twin
 from tests.layer_test_utils import run_layer_checks
 from tests.test_guided_filter import bicubic_of_guided_filter, random_pair
 
@@ -104,3 +108,53 @@ def test_learned_guide_config_checks_and_legacy_configs():
     values = get_config("tiny").to_dict()
     del values["learned_guide"]
     assert CSPSRConfig.from_dict(values).learned_guide is False
+    with pytest.raises(ValueError, match="lambda_guide > 0 needs learned_guide"):
+        get_config("tiny", "full_gf_skip", lambda_guide=1.0)
+    with pytest.raises(ValueError, match="lambda_guide must be >= 0"):
+        get_config("tiny", "full_lgf_skip", lambda_guide=-0.1)
+    supervised = get_config("tiny", "full_lgf_sup_skip")
+    assert supervised.learned_guide and supervised.lambda_guide == 1.0
+    assert CSPSRConfig.from_dict(json.loads(supervised.to_json())) == supervised
+    del values["lambda_guide"]
+    assert CSPSRConfig.from_dict(values).lambda_guide == 0.0
+
+
+def test_guide_loss_against_hand_computed_luminance():
+    # A flat HR colour downscales to itself; its BT.601 luminance by hand:
+    # 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6 = 0.363.
+    vis_hr = tf.constant(np.broadcast_to([0.2, 0.4, 0.6], (2, 8, 8, 3)), tf.float32)
+    guide = tf.constant(np.stack([np.full((4, 4, 1), 0.5), np.full((4, 4, 1), 0.363)]), tf.float32)
+    loss = guide_loss_per_example(guide, vis_hr, scale=2).numpy()
+    np.testing.assert_allclose(loss, [(0.5 - 0.363) ** 2, 0.0], atol=1e-6)
+
+
+def test_the_guide_term_trains_the_guide_alone_with_its_weight():
+    config = get_config("tiny", "full_lgf_sup_skip", scale=2, lambda_guide=0.5)
+    # A CVM trained with the SR stage (not frozen): the guide term must still not reach it.
+    train, _ = training.build_configs(dict(batch_size=2, freeze_cvm=False, lambda_match=0.0), {})
+    model, twin = build_cspsr_with_training_twin(config)
+    loss_fn, variables = training.select_stage(train, config, model, twin)
+    rng = np.random.default_rng(0)
+    inputs = {"vis_lr": tf.constant(rng.random((2, 8, 8, 3)), tf.float32),
+              "nir_lr": tf.constant(rng.random((2, 8, 8, 1)), tf.float32)}
+    targets = {"vis_hr": tf.constant(rng.random((2, 16, 16, 3)), tf.float32),
+               "nir_hr": tf.constant(rng.random((2, 16, 16, 1)), tf.float32),
+               "stereo": tf.constant([0.0, 0.0])}  # registered: the guide reads nir_lr itself
+    losses = loss_fn(inputs, targets)
+    # Untrained, the guide is the NIR: the term is its MSE to the clean LR luminance.
+    luma = np.asarray(bicubic_downscale(targets["vis_hr"], 2)) @ np.array([0.299, 0.587, 0.114])
+    expected = np.mean((np.asarray(inputs["nir_lr"])[..., 0] - luma) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(losses["guide"].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses["total"].numpy(),
+        (losses["vis_mse"] + config.lambda_cssc * losses["cssc"] + 0.5 * losses["guide"]).numpy(),
+        rtol=1e-6)
+    with tf.GradientTape() as tape:  # a stereo example: the guide reads the CVM's warped NIR
+        guide_term = tf.reduce_sum(loss_fn(inputs, {**targets, "stereo": tf.constant([1.0, 0.0])})["guide"])
+    grads = tape.gradient(guide_term, variables)
+    guide_ids = {id(v) for v in model.get_layer("nir_learned_guide").trainable_variables}
+    moved = {v.path for v, g in zip(variables, grads, strict=True)
+             if g is not None and np.any(np.asarray(g) != 0)}
+    assert moved, "the guide term has no gradient"
+    assert all(id(v) in guide_ids for v, g in zip(variables, grads, strict=True)
+               if g is not None and np.any(np.asarray(g) != 0)), moved
