@@ -40,18 +40,6 @@ from benchmarks import bench_util  # noqa: E402
 EPS_GRID = (1e-4, 1e-3, 1e-2)
 RADIUS = 2  # the radius of every guided-filter ablation row
 
-flags.DEFINE_string("degradation", "low_light", "Degradation of the LR VIS (train and test).")
-flags.DEFINE_string("data_dir", "runs/nir_benefit/tfds", "TFDS data directory.")
-flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared samples folder.")
-flags.DEFINE_integer("steps", 1500, "Training steps of each guide.")
-flags.DEFINE_integer("batch_size", 16, "Patches per step.")
-flags.DEFINE_integer("patch_size", 96, "HR patch side.")
-flags.DEFINE_integer("scale", 4, "SR factor (the LR size of the guide).")
-flags.DEFINE_integer("channels", 16, "Width of the guide's hidden convolutions (the model's: 16).")
-flags.DEFINE_integer("hidden_layers", 2, "Their number (the model's: 2).")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seeds the weights and the patch stream.")
-flags.DEFINE_string("out", None, "JSON file for the results.")
 FLAGS = flags.FLAGS
 
 
@@ -175,5 +163,23 @@ def main(argv):
         bench_util.write_json(FLAGS.out, result)
 
 
+def define_flags():
+    # Defined only when run as a script: tests import this module beside others that define
+    # flags of the same names.
+    flags.DEFINE_string("degradation", "low_light", "Degradation of the LR VIS (train and test).")
+    flags.DEFINE_string("data_dir", "runs/nir_benefit/tfds", "TFDS data directory.")
+    flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared samples folder.")
+    flags.DEFINE_integer("steps", 1500, "Training steps of each guide.")
+    flags.DEFINE_integer("batch_size", 16, "Patches per step.")
+    flags.DEFINE_integer("patch_size", 96, "HR patch side.")
+    flags.DEFINE_integer("scale", 4, "SR factor (the LR size of the guide).")
+    flags.DEFINE_integer("channels", 16, "Width of the guide's hidden convolutions (the model's: 16).")
+    flags.DEFINE_integer("hidden_layers", 2, "Their number (the model's: 2).")
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+    flags.DEFINE_integer("seed", 0, "Seeds the weights and the patch stream.")
+    flags.DEFINE_string("out", None, "JSON file for the results.")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
