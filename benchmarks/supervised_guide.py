@@ -167,7 +167,8 @@ def define_flags():
     # Defined only when run as a script: tests import this module beside others that define
     # flags of the same names.
     flags.DEFINE_string("degradation", "low_light", "Degradation of the LR VIS (train and test).")
-    flags.DEFINE_string("data_dir", "runs/nir_benefit/tfds", "TFDS data directory.")
+    flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
+                        "TFDS data directory (default: nir_benefit.py's, whatever the working directory).")
     flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared samples folder.")
     flags.DEFINE_integer("steps", 1500, "Training steps of each guide.")
     flags.DEFINE_integer("batch_size", 16, "Patches per step.")
