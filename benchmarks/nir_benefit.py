@@ -40,6 +40,9 @@ only when named in --rows: it was added after the main table, when
 VIS-only ones at `low_light` and +0.65 dB at this exposure. `very_dark`
 (`--degradation=low_light:gain=0.05`), likewise only when named, was added later still, where
 that filter gains +1.29 dB: does the trained model turn that into a gain above +1.0 dB?
+`over_exposure` (`--degradation=over_exposure`: the LR VIS x2, clipped at 1; deterministic),
+likewise only when named, is the abstract's "high brightness": the VIS loses what saturates,
+the clean NIR keeps that structure.
 
 Rows, run in this order so that a partial run is still a useful table (JSON + markdown
 written after every row; --resume skips rows already in the JSON with the same settings):
@@ -106,7 +109,7 @@ from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow im
 NAME = "nir_benefit"
 SAMPLES_DIR = Path(bench_util.SAMPLES_DIR)
 CONDITIONS = {"clean": "none", "low_light": "low_light", "dark": "low_light:gain=0.1",
-              "very_dark": "low_light:gain=0.05"}
+              "very_dark": "low_light:gain=0.05", "over_exposure": "over_exposure"}
 ABLATIONS = {
     "baseline": "single branch, VIS only",
     "full": "CSPSR: dual branch (DMF) + CVM",
@@ -132,7 +135,8 @@ ROW_ORDER = [
     "clean/wo_cvm/seed0",
 ]
 SMOKE_ROWS = ["low_light/baseline/seed0", "low_light/full/seed0"]
-TARGETS_DB = {"low_light": 1.0, "clean": 0.3, "dark": 1.0, "very_dark": 1.0}
+TARGETS_DB = {"low_light": 1.0, "clean": 0.3, "dark": 1.0, "very_dark": 1.0,
+              "over_exposure": 1.0}
 CALIBRATION_STEPS = (5, 25)
 CALIBRATION_KINDS = ("full", "baseline", "baseline_wide")
 # evaluate.py names a folder "<dataset>_<split>": keep each split string well below NAME_MAX.
