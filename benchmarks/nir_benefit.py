@@ -123,10 +123,12 @@ ABLATIONS = {
     "full_gf_skip": "full_gf whose VIS skip is the guided-filtered VIS, with a learned gain",
     "full_lgf_skip": "full_gf_skip whose guide is the NIR plus a learned correction",
     "full_lgf_sup_skip": "full_lgf_skip whose guide is also trained towards the clean VIS luminance",
+    "full_vis2": "CSPSR with two convolutions on each DMF module's VIS path (the baseline's count)",
+    "full_gf_skip_vis2": "full_gf_skip with two convolutions on each DMF module's VIS path",
 }
 TRAIN_ABLATION = {"baseline_wide": "baseline"}
 USES_CVM = {"full", "full_early", "full_gf", "full_gf_bank", "full_gf_skip", "full_lgf_skip",
-            "full_lgf_sup_skip"}
+            "full_lgf_sup_skip", "full_vis2", "full_gf_skip_vis2"}
 NIR_USAGE_ROWS = USES_CVM | {"wo_cvm", "w_nir"}
 ROW_ORDER = [
     "low_light/baseline/seed0", "low_light/full/seed0", "clean/baseline/seed0", "clean/full/seed0",

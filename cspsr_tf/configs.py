@@ -12,7 +12,7 @@ SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
 LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": (),
                        "skip_gain": False, "skip_source": "vis", "learned_guide": False,
-                       "lambda_guide": 0.0}
+                       "lambda_guide": 0.0, "dmf_vis_convs": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,9 @@ class CSPSRConfig:
         use_csft: CSFT fusion (False: fusion by concatenation + 1x1 conv, "w/o CSFT").
         use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
         dmf_residual: residual connection around each DMF module (a documented choice).
+        dmf_vis_convs: convolutions on each DMF module's VIS path after CSFT: 1 (default, the
+            paper's count, about 1.298 M parameters) or 2 (conv-ReLU-conv, as deep as the
+            VIS-only baseline's residual block at equal T; not in the paper).
         nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
             (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
             the paper; a switch for measuring where the NIR should enter).
@@ -84,6 +87,7 @@ class CSPSRConfig:
     use_csft: bool = True
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
+    dmf_vis_convs: int = 1
     nir_early_fusion: bool = False
     nir_guided_filter_radii: tuple = ()
     learned_guide: bool = False
@@ -126,6 +130,8 @@ class CSPSRConfig:
         for name in ("channels", "num_modules", "kernel_size", "cvm_base_channels", "cvm_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.dmf_vis_convs not in (1, 2):
+            raise ValueError(f"dmf_vis_convs must be 1 or 2. Received: dmf_vis_convs={self.dmf_vis_convs}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd. Received: kernel_size={self.kernel_size}")
         if self.nir_early_fusion and self.architecture != "dual":
@@ -211,6 +217,10 @@ ABLATIONS = {
     # ... with the guide supervised by the clean VIS luminance in training.
     "full_lgf_sup_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True,
                               skip_source="guided_filter", learned_guide=True, lambda_guide=1.0),
+    # ... and each DMF module's VIS path two convolutions deep, as the baseline's blocks.
+    "full_vis2": dict(dmf_vis_convs=2),
+    "full_gf_skip_vis2": dict(nir_guided_filter_radii=(2,), skip_gain=True,
+                              skip_source="guided_filter", dmf_vis_convs=2),
     "full": dict(),
 }
 

@@ -149,6 +149,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
                 residual=config.dmf_residual,
                 dynamic_conv_implementation=config.dynamic_conv_implementation,
                 kernel_normalization=config.kernel_normalization,
+                vis_convs=config.dmf_vis_convs,
                 name=n,
                 dtype=policy,
             ))((f_vis, f_nir))
