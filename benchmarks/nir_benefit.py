@@ -441,7 +441,7 @@ def project(calibration, rows, steps, cvm_steps, num_test):
 
 
 def parse_row(name):
-    match = re.fullmatch(r"([a-z_]+)/([a-z_]+)/seed(\d+)", name)
+    match = re.fullmatch(r"([a-z_]+)/([a-z0-9_]+)/seed(\d+)", name)
     if not match or match.group(1) not in CONDITIONS or match.group(2) not in ABLATIONS:
         raise app.UsageError(f"bad row {name!r}: <{'|'.join(CONDITIONS)}>/<{'|'.join(ABLATIONS)}>/seed<N>")
     return match.group(1), match.group(2), int(match.group(3))
