@@ -103,6 +103,7 @@ def hand_count(config):
         + conv_params(1, 2 * c, 2 * c)  # w_c
         + conv_params(3, 2 * c, 1)  # w_s2
         + 2 * conv_params(3, c, c)  # the two output convolutions
+        + (config.dmf_vis_convs - 1) * conv_params(3, c, c)  # the VIS path's second conv
     )
     sr = shallow(3) + shallow(1) + t * dmf + conv_params(3, c, 3 * s * s) + conv_params(3, c, s * s)
     b, depth = config.cvm_base_channels, config.cvm_depth
@@ -134,12 +135,13 @@ def hand_count(config):
 
 
 @pytest.mark.parametrize(
-    "preset, cvm_normalization", [("paper", "batch"), ("small", "group"), ("small", "none")]
+    "preset, cvm_normalization, dmf_vis_convs",
+    [("paper", "batch", 1), ("small", "group", 1), ("small", "none", 2)],
 )
-def test_parameter_count_equals_hand_count(preset, cvm_normalization):
-    # The paper preset with its default CVM; the other CVM normalisations on the cheaper
-    # `small` preset (the hand count does not depend on the preset).
-    config = PRESETS[preset].replace(cvm_normalization=cvm_normalization)
+def test_parameter_count_equals_hand_count(preset, cvm_normalization, dmf_vis_convs):
+    # The paper preset with its default CVM; the other CVM normalisations and the two-conv VIS
+    # path on the cheaper `small` preset (the hand count does not depend on the preset).
+    config = PRESETS[preset].replace(cvm_normalization=cvm_normalization, dmf_vis_convs=dmf_vis_convs)
     if preset == "paper":
         assert (config.channels, config.num_modules, config.kernel_size) == (64, 15, 3)
     model = build_cspsr(config)
@@ -241,6 +243,12 @@ def test_config_validation_messages():
     with pytest.raises(TypeError):
         build_cspsr({"scale": 4})
     assert CSPSRConfig.from_dict(PRESETS["paper"].to_dict()) == PRESETS["paper"]
+    with pytest.raises(ValueError, match="dmf_vis_convs=3"):
+        CSPSRConfig(dmf_vis_convs=3)
+    # A config saved before the field existed loads with the paper's one VIS convolution.
+    saved = get_config("tiny", "full_vis2").to_dict()
+    del saved["dmf_vis_convs"]
+    assert CSPSRConfig.from_dict(saved).dmf_vis_convs == 1
 
 
 def test_mixed_precision_layers_compute_in_float16_and_outputs_stay_float32():
