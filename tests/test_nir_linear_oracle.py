@@ -1,0 +1,73 @@
+"""benchmarks/nir_linear_oracle.py: windows, phases and least squares against hand values."""
+
+import numpy as np
+import pytest
+
+from benchmarks import nir_linear_oracle as oracle
+
+
+def test_window_features_replicate_edges_in_channel_then_row_order():
+    image = np.arange(12, dtype=np.float64).reshape(3, 4, 1)  # values = 4 * row + col
+    x = oracle.window_features(image, radius=1)
+    assert x.shape == (12, 9)
+    # Pixel (0, 0): its 3x3 window with the border replicated, row by row.
+    np.testing.assert_array_equal(x[0], [0, 0, 1, 0, 0, 1, 4, 4, 5])
+    # Pixel (1, 2) (row-major index 6) is inside: plain neighbours.
+    np.testing.assert_array_equal(x[6], [1, 2, 3, 5, 6, 7, 9, 10, 11])
+    two = np.concatenate([image, 100 + image], axis=-1)
+    np.testing.assert_array_equal(oracle.window_features(two, 1)[6, 9:], 100 + x[6])
+
+
+def test_phase_targets_and_assemble_are_inverse_and_put_phases_in_columns():
+    rng = np.random.default_rng(0)
+    hr = rng.random((6, 9))
+    phases = oracle.phase_targets(hr, 3)
+    assert phases.shape == (6, 3 * 3)
+    # LR pixel (1, 2) -> row 1 * 3 + 2; HR pixel (1*3 + 2, 2*3 + 0) is phase (2, 0) -> column 6.
+    assert phases[5, 6] == hr[5, 6]
+    np.testing.assert_array_equal(oracle.assemble(phases, 2, 3, 3), hr)
+    with pytest.raises(ValueError, match="not a multiple"):
+        oracle.phase_targets(np.zeros((5, 6)), 2)
+
+
+def test_normal_equations_over_frames_equal_one_least_squares_fit():
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.standard_normal((50, 4)), rng.standard_normal((70, 4))
+    y1, y2 = rng.standard_normal((50, 2)), rng.standard_normal((70, 2))
+    equations = oracle.NormalEquations()
+    equations.add(x1, y1)
+    equations.add(x2, y2)
+    expected = np.linalg.lstsq(np.vstack([x1, x2]), np.vstack([y1, y2]), rcond=None)[0]
+    np.testing.assert_allclose(equations.solve(), expected, atol=1e-5)
+
+
+def test_nir_features_recover_a_target_built_from_the_nir():
+    # HR luma = 20 + 100 * (the NIR pixel to the right of the LR pixel) at every phase, plus
+    # 50 * the VIS green at phase 0: only the vis_nir fit can reproduce it.
+    rng = np.random.default_rng(2)
+    h, w, s = 12, 10, 2
+    vis, nir = rng.random((h, w, 3)), rng.random((h, w, 1))
+    right = np.pad(nir[..., 0], ((0, 0), (0, 1)), mode="edge")[:, 1:]
+    phases = np.repeat((20 + 100 * right).reshape(-1, 1), s * s, axis=1)
+    phases[:, 0] += 50 * vis[..., 1].reshape(-1)
+    hr_y = oracle.assemble(phases, h, w, s)
+    errors = {}
+    for feature_set in oracle.FEATURE_SETS:
+        x = oracle.features(vis, nir, feature_set, radius=1)
+        assert x.shape[1] == {"vis": 27, "vis_nir": 36}[feature_set] + 1
+        equations = oracle.NormalEquations()
+        equations.add(x, oracle.phase_targets(hr_y, s))
+        errors[feature_set] = np.abs(oracle.assemble(x @ equations.solve(), h, w, s) - hr_y).max()
+    assert errors["vis_nir"] < 1e-3
+    assert errors["vis"] > 5
+
+
+def test_y_psnr_of_a_known_error_after_the_shave_and_clip():
+    hr = np.full((12, 12), 100.0)
+    pred = hr.copy()
+    pred[2:10, 2:10] += 5.0  # inside the 2-px shave: an error of 5 everywhere there
+    assert oracle.y_psnr(pred, hr, 2) == pytest.approx(10 * np.log10(255.0**2 / 25.0))
+    pred[0, 0] = 1000.0  # in the shaved border: no effect
+    assert oracle.y_psnr(pred, hr, 2) == pytest.approx(10 * np.log10(255.0**2 / 25.0))
+    low = np.full((12, 12), 0.0)  # clipped to 16: an error of 16 - 20 = -4
+    assert oracle.y_psnr(low, np.full((12, 12), 20.0), 2) == pytest.approx(10 * np.log10(255.0**2 / 16.0))
