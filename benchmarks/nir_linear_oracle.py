@@ -27,6 +27,11 @@ used (the stereo frames' NIR is not aligned with their VIS; they are counted and
 PSNR: data range 255, `scale` pixels shaved, the prediction clipped to [16, 235] and not
 rounded; the bicubic row is scored the same way (it reproduces the metric of the tables to
 within the rounding of Y).
+
+Beside them, the trained networks' NIR gains on the same frames (`--network_results`): for
+each NIR row of `--network_rows` found in those `nir_benefit.py` JSONs, its standard PSNR
+minus the VIS-only baseline's of the same seed, averaged over the frames measured here, then
+over the seeds both have.
 """
 
 import json
@@ -161,6 +166,39 @@ def measure(train_frames, test_frames, scale, radius):
     return means, per_frame
 
 
+def network_gains(results_list, condition, frame_ids, ablations, vis_ablation="baseline"):
+    """{ablation: {"seeds": [...], "gain_db": mean over seeds of the mean per-frame gain}}.
+
+    `results_list`: loaded `nir_benefit.py` JSONs; a row found in an earlier one wins.
+    Only the frames in `frame_ids` count; every one of them must have been evaluated.
+    """
+    rows = {}
+    for results in results_list:
+        for name, row in results["rows_results"].items():
+            if name not in rows and "frames" in row.get("evaluation", {}):
+                rows[name] = {f["id"]: f["model"]["standard"]["psnr"] for f in row["evaluation"]["frames"]}
+
+    def seeds_of(ablation):
+        prefix = f"{condition}/{ablation}/"
+        return {name[len(prefix):]: frames for name, frames in rows.items() if name.startswith(prefix)}
+
+    vis = seeds_of(vis_ablation)
+    out = {}
+    for ablation in ablations:
+        nir = seeds_of(ablation)
+        seeds = sorted(set(nir) & set(vis))
+        if not seeds:
+            continue
+        gains = []
+        for seed in seeds:
+            missing = [i for i in frame_ids if i not in nir[seed] or i not in vis[seed]]
+            if missing:
+                raise ValueError(f"{condition}/{ablation}/{seed}: frame {missing[0]} was not evaluated")
+            gains.append(np.mean([nir[seed][i] - vis[seed][i] for i in frame_ids]))
+        out[ablation] = {"seeds": seeds, "gain_db": float(np.mean(gains))}
+    return out
+
+
 def main(argv):
     del argv
     from benchmarks.nir_usage import load_frames
@@ -169,7 +207,8 @@ def main(argv):
         results = json.load(f)
     split = results["split"]
     out = bench_util.header(NAME, {"results": bench_util.rel(FLAGS.results), "radius": FLAGS.radius,
-                                   "scale": FLAGS.scale})
+                                   "scale": FLAGS.scale, "network_results": FLAGS.network_results,
+                                   "network_rows": FLAGS.network_rows})
     out["conditions"] = {}
     table = []
     for condition in FLAGS.conditions:
@@ -192,15 +231,23 @@ def main(argv):
             "nir_gain_db": {fit: means[f"{fit}/vis_nir"] - means[f"{fit}/vis"] for fit in ("train", "oracle")},
             "per_frame": per_frame,
         }
+        networks = []
+        for path in FLAGS.network_results:
+            with open(path) as f:
+                networks.append(json.load(f))
+        out["conditions"][condition]["network_nir_gain_db"] = network_gains(
+            networks, condition, [row["id"] for row in per_frame], FLAGS.network_rows)
         gains = out["conditions"][condition]["nir_gain_db"]
         table.append([condition, len(test), bench_util.fmt(means["bicubic"], 2),
                       bench_util.fmt(means["train/vis"], 2), bench_util.fmt(means["train/vis_nir"], 2),
                       bench_util.fmt(gains["train"], 2, " dB"), bench_util.fmt(means["oracle/vis"], 2),
-                      bench_util.fmt(means["oracle/vis_nir"], 2), bench_util.fmt(gains["oracle"], 2, " dB")])
+                      bench_util.fmt(means["oracle/vis_nir"], 2), bench_util.fmt(gains["oracle"], 2, " dB"),
+                      ", ".join(f"{a} {bench_util.fmt(g['gain_db'], 2)} ({len(g['seeds'])})" for a, g in
+                                out["conditions"][condition]["network_nir_gain_db"].items())])
         print(" | ".join(str(v) for v in table[-1]), flush=True)
     bench_util.write_json(FLAGS.out, out)
     bench_util.print_table(["condition", "test frames", "bicubic", "train: vis", "train: vis+nir", "NIR gain",
-                            "oracle: vis", "oracle: vis+nir", "NIR gain"], table)
+                            "oracle: vis", "oracle: vis+nir", "NIR gain", "networks' NIR gain (seeds)"], table)
 
 
 if __name__ == "__main__":
@@ -208,6 +255,9 @@ if __name__ == "__main__":
                                                      "nir_benefit_over_exposure.json"),
                         "benchmarks/nir_benefit.py results JSON (its split and conditions).")
     flags.DEFINE_list("conditions", ["clean", "low_light"], "Conditions to measure.")
+    flags.DEFINE_list("network_results", [], "nir_benefit.py JSONs whose trained rows' NIR gains to show "
+                      "beside (an earlier file's row wins).")
+    flags.DEFINE_list("network_rows", ["full", "w_nir", "full_gf_skip"], "NIR ablations to show.")
     flags.DEFINE_integer("radius", 2, "LR window radius r ((2r+1)^2 pixels per channel).")
     flags.DEFINE_integer("scale", 4, "SR factor.")
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),

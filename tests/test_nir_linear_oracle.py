@@ -71,3 +71,26 @@ def test_y_psnr_of_a_known_error_after_the_shave_and_clip():
     assert oracle.y_psnr(pred, hr, 2) == pytest.approx(10 * np.log10(255.0**2 / 25.0))
     low = np.full((12, 12), 0.0)  # clipped to 16: an error of 16 - 20 = -4
     assert oracle.y_psnr(low, np.full((12, 12), 20.0), 2) == pytest.approx(10 * np.log10(255.0**2 / 16.0))
+
+
+def _row(psnrs):
+    return {"evaluation": {"frames": [{"id": i, "model": {"standard": {"psnr": p}}} for i, p in psnrs.items()]}}
+
+
+def test_network_gains_pair_seeds_average_frames_and_let_the_first_file_win():
+    first = {"rows_results": {
+        "low_light/baseline/seed0": _row({"a": 20.0, "b": 30.0, "stereo": 10.0}),
+        "low_light/full/seed0": _row({"a": 21.0, "b": 30.5, "stereo": 0.0}),
+        "low_light/full/seed2": _row({"a": 99.0, "b": 99.0}),  # no baseline of seed 2
+    }}
+    second = {"rows_results": {
+        "low_light/full/seed0": _row({"a": 50.0, "b": 50.0}),  # shadowed by the first file
+        "low_light/baseline/seed1": _row({"a": 20.0, "b": 30.0}),
+        "low_light/full/seed1": _row({"a": 22.0, "b": 30.0}),
+        "clean/full/seed1": _row({"a": 0.0, "b": 0.0}),
+    }}
+    gains = oracle.network_gains([first, second], "low_light", ["a", "b"], ["full", "w_nir"])
+    # Seed 0: (1.0 + 0.5) / 2 = 0.75; seed 1: (2.0 + 0.0) / 2 = 1.0; the stereo frame left out.
+    assert gains == {"full": {"seeds": ["seed0", "seed1"], "gain_db": pytest.approx(0.875)}}
+    with pytest.raises(ValueError, match="frame c was not evaluated"):
+        oracle.network_gains([first, second], "low_light", ["a", "c"], ["full"])
