@@ -34,8 +34,9 @@ class CSPSRConfig:
         use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
         dmf_residual: residual connection around each DMF module (a documented choice).
         dmf_vis_convs: convolutions on each DMF module's VIS path after CSFT: 1 (default, the
-            paper's count, about 1.298 M parameters) or 2 (conv-ReLU-conv, as deep as the
-            VIS-only baseline's residual block at equal T; not in the paper).
+            paper's "two convolution layers", one per branch) or 2 (conv-ReLU-conv, as deep as
+            the VIS-only baseline's residual block at equal T; not in the paper; measured in
+            the README: no gain beyond the seed spread).
         nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
             (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
             the paper; a switch for measuring where the NIR should enter).
