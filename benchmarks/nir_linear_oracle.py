@@ -24,9 +24,8 @@ The gain of `vis_nir` over `vis` is what a linear use of the NIR adds. Two fits:
 Frames, split and degradation are those of a `benchmarks/nir_benefit.py` run (its JSON's
 train/test splits and conditions; the same noise as `evaluate.py`). Only registered pairs are
 used (the stereo frames' NIR is not aligned with their VIS; they are counted and left out).
-PSNR: data range 255, `scale` pixels shaved, the prediction clipped to [16, 235] and not
-rounded; the bicubic row is scored the same way (it reproduces the metric of the tables to
-within the rounding of Y).
+PSNR: data range 255, `scale` pixels shaved, the predicted luma clipped to [16, 235] and not
+rounded; the bicubic row is the tables' metric exactly (its RGB quantised to 8 bits first).
 
 Beside them, the trained networks' NIR gains on the same frames (`--network_results`): for
 each NIR row of `--network_rows` found in those `nir_benefit.py` JSONs, its standard PSNR

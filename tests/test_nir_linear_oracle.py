@@ -94,3 +94,26 @@ def test_network_gains_pair_seeds_average_frames_and_let_the_first_file_win():
     assert gains == {"full": {"seeds": ["seed0", "seed1"], "gain_db": pytest.approx(0.875)}}
     with pytest.raises(ValueError, match="frame c was not evaluated"):
         oracle.network_gains([first, second], "low_light", ["a", "c"], ["full"])
+
+
+def test_measure_scores_bicubic_as_the_tables_and_nested_fits_never_lose_on_their_own_frame():
+    from cspsr_tf.data.resize import bicubic_upscale
+    from cspsr_tf.metrics import psnr
+
+    rng = np.random.default_rng(4)
+    s, h, w = 2, 16, 12
+
+    def frame(k):
+        hr = rng.integers(0, 256, (h * s, w * s, 3), dtype=np.uint8)
+        vis = hr[::s, ::s].astype(np.float32)[None] / 255.0
+        nir = rng.random((1, h, w, 1), dtype=np.float32)
+        return (f"f{k}", vis, nir, hr, "aligned")
+
+    train, test = [frame(0), frame(1)], [frame(2)]
+    means, per_frame = oracle.measure(train, test, s, radius=1)
+    _, vis, _, hr, _ = test[0]
+    assert per_frame[0]["bicubic"] == pytest.approx(
+        psnr(np.asarray(bicubic_upscale(vis[0], s)), hr, protocol="standard", scale=s), abs=1e-9)
+    # The VIS+NIR features contain the VIS ones: fitted on the frame itself, never worse.
+    assert means["oracle/vis_nir"] >= means["oracle/vis"] - 1e-6
+    assert set(means) == {"bicubic", "train/vis", "train/vis_nir", "oracle/vis", "oracle/vis_nir"}
