@@ -84,6 +84,16 @@ def features(vis_lr, nir_lr, feature_set, radius):
     return np.concatenate(parts, axis=1)
 
 
+def feature_columns(feature_set, radius, vis_channels=3):
+    """Indices of `feature_set`'s columns in the `vis_nir` design matrix (VIS windows, NIR
+    window, constant), so that one matrix per frame serves both fits."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature_set must be one of {FEATURE_SETS}; got {feature_set!r}")
+    n_vis = vis_channels * (2 * radius + 1) ** 2
+    n_total = n_vis + (2 * radius + 1) ** 2 + 1
+    return np.r_[0:n_vis, n_total - 1] if feature_set == "vis" else np.arange(n_total)
+
+
 def phase_targets(hr_y, scale):
     """[h*w, scale^2]: the HR values of each LR pixel, column py*scale + px."""
     hr_y = np.asarray(hr_y, np.float64)
@@ -111,11 +121,15 @@ class NormalEquations:
         self.xtx = xtx if self.xtx is None else self.xtx + xtx
         self.xty = xty if self.xty is None else self.xty + xty
 
-    def solve(self):
+    def solve(self, columns=None):
+        """Weights of the fit on all columns, or on the subset `columns` (same sums, sub-blocks)."""
         if self.xtx is None:
             raise ValueError("no frames were added")
-        ridge = RIDGE * float(np.mean(np.diag(self.xtx)))
-        return np.linalg.solve(self.xtx + ridge * np.eye(len(self.xtx)), self.xty)
+        xtx, xty = self.xtx, self.xty
+        if columns is not None:
+            xtx, xty = xtx[np.ix_(columns, columns)], xty[columns]
+        ridge = RIDGE * float(np.mean(np.diag(xtx)))
+        return np.linalg.solve(xtx + ridge * np.eye(len(xtx)), xty)
 
 
 def y_psnr(pred_y, hr_y, scale):
@@ -139,26 +153,26 @@ def measure(train_frames, test_frames, scale, radius):
     from cspsr_tf.data.resize import bicubic_upscale
     from cspsr_tf.metrics import rgb_to_y
 
-    fitted = {}
-    for feature_set in FEATURE_SETS:
-        equations = NormalEquations()
-        for frame in train_frames:
-            vis, nir, hr_y = _frame_arrays(frame)
-            equations.add(features(vis, nir, feature_set, radius), phase_targets(hr_y, scale))
-        fitted[feature_set] = equations.solve()
+    # One VIS+NIR design matrix per frame; the VIS-only fits use its VIS and constant columns.
+    columns = {feature_set: feature_columns(feature_set, radius) for feature_set in FEATURE_SETS}
+    train = NormalEquations()
+    for frame in train_frames:
+        vis, nir, hr_y = _frame_arrays(frame)
+        train.add(features(vis, nir, "vis_nir", radius), phase_targets(hr_y, scale))
+    fitted = {feature_set: train.solve(cols) for feature_set, cols in columns.items()}
     per_frame = []
     for frame in test_frames:
         vis, nir, hr_y = _frame_arrays(frame)
         h, w = vis.shape[:2]
         bicubic = rgb_to_y(np.asarray(bicubic_upscale(vis, scale)))
         row = {"id": frame[0], "bicubic": y_psnr(bicubic, hr_y, scale)}
-        targets = phase_targets(hr_y, scale)
-        for feature_set in FEATURE_SETS:
-            x = features(vis, nir, feature_set, radius)
-            row[f"train/{feature_set}"] = y_psnr(assemble(x @ fitted[feature_set], h, w, scale), hr_y, scale)
-            own = NormalEquations()
-            own.add(x, targets)
-            row[f"oracle/{feature_set}"] = y_psnr(assemble(x @ own.solve(), h, w, scale), hr_y, scale)
+        x = features(vis, nir, "vis_nir", radius)
+        own = NormalEquations()
+        own.add(x, phase_targets(hr_y, scale))
+        for feature_set, cols in columns.items():
+            x_set = x[:, cols]
+            for fit, weights in (("train", fitted[feature_set]), ("oracle", own.solve(cols))):
+                row[f"{fit}/{feature_set}"] = y_psnr(assemble(x_set @ weights, h, w, scale), hr_y, scale)
         per_frame.append(row)
     keys = [k for k in per_frame[0] if k != "id"]
     means = {k: float(np.mean([row[k] for row in per_frame])) for k in keys}
@@ -209,6 +223,10 @@ def main(argv):
                                    "scale": FLAGS.scale, "network_results": FLAGS.network_results,
                                    "network_rows": FLAGS.network_rows})
     out["conditions"] = {}
+    networks = []
+    for path in FLAGS.network_results:
+        with open(path) as f:
+            networks.append(json.load(f))
     table = []
     for condition in FLAGS.conditions:
         if condition not in results["conditions"]:
@@ -230,10 +248,6 @@ def main(argv):
             "nir_gain_db": {fit: means[f"{fit}/vis_nir"] - means[f"{fit}/vis"] for fit in ("train", "oracle")},
             "per_frame": per_frame,
         }
-        networks = []
-        for path in FLAGS.network_results:
-            with open(path) as f:
-                networks.append(json.load(f))
         out["conditions"][condition]["network_nir_gain_db"] = network_gains(
             networks, condition, [row["id"] for row in per_frame], FLAGS.network_rows)
         gains = out["conditions"][condition]["nir_gain_db"]

@@ -39,6 +39,18 @@ def test_normal_equations_over_frames_equal_one_least_squares_fit():
     equations.add(x2, y2)
     expected = np.linalg.lstsq(np.vstack([x1, x2]), np.vstack([y1, y2]), rcond=None)[0]
     np.testing.assert_allclose(equations.solve(), expected, atol=1e-5)
+    # A column subset is the fit on those columns alone.
+    subset = np.linalg.lstsq(np.vstack([x1, x2])[:, [0, 3]], np.vstack([y1, y2]), rcond=None)[0]
+    np.testing.assert_allclose(equations.solve([0, 3]), subset, atol=1e-5)
+
+
+def test_vis_columns_of_the_vis_nir_matrix_are_the_vis_design():
+    rng = np.random.default_rng(6)
+    vis, nir = rng.random((5, 4, 3)), rng.random((5, 4, 1))
+    full = oracle.features(vis, nir, "vis_nir", radius=1)
+    np.testing.assert_array_equal(full[:, oracle.feature_columns("vis", 1)],
+                                  oracle.features(vis, nir, "vis", radius=1))
+    np.testing.assert_array_equal(oracle.feature_columns("vis_nir", 1), np.arange(full.shape[1]))
 
 
 def test_nir_features_recover_a_target_built_from_the_nir():
