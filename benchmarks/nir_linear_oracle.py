@@ -117,9 +117,16 @@ class NormalEquations:
         self.xty = None
 
     def add(self, x, y):
-        xtx, xty = x.T @ x, x.T @ y
-        self.xtx = xtx if self.xtx is None else self.xtx + xtx
-        self.xty = xty if self.xty is None else self.xty + xty
+        self.add_raw(x.T @ x, x.T @ y)
+
+    def add_sums(self, other):
+        """Adds another instance's sums (frames fitted together)."""
+        if other.xtx is not None:
+            self.add_raw(other.xtx, other.xty)
+
+    def add_raw(self, xtx, xty):
+        self.xtx = xtx.copy() if self.xtx is None else self.xtx + xtx
+        self.xty = xty.copy() if self.xty is None else self.xty + xty
 
     def solve(self, columns=None):
         """Weights of the fit on all columns, or on the subset `columns` (same sums, sub-blocks)."""
