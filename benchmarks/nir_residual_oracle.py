@@ -119,6 +119,7 @@ def measure(frames, net_ys, scale, net_radius, radius):
     per_frame = []
     for ((frame_id, vis, nir, hr_y), net_y), own_eq in zip(zip(frames, net_ys, strict=True), own, strict=True):
         h, w = vis.shape[:2]
+        # Rebuilt rather than kept from the first pass: ~90 MB a real frame.
         x = residual_features(net_y, vis, nir, scale, net_radius, radius)
         row = {"id": frame_id, "net": y_psnr(net_y, hr_y, scale)}
         for fs, cols in columns.items():
