@@ -117,14 +117,14 @@ class NormalEquations:
         self.xty = None
 
     def add(self, x, y):
-        self.add_raw(x.T @ x, x.T @ y)
+        self._accumulate(x.T @ x, x.T @ y)
 
     def add_sums(self, other):
         """Adds another instance's sums (frames fitted together)."""
         if other.xtx is not None:
-            self.add_raw(other.xtx, other.xty)
+            self._accumulate(other.xtx, other.xty)
 
-    def add_raw(self, xtx, xty):
+    def _accumulate(self, xtx, xty):
         self.xtx = xtx.copy() if self.xtx is None else self.xtx + xtx
         self.xty = xty.copy() if self.xty is None else self.xty + xty
 
