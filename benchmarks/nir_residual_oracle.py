@@ -130,6 +130,46 @@ def measure(frames, net_ys, scale, net_radius, radius):
     return {k: float(np.mean([row[k] for row in per_frame])) for k in keys}, per_frame
 
 
+def mlp_cross_fit(frames, net_ys, scale, net_radius, radius, epochs, hidden=128, batch_size=1024, seed=0):
+    """{feature set: PSNR of each frame} of a small MLP, cross-fitted over the folds like the maps.
+
+    A non-linear counterpart of the `cross` maps: on the same columns (standardised on the
+    fitting frames; no constant, the layers have biases), two hidden ReLU layers predict the HR
+    luma's difference from the network's own output (all `scale`^2 phases at once).
+    """
+    import keras
+
+    ids = [f[0] for f in frames]
+    folds = fold_of(ids)
+    xs, targets, bases = [], [], []
+    for (_, vis, nir, hr_y), net_y in zip(frames, net_ys, strict=True):
+        xs.append(residual_features(net_y, vis, nir, scale, net_radius, radius)[:, :-1].astype(np.float32))
+        bases.append(phase_targets(np.asarray(net_y, np.float64) / 255.0, scale))
+        targets.append((phase_targets(hr_y, scale) / 255.0 - bases[-1]).astype(np.float32))
+    out = {}
+    for fs in FEATURE_SETS:
+        cols = residual_columns(fs, scale, net_radius, radius)[:-1]  # the constant is the last column
+        out[fs] = [None] * len(frames)
+        for k in range(FOLDS):
+            fit = [i for i, frame_id in enumerate(ids) if folds[frame_id] != k]
+            x_fit = np.concatenate([xs[i][:, cols] for i in fit])
+            mean, std = x_fit.mean(axis=0), x_fit.std(axis=0) + 1e-6
+            keras.utils.set_random_seed(seed)
+            model = keras.Sequential([keras.Input((len(cols),)), keras.layers.Dense(hidden, activation="relu"),
+                                      keras.layers.Dense(hidden, activation="relu"),
+                                      keras.layers.Dense(scale * scale)])
+            model.compile(keras.optimizers.Adam(1e-3), "mse")
+            model.fit((x_fit - mean) / std, np.concatenate([targets[i] for i in fit]), epochs=epochs,
+                      batch_size=batch_size, shuffle=True, verbose=0)
+            del x_fit
+            for i, frame_id in enumerate(ids):
+                if folds[frame_id] == k:
+                    h, w = frames[i][1].shape[:2]
+                    pred = model.predict((xs[i][:, cols] - mean) / std, batch_size=8192, verbose=0) + bases[i]
+                    out[fs][i] = y_psnr(assemble(255.0 * pred, h, w, scale), frames[i][3], scale)
+    return out
+
+
 def network_lumas(model_path, frames):
     """The model's SR luma on each frame, run and quantised as `evaluate.py` does."""
     from cspsr_tf import model_io, tiling
@@ -174,7 +214,8 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     out = bench_util.header(NAME, {"results": [bench_util.rel(p) for p in FLAGS.results], "rows": FLAGS.rows,
-                                   "net_radius": FLAGS.net_radius, "radius": FLAGS.radius})
+                                   "net_radius": FLAGS.net_radius, "radius": FLAGS.radius,
+                                   "mlp_epochs": FLAGS.mlp_epochs})
     out["rows"] = {}
     frames_cache = {}
     table = []
@@ -199,21 +240,31 @@ def main(argv):
         recorded = {f["id"]: f["model"]["standard"]["psnr"] for f in row["evaluation"]["frames"]}
         arrays = [(f[0], f[1][0], f[2][0], rgb_to_y(f[3])) for f in frames]
         means, per_frame = measure(arrays, net_ys, scale, FLAGS.net_radius, FLAGS.radius)
+        if FLAGS.mlp_epochs:
+            mlp = mlp_cross_fit(arrays, net_ys, scale, FLAGS.net_radius, FLAGS.radius, FLAGS.mlp_epochs)
+            for fs, psnrs in mlp.items():
+                for frame, psnr in zip(per_frame, psnrs, strict=True):
+                    frame[f"mlp/{fs}"] = psnr
+                means[f"mlp/{fs}"] = float(np.mean(psnrs))
         for frame in per_frame:
             if abs(frame["net"] - recorded[frame["id"]]) > RECHECK_TOLERANCE_DB:
                 raise RuntimeError(f"{name}, {frame['id']}: PSNR {frame['net']:.3f} dB here, "
                                    f"{recorded[frame['id']]:.3f} dB recorded: not the same model or inputs")
-        gains = {fit: means[f"{fit}/net_nir"] - means[f"{fit}/net"] for fit in FITS}
+        gains = {fit: means[f"{fit}/net_nir"] - means[f"{fit}/net"] for fit in FITS + ("mlp",)
+                 if f"{fit}/net" in means}
         out["rows"][name] = {"model": bench_util.rel(model_path), "test_frames": len(frames),
                              "mean_psnr_db": means, "nir_gain_db": gains, "per_frame": per_frame}
         table.append([name, len(frames), bench_util.fmt(means["net"], 2),
                       bench_util.fmt(means["cross/net"], 2), bench_util.fmt(means["cross/net_nir"], 2),
                       bench_util.fmt(gains["cross"], 2, " dB"), bench_util.fmt(means["oracle/net"], 2),
-                      bench_util.fmt(means["oracle/net_nir"], 2), bench_util.fmt(gains["oracle"], 2, " dB")])
+                      bench_util.fmt(means["oracle/net_nir"], 2), bench_util.fmt(gains["oracle"], 2, " dB"),
+                      bench_util.fmt(means.get("mlp/net"), 2), bench_util.fmt(means.get("mlp/net_nir"), 2),
+                      bench_util.fmt(gains.get("mlp"), 2, " dB")])
         print(" | ".join(str(v) for v in table[-1]), flush=True)
     bench_util.write_json(FLAGS.out, out)
     bench_util.print_table(["row", "test frames", "network", "cross: net", "cross: net+nir", "NIR gain",
-                            "oracle: net", "oracle: net+nir", "NIR gain"], table)
+                            "oracle: net", "oracle: net+nir", "NIR gain", "mlp: net", "mlp: net+nir",
+                            "NIR gain"], table)
 
 
 if __name__ == "__main__":
@@ -223,6 +274,8 @@ if __name__ == "__main__":
     flags.DEFINE_list("rows", None, "Rows (condition/ablation/seedK) whose outputs to start from.", required=True)
     flags.DEFINE_integer("net_radius", 1, "Radius q of the window of network output blocks (in LR pixels).")
     flags.DEFINE_integer("radius", 2, "Radius r of the LR VIS and NIR windows.")
+    flags.DEFINE_integer("mlp_epochs", 0, "Also cross-fit a small MLP on the same columns for this many "
+                         "epochs (0: maps only).")
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
                         "TFDS data directory of the nir_benefit run.")
     flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared sample pairs.")
