@@ -131,41 +131,46 @@ def measure(frames, net_ys, scale, net_radius, radius):
 
 
 def mlp_cross_fit(frames, net_ys, scale, net_radius, radius, epochs, hidden=128, batch_size=1024, seed=0):
-    """{feature set: PSNR of each frame} of a small MLP, cross-fitted over the folds like the maps.
+    """{feature set: PSNR of each frame} of the `cross` maps plus a small MLP, cross-fitted alike.
 
     A non-linear counterpart of the `cross` maps: on the same columns (standardised on the
-    fitting frames; no constant, the layers have biases), two hidden ReLU layers predict the HR
-    luma's difference from the network's own output (all `scale`^2 phases at once).
+    fitting frames), two hidden ReLU layers predict what the map fitted on those frames leaves
+    of the HR luma (all `scale`^2 phases at once). The output layer starts at zero, so training
+    starts from the linear map and can only fit more of the fitting frames.
     """
     import keras
 
     ids = [f[0] for f in frames]
     folds = fold_of(ids)
-    xs, targets, bases = [], [], []
+    xs, targets = [], []
     for (_, vis, nir, hr_y), net_y in zip(frames, net_ys, strict=True):
-        xs.append(residual_features(net_y, vis, nir, scale, net_radius, radius)[:, :-1].astype(np.float32))
-        bases.append(phase_targets(np.asarray(net_y, np.float64) / 255.0, scale))
-        targets.append((phase_targets(hr_y, scale) / 255.0 - bases[-1]).astype(np.float32))
+        xs.append(residual_features(net_y, vis, nir, scale, net_radius, radius).astype(np.float32))
+        targets.append((phase_targets(hr_y, scale) / 255.0).astype(np.float32))
     out = {}
     for fs in FEATURE_SETS:
-        cols = residual_columns(fs, scale, net_radius, radius)[:-1]  # the constant is the last column
+        cols = residual_columns(fs, scale, net_radius, radius)
         out[fs] = [None] * len(frames)
         for k in range(FOLDS):
             fit = [i for i, frame_id in enumerate(ids) if folds[frame_id] != k]
-            x_fit = np.concatenate([xs[i][:, cols] for i in fit])
+            equations = NormalEquations()
+            for i in fit:
+                equations.add(xs[i][:, cols].astype(np.float64), targets[i].astype(np.float64))
+            weights = equations.solve().astype(np.float32)
+            x_fit = np.concatenate([xs[i][:, cols[:-1]] for i in fit])  # no constant: the layers have biases
+            t_fit = np.concatenate([targets[i] - xs[i][:, cols] @ weights for i in fit])
             mean, std = x_fit.mean(axis=0), x_fit.std(axis=0) + 1e-6
             keras.utils.set_random_seed(seed)
-            model = keras.Sequential([keras.Input((len(cols),)), keras.layers.Dense(hidden, activation="relu"),
+            model = keras.Sequential([keras.Input((len(cols) - 1,)), keras.layers.Dense(hidden, activation="relu"),
                                       keras.layers.Dense(hidden, activation="relu"),
-                                      keras.layers.Dense(scale * scale)])
+                                      keras.layers.Dense(scale * scale, kernel_initializer="zeros")])
             model.compile(keras.optimizers.Adam(1e-3), "mse")
-            model.fit((x_fit - mean) / std, np.concatenate([targets[i] for i in fit]), epochs=epochs,
-                      batch_size=batch_size, shuffle=True, verbose=0)
-            del x_fit
+            model.fit((x_fit - mean) / std, t_fit, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+            del x_fit, t_fit
             for i, frame_id in enumerate(ids):
                 if folds[frame_id] == k:
                     h, w = frames[i][1].shape[:2]
-                    pred = model.predict((xs[i][:, cols] - mean) / std, batch_size=8192, verbose=0) + bases[i]
+                    linear = xs[i][:, cols] @ weights
+                    pred = model.predict((xs[i][:, cols[:-1]] - mean) / std, batch_size=8192, verbose=0) + linear
                     out[fs][i] = y_psnr(assemble(255.0 * pred, h, w, scale), frames[i][3], scale)
     return out
 
