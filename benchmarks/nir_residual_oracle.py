@@ -26,6 +26,10 @@ optimistic bound, on each test frame itself (`oracle`). Registered test frames o
 stereo frames' NIR is not aligned with their VIS). Each network's own PSNR on every frame is
 checked against the one its `nir_benefit.py` JSON recorded (same model, frames and inputs).
 PSNR as in `nir_linear_oracle.py`: range 255, `scale` pixels shaved, luma clipped to [16, 235].
+
+With `--mlp_epochs=N`, a non-linear counterpart too (`mlp`): a small MLP on the same columns,
+cross-fitted over the same folds, fitting what each fold's linear map leaves (it starts from
+that map).
 """
 
 import json
@@ -245,16 +249,18 @@ def main(argv):
         recorded = {f["id"]: f["model"]["standard"]["psnr"] for f in row["evaluation"]["frames"]}
         arrays = [(f[0], f[1][0], f[2][0], rgb_to_y(f[3])) for f in frames]
         means, per_frame = measure(arrays, net_ys, scale, FLAGS.net_radius, FLAGS.radius)
+        for frame in per_frame:
+            if frame["id"] not in recorded:
+                raise RuntimeError(f"{name}: frame {frame['id']} was not evaluated in its results JSON")
+            if abs(frame["net"] - recorded[frame["id"]]) > RECHECK_TOLERANCE_DB:
+                raise RuntimeError(f"{name}, {frame['id']}: PSNR {frame['net']:.3f} dB here, "
+                                   f"{recorded[frame['id']]:.3f} dB recorded: not the same model or inputs")
         if FLAGS.mlp_epochs:
             mlp = mlp_cross_fit(arrays, net_ys, scale, FLAGS.net_radius, FLAGS.radius, FLAGS.mlp_epochs)
             for fs, psnrs in mlp.items():
                 for frame, psnr in zip(per_frame, psnrs, strict=True):
                     frame[f"mlp/{fs}"] = psnr
                 means[f"mlp/{fs}"] = float(np.mean(psnrs))
-        for frame in per_frame:
-            if abs(frame["net"] - recorded[frame["id"]]) > RECHECK_TOLERANCE_DB:
-                raise RuntimeError(f"{name}, {frame['id']}: PSNR {frame['net']:.3f} dB here, "
-                                   f"{recorded[frame['id']]:.3f} dB recorded: not the same model or inputs")
         gains = {fit: means[f"{fit}/net_nir"] - means[f"{fit}/net"] for fit in FITS + ("mlp",)
                  if f"{fit}/net" in means}
         out["rows"][name] = {"model": bench_util.rel(model_path), "test_frames": len(frames),
