@@ -11,6 +11,18 @@ def _frame(rng, h, w, s):
     return rng.random((h, w, 3)), rng.random((h, w, 1)), 16 + 200 * rng.random((h * s, w * s))
 
 
+def _frames_with_nir_term(rng, h, w, s, nir_term):
+    """4 synthetic frames whose HR luma is a random network output plus `nir_term(NIR)` per LR pixel."""
+    frames, net_ys = [], []
+    for k in range(4):
+        vis, nir, _ = _frame(rng, h, w, s)
+        net_y = 40 + 100 * rng.random((h * s, w * s))
+        hr_y = net_y + np.repeat(np.repeat(nir_term(nir[..., 0]), s, axis=0), s, axis=1)
+        frames.append((f"f{k}", vis, nir, hr_y))
+        net_ys.append(net_y)
+    return frames, net_ys
+
+
 def test_residual_features_hold_network_blocks_then_vis_then_nir_then_a_constant():
     h, w, s = 3, 4, 2
     net_y = 255.0 * np.arange(h * s * w * s).reshape(h * s, w * s)  # 255 * (8 * row + col)
@@ -97,14 +109,8 @@ def test_only_the_nir_set_recovers_what_the_network_missed_from_the_nir():
     # HR luma = the network's output + 60 * the NIR of the LR pixel: the NIR fit reproduces it
     # (across folds too), the network-only fit cannot.
     rng = np.random.default_rng(3)
-    s, h, w = 2, 8, 7
-    frames, net_ys = [], []
-    for k in range(4):
-        vis, nir, _ = _frame(rng, h, w, s)
-        net_y = 40 + 100 * rng.random((h * s, w * s))
-        hr_y = net_y + 60 * np.repeat(np.repeat(nir[..., 0], s, axis=0), s, axis=1)
-        frames.append((f"f{k}", vis, nir, hr_y))
-        net_ys.append(net_y)
+    s = 2
+    frames, net_ys = _frames_with_nir_term(rng, 8, 7, s, lambda nir: 60 * nir)
     means, _ = residual.measure(frames, net_ys, s, net_radius=1, radius=1)
     assert means["cross/net_nir"] > 60 and means["oracle/net_nir"] > 60
     assert means["cross/net_nir"] - means["cross/net"] > 20
@@ -115,14 +121,8 @@ def test_mlp_learns_a_non_linear_nir_term_that_the_linear_maps_cannot():
     # NIR window explains it (the term is symmetric about the NIR's mean); the MLP given the
     # NIR learns it across folds, the one without cannot.
     rng = np.random.default_rng(4)
-    s, h, w = 2, 16, 16
-    frames, net_ys = [], []
-    for k in range(4):
-        vis, nir, _ = _frame(rng, h, w, s)
-        net_y = 40 + 100 * rng.random((h * s, w * s))
-        hr_y = net_y + 80 * np.repeat(np.repeat(np.abs(nir[..., 0] - 0.5), s, axis=0), s, axis=1)
-        frames.append((f"f{k}", vis, nir, hr_y))
-        net_ys.append(net_y)
+    s = 2
+    frames, net_ys = _frames_with_nir_term(rng, 16, 16, s, lambda nir: 80 * np.abs(nir - 0.5))
     means, _ = residual.measure(frames, net_ys, s, net_radius=0, radius=0)
     assert abs(means["cross/net_nir"] - means["cross/net"]) < 1
     psnrs = residual.mlp_cross_fit(frames, net_ys, s, net_radius=0, radius=0, epochs=40, hidden=32,
