@@ -1,10 +1,13 @@
 """Would a far larger network, trained far longer, get +1 dB from the NIR in low light? (GPU probe)
 
-    # here, with TensorFlow: the registered frames of the nir_benefit split, lossless, in parts
-    .venv/bin/python benchmarks/nir_capacity_probe.py --pack=.probe/frames --conditions=low_light,clean
-    # on a machine with a GPU, Keras 3 and JAX (TensorFlow is not needed there)
-    KERAS_BACKEND=jax python3 benchmarks/nir_capacity_probe.py --train=.probe/frames \
-        --conditions=low_light --budget_s=300 --out=nir_capacity_probe.json
+    # 1. here, with TensorFlow: the registered training frames of the nir_benefit split, in parts
+    .venv/bin/python benchmarks/nir_capacity_probe.py --pack=runs/nir_capacity_probe/frames --conditions=low_light,clean
+    # 2. on a machine with a GPU, Keras 3 and JAX (TensorFlow is not needed there)
+    KERAS_BACKEND=jax python3 benchmarks/nir_capacity_probe.py --train=runs/nir_capacity_probe/frames \
+        --conditions=low_light --sizes=32x8,64x16,128x16 --budget_s=470 --weights_out=runs/nir_capacity_probe/low_light
+    # 3. here again: score the trained networks on the test frames, with evaluate.py's inputs
+    .venv/bin/python benchmarks/nir_capacity_probe.py --score=runs/nir_capacity_probe/low_light \
+        --out=benchmarks/results/nir_capacity_probe_low_light.json
 
 The issue's low-light target (+1.0 dB from the NIR) was missed on the 2-core CPU, where the
 `small` preset trains for 2,000-4,000 steps. Whether the limit is the data or the model size
@@ -19,31 +22,33 @@ here have no TensorFlow. The networks are plain EDSR-style ones in Keras 3 (back
 `vis` takes the LR VIS (3 channels), `vis_nir` the LR VIS and the LR NIR (4 channels,
 concatenated: registered frames only, like the `w_nir` rows). Inputs are shifted by -0.5.
 
-Data (`--pack`, needs TensorFlow and the `nir_benefit` TFDS folder): the registered frames of
-the `nir_benefit.py` split (its results JSON; every id is checked against the JSON's), HR VIS and
-HR NIR as the project's pipeline gives them (`pipeline.make_eval_dataset`: cropped to a multiple
-of `scale`), as lossless WebP, in parts of at most `--part_mib` MiB so that each part travels to
-the GPU machine in one call. The LR inputs are made from them where the probe runs, with PIL's
-float bicubic, which equals the project's TF antialiased bicubic (`cspsr_tf/data/resize.py`; a
-test checks it). A noisy condition's test inputs get numpy noise (fixed seed per frame, the same
-for every network), so the PSNRs are close to, not equal to, what `evaluate.py` gives on these
-frames with its own draws.
+Packing (`--pack`, needs TensorFlow and the `nir_benefit` TFDS folder): the registered
+training frames of the `nir_benefit.py` split (its results JSON, `--results`; every id is
+checked against the JSON's), HR VIS and HR NIR as the project's pipeline gives them
+(`pipeline.make_eval_dataset`: cropped to a multiple of `scale`), as lossless WebP, in parts of
+at most `--part_mib` MiB, so that each part travels to a GPU machine in one call. The LR inputs
+are made where the probe trains, with PIL's float bicubic, which equals the project's TF
+antialiased bicubic (`cspsr_tf/data/resize.py`; a test checks it again).
 
-Training (`--train`): every network of the run is trained at once, on the same batches: one
-Keras model holds them all (they share no weights) and its loss is the sum of their MSEs, so
-each network gets exactly its own gradient, and Adam's per-weight steps keep them independent.
-Each step: random HR patches (`--patch`, at LR-aligned positions) of random training frames,
-their LR patches cut from the whole-frame LR (equal to downscaling the patch except within
-about 2 LR pixels of its edge), a vertical flip with probability 0.5, and for a noisy condition
-new noise on the LR VIS (`low_light`: darkened by `gain`, Poisson shot noise with
-`photons_at_white`, Gaussian read noise, clipped; the same model as `degradations.py`, drawn
-with numpy). Unlike `train.py`, frames are not randomly downscaled first. Adam with a cosine
-schedule (warm-up 200 steps). The number of steps is fitted to `--budget_s`: a short
-calibration run times a step, then fresh networks train for as many steps as the budget holds.
+Training (`--train`, any Keras 3 backend): every network of the run is trained at once, on
+the same batches: one Keras model holds them all (they share no weights) and its loss is the
+sum of their MSEs, so each network gets exactly its own gradient, and Adam's per-weight steps
+keep them independent (a test checks that a network trains the same alone). Each step:
+`--batch_size` random HR patches (`--patch`, at LR-aligned positions) of random training
+frames, their LR patches cut from the whole-frame LR (equal to downscaling the patch except
+within about 2 LR pixels of its edge), a vertical flip with probability 0.5, and for a noisy
+condition new noise on the LR VIS (`low_light`: the model of `degradations.py`, drawn with
+numpy; a test checks its statistics against the TF one). Unlike `train.py`, frames are not
+randomly downscaled first. Adam; the learning rate changes per epoch of `--steps_per_epoch`
+steps: epoch 0 (which compiles) at a fifth of the peak, then a cosine from the peak. The
+number of epochs fills `--budget_s`: epoch 1's time fixes it. The weights go to `--weights_out`
+in files of at most 15 MiB, with `train.json` (steps, time per step, final losses, machine).
 
-Scoring: each test frame whole, the SR quantised to 8 bits, PSNR on Y with `scale` pixels
-shaved (the standard protocol of `cspsr_tf.metrics.psnr`, re-implemented here in numpy so
-that no TensorFlow is needed; a test checks the two agree).
+Scoring (`--score`, needs TensorFlow): the same networks with those weights, on the registered
+test frames of the split, with the inputs `evaluate.py` gives them (`nir_usage.load_frames`:
+the same noise draws), each frame whole, the SR quantised to 8 bits, PSNR on Y with `scale`
+pixels shaved (the standard protocol; `y_psnr_uint8` is checked against `cspsr_tf.metrics`).
+So the figures compare directly with the `nir_benefit` rows on these 42 frames.
 """
 
 import json
@@ -572,7 +577,10 @@ def main(argv):
                                        trained["scale"])
     start = time.perf_counter()
     rows, per_frame = score_networks(model, test, trained["scale"])
-    facts["scoring"] = {"results": bench_util.rel(FLAGS.results), "test_frames": len(ids), "test_ids": ids,
+    facts["scoring"] = {"command": " ".join([os.path.relpath(sys.argv[0], bench_util.REPO_ROOT), *sys.argv[1:]]),
+                        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "machine": {"cpu_model": bench_util.cpu_model(), "cpu_count": os.cpu_count()},
+                        "results": bench_util.rel(FLAGS.results), "test_frames": len(ids), "test_ids": ids,
                         "score_s": time.perf_counter() - start, "rows": rows,
                         "per_frame": {n: [round(v, 4) for v in values] for n, values in per_frame.items()}}
     bench_util.write_json(FLAGS.out, facts)

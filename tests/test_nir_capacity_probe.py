@@ -160,3 +160,18 @@ def test_probe_learns_the_nir_when_the_vis_is_dark():
     assert list(rows) == ["very_dark/c8_b1"] and len(per_frame["very_dark__c8_b1__vis"]) == 3
     # The target is the NIR's grey level and the VIS is nearly black: only vis_nir can know it.
     assert rows["very_dark/c8_b1"]["nir_gain_db"] > 3.0, rows
+
+
+def test_cli_names_a_folder_that_is_not_a_pack():
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "nir_capacity_probe.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, script, f"--train={tmp}"], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0 and f"{tmp} is not a pack" in done.stderr
+        done = subprocess.run([sys.executable, script, f"--train={tmp}", f"--score={tmp}"], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode != 0 and "exactly one of" in done.stderr
