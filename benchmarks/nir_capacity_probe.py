@@ -231,9 +231,10 @@ class PatchSampler:
         self.conditions = {c: parse_degradation(spec) for c, spec in conditions.items()}
         self.seed = seed
         lr_patch = patch // scale
-        for hr, vis, _ in frames:
+        for k, (hr, vis, _) in enumerate(frames):
             if min(vis.shape[:2]) < lr_patch or hr.shape[:2] != (vis.shape[0] * scale, vis.shape[1] * scale):
-                raise ValueError(f"training frame of LR size {vis.shape[:2]} is too small or not x{scale}")
+                raise ValueError(f"training frame {k}: LR size {vis.shape[:2]} is smaller than the LR patch "
+                                 f"{lr_patch} or HR size {hr.shape[:2]} is not x{scale}")
 
     def batch(self, index):
         """Batch number `index`: the same for a given seed and index, whatever the thread."""
@@ -286,6 +287,9 @@ def build_networks(conditions, sizes, scale, seed):
     import keras
     from keras import layers
 
+    if scale not in (2, 4, 8):
+        raise ValueError(f"the probe's upsampler is x2 pixel shuffles: scale must be 2, 4 or 8, got {scale}")
+
     def edsr(x, width, blocks, name):
         def conv(n, tag):
             init = keras.initializers.GlorotUniform(seed=(seed * 7919 + zlib.crc32(f"{name}.{tag}".encode())) % 2**31)
@@ -298,7 +302,7 @@ def build_networks(conditions, sizes, scale, seed):
             r = conv(width, f"b{b}b")(r)
             y = layers.Add()([y, layers.Rescaling(0.1)(r)])
         y = layers.Add()([head, conv(width, "body")(y)])
-        for u in range(int(round(np.log2(scale)))):
+        for u in range(scale.bit_length() - 1):
             y = layers.Lambda(lambda t: pixel_shuffle(t, 2))(conv(4 * width, f"up{u}")(y))
         return conv(3, "out")(y)
 

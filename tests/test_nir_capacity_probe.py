@@ -58,6 +58,15 @@ def test_y_psnr_equals_the_standard_protocol():
                                                           abs=1e-9)
 
 
+def test_networks_upsample_by_the_scale_and_refuse_others():
+    for scale in (2, 4, 8):
+        model = probe.build_networks(["clean"], [(4, 1)], scale, seed=0)
+        out = model({"nir_lr": np.zeros((1, 5, 6, 1), np.float32), "vis_lr_clean": np.zeros((1, 5, 6, 3), np.float32)})
+        assert {tuple(v.shape) for v in out.values()} == {(1, 5 * scale, 6 * scale, 3)}
+    with pytest.raises(ValueError, match="scale must be 2, 4 or 8, got 3"):
+        probe.build_networks(["clean"], [(4, 1)], 3, seed=0)
+
+
 def test_pixel_shuffle_is_depth_to_space():
     x = np.random.default_rng(3).normal(size=(2, 3, 5, 12)).astype(np.float32)
     got = np.asarray(probe.pixel_shuffle(tf.constant(x), 2))
