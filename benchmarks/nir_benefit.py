@@ -43,6 +43,8 @@ that filter gains +1.29 dB: does the trained model turn that into a gain above +
 `over_exposure` (`--degradation=over_exposure`: the LR VIS x2, clipped at 1; deterministic),
 likewise only when named, is the abstract's "high brightness": the VIS loses what saturates,
 the clean NIR keeps that structure.
+`mild_over_exposure` (x1.5) and `strong_over_exposure` (x3), likewise only when named, were
+added last, to see how the NIR's gain follows the share of the VIS that saturates.
 
 Rows, run in this order so that a partial run is still a useful table (JSON + markdown
 written after every row; --resume skips rows already in the JSON with the same settings):
@@ -109,7 +111,8 @@ from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow im
 NAME = "nir_benefit"
 SAMPLES_DIR = Path(bench_util.SAMPLES_DIR)
 CONDITIONS = {"clean": "none", "low_light": "low_light", "dark": "low_light:gain=0.1",
-              "very_dark": "low_light:gain=0.05", "over_exposure": "over_exposure"}
+              "very_dark": "low_light:gain=0.05", "over_exposure": "over_exposure",
+              "mild_over_exposure": "over_exposure:gain=1.5", "strong_over_exposure": "over_exposure:gain=3.0"}
 ABLATIONS = {
     "baseline": "single branch, VIS only",
     "full": "CSPSR: dual branch (DMF) + CVM",
@@ -138,7 +141,7 @@ ROW_ORDER = [
 ]
 SMOKE_ROWS = ["low_light/baseline/seed0", "low_light/full/seed0"]
 TARGETS_DB = {"low_light": 1.0, "clean": 0.3, "dark": 1.0, "very_dark": 1.0,
-              "over_exposure": 1.0}
+              "over_exposure": 1.0, "mild_over_exposure": 1.0, "strong_over_exposure": 1.0}
 CALIBRATION_STEPS = (5, 25)
 CALIBRATION_KINDS = ("full", "baseline", "baseline_wide")
 # evaluate.py names a folder "<dataset>_<split>": keep each split string well below NAME_MAX.
