@@ -394,6 +394,23 @@ def rel(path):
     return relative if not relative.startswith("../../") else os.path.abspath(path)
 
 
+def command_line(argv=None):
+    """The command as results record it: the script relative to the repository root, and each
+    flag's absolute path relative to it, or `<outside>/<name>` where it lies outside the
+    repository and its parent folder (a scratch folder of whichever machine ran it)."""
+    argv = sys.argv if argv is None else argv
+
+    def portable(path):
+        relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+        return relative if not relative.startswith("../../") else f"<outside>/{os.path.basename(path.rstrip('/'))}"
+
+    parts = [portable(argv[0])]
+    for arg in argv[1:]:
+        flag, equals, value = arg.partition("=")
+        parts.append(f"{flag}={portable(value)}" if equals and os.path.isabs(value) else arg)
+    return " ".join(parts)
+
+
 def default_out(name):
     return os.path.join(RESULTS_DIR, f"{name}.json")
 
@@ -427,7 +444,7 @@ def header(name, flags_values, extra=None):
     data = {
         "benchmark": name,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join([os.path.relpath(sys.argv[0], REPO_ROOT), *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine_info(),
         "flags": flags_values,
     }

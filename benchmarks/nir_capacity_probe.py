@@ -561,7 +561,7 @@ def main(argv):
         if not os.path.isfile(os.path.join(FLAGS.train, "part0", "meta.json")):
             raise app.UsageError(f"--train: {FLAGS.train} is not a pack (no part0/meta.json)")
         facts = {"benchmark": NAME, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "command": " ".join([os.path.relpath(sys.argv[0], bench_util.REPO_ROOT), *sys.argv[1:]]),
+                 "command": bench_util.command_line(),
                  "machine": _machine()}
         model, trained = train_probe(FLAGS.train, FLAGS.conditions, parse_sizes(FLAGS.sizes), FLAGS.batch_size,
                                      FLAGS.patch, FLAGS.learning_rate, FLAGS.seed, FLAGS.steps_per_epoch,
@@ -581,7 +581,7 @@ def main(argv):
                                        trained["scale"])
     start = time.perf_counter()
     rows, per_frame = score_networks(model, test, trained["scale"])
-    facts["scoring"] = {"command": " ".join([os.path.relpath(sys.argv[0], bench_util.REPO_ROOT), *sys.argv[1:]]),
+    facts["scoring"] = {"command": bench_util.command_line(),
                         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "machine": {"cpu_model": bench_util.cpu_model(), "cpu_count": os.cpu_count()},
                         "results": bench_util.rel(FLAGS.results), "test_frames": len(ids), "test_ids": ids,

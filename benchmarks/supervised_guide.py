@@ -136,7 +136,7 @@ def run():
     print(f"{'unfiltered':26s}             {unfiltered:.2f} dB")
     return {
         "benchmark": "supervised_guide",
-        "command": " ".join(sys.argv),
+        "command": bench_util.command_line(),
         "machine": bench_util.machine_info(),
         "degradation": degradation,
         "settings": {k: FLAGS[k].value for k in ("steps", "batch_size", "patch_size", "scale", "channels",
