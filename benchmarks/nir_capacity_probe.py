@@ -47,7 +47,7 @@ in files of at most 15 MiB, with `train.json` (steps, time per step, final losse
 Scoring (`--score`, needs TensorFlow): the same networks with those weights, on the registered
 test frames of the split, with the inputs `evaluate.py` gives them (`nir_usage.load_frames`:
 the same noise draws), each frame whole, the SR quantised to 8 bits, PSNR on Y with `scale`
-pixels shaved (the standard protocol; `y_psnr_uint8` is checked against `cspsr_tf.metrics`).
+pixels shaved (the standard protocol: `cspsr_tf.metrics.psnr`, as `evaluate.py` scores).
 So the figures compare directly with the `nir_benefit` rows on these 42 frames.
 """
 
@@ -66,9 +66,6 @@ from benchmarks import bench_util  # noqa: E402  (standard library only: no Tens
 
 NAME = "nir_capacity_probe"
 INPUTS = ("vis", "vis_nir")
-# BT.601 luma of 8-bit RGB, as cspsr_tf.metrics.rgb_to_y (ITU-R BT.601, MATLAB rgb2ycbcr).
-_Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
-_Y_OFFSET = 16.0
 LOW_LIGHT_DEFAULTS = {"gain": 0.25, "photons_at_white": 400.0, "read_noise": 0.005}
 FLAGS = flags.FLAGS
 
@@ -209,18 +206,6 @@ def low_light(vis_lr, rng, gain, photons_at_white, read_noise):
     photons = rng.poisson(np.asarray(vis_lr, np.float64) * gain * photons_at_white)
     read = rng.normal(0.0, read_noise, size=np.shape(vis_lr))
     return np.clip(photons / photons_at_white + read, 0.0, 1.0).astype(np.float32)
-
-
-def y_psnr_uint8(sr, hr, scale):
-    """Standard-protocol PSNR of two uint8 RGB images: BT.601 luma, `scale` pixels shaved."""
-    crop = (slice(scale, -scale), slice(scale, -scale))
-    y = [np.asarray(im, np.float64)[crop] / 255.0 @ (_Y_WEIGHTS * 255.0) + _Y_OFFSET for im in (sr, hr)]
-    mse = float(np.mean((y[0] - y[1]) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
-def to_uint8(image):
-    return np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 class PatchSampler:
@@ -400,7 +385,10 @@ def score(model, test, scale):
     """{network: [PSNR per frame]} on whole test frames, one frame at a time.
 
     `test`: {condition: [(hr uint8, vis_lr, nir_lr)]}, the same frames in the same order for
-    every condition of the model."""
+    every condition of the model. Needs TensorFlow (the project's metrics)."""
+    from cspsr_tf.evaluation import quantize
+    from cspsr_tf.metrics import psnr
+
     names = list(model.output_names)
     per_frame = {n: [] for n in names}
     conditions = list(test)
@@ -411,7 +399,7 @@ def score(model, test, scale):
             feed[f"vis_lr_{c}"] = test[c][k][1][None]
         out = model(feed, training=False)
         for n in names:
-            per_frame[n].append(y_psnr_uint8(to_uint8(np.asarray(out[n])[0]), hr, scale))
+            per_frame[n].append(psnr(quantize(np.asarray(out[n])[0]), hr, protocol="standard", scale=scale))
     return per_frame
 
 

@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import nir_capacity_probe as probe
-from cspsr_tf import metrics
 from cspsr_tf.data.degradations import apply_degradation
 from cspsr_tf.data.resize import bicubic_downscale
 
@@ -48,14 +47,6 @@ def test_parse_degradation_reads_the_nir_benefit_specs():
     assert probe.parse_degradation("low_light:gain=0.05")["gain"] == 0.05
     with pytest.raises(ValueError, match="over_exposure"):
         probe.parse_degradation("over_exposure")
-
-
-def test_y_psnr_equals_the_standard_protocol():
-    rng = np.random.default_rng(2)
-    hr = rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8)
-    sr = np.clip(hr + rng.integers(-9, 10, size=hr.shape), 0, 255).astype(np.uint8)
-    assert probe.y_psnr_uint8(sr, hr, 4) == pytest.approx(metrics.psnr(sr, hr, protocol="standard", scale=4),
-                                                          abs=1e-9)
 
 
 def test_networks_upsample_by_the_scale_and_refuse_others():
