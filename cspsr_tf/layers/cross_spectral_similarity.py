@@ -7,12 +7,21 @@ function of the VIS luminance whose gain may be negative. The squared normalised
 cross-correlation in a small window is invariant to exactly that (gain, offset and sign), so
 it peaks where the two views show the same structure. The CVM's cost volume and its matching
 loss both use it.
+
+Flat windows must give 0 (no evidence either way), so each variance gets a floor before the
+division. The floor is relative: `NCC_RELATIVE_FLOOR` times the image's mean local variance
+(per example), so the measure stays invariant to a global gain. An absolute floor (it was 1e-6
+on var_a * var_b) is not: natural images at LR have local variances whose product is mostly far
+below 1e-6, so an image compared with itself scored 0.15 on average, and dark frames almost 0.
 """
 
 import tensorflow as tf
 
 NCC_WINDOW_SIGMA = 1.5
-NCC_EPSILON = 1e-6
+# A window whose variance is this share of the image's mean local variance counts half.
+NCC_RELATIVE_FLOOR = 0.01
+# Keeps 0 / 0 away on an image that is flat everywhere.
+_ABSOLUTE_FLOOR = 1e-12
 
 
 def luminance(image):
@@ -62,34 +71,59 @@ def shift_columns(image, offsets):
     return tf.transpose(shifted, [0, 1, 3, 2])
 
 
-def ncc_squared_volume(reference, other, offsets, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
+def variance_floor(variance, relative_floor=NCC_RELATIVE_FLOOR):
+    """[B, H, W, 1] local variances -> [B, 1, 1, 1]: the floor each window's variance gets."""
+    mean = tf.reduce_mean(tf.maximum(variance, 0.0), axis=[1, 2], keepdims=True)
+    return relative_floor * mean + _ABSOLUTE_FLOOR
+
+
+def ncc_squared_volume(reference, other, offsets, window_sigma=NCC_WINDOW_SIGMA,
+                       relative_floor=NCC_RELATIVE_FLOOR):
     """Local NCC^2 of `reference` against `other` moved by each offset: [B, H, W, len(offsets)].
 
-    Channel k compares reference(i, j) with other(i, j + offsets[k]); both [B, H, W, 1].
+    Channel k compares reference(i, j) with other(i, j + offsets[k]); both [B, H, W, 1]. Equal
+    to `local_ncc_squared(reference, shift_columns(other, [offsets[k]]))` away from the borders
+    (the floors come from the unshifted images).
     """
+    reference, other = _centred(reference), _centred(other)
     moved = shift_columns(other, offsets)
     mean_r = gaussian_blur(reference, window_sigma)
     var_r = gaussian_blur(reference * reference, window_sigma) - mean_r * mean_r
-    mean_o = shift_columns(gaussian_blur(other, window_sigma), offsets)
-    var_o = shift_columns(gaussian_blur(other * other, window_sigma), offsets) - mean_o * mean_o
+    mean_o_unshifted = gaussian_blur(other, window_sigma)
+    var_o_unshifted = gaussian_blur(other * other, window_sigma) - mean_o_unshifted * mean_o_unshifted
+    mean_o = shift_columns(mean_o_unshifted, offsets)
+    var_o = shift_columns(var_o_unshifted, offsets)
     cov = gaussian_blur(reference * moved, window_sigma) - mean_r * mean_o
-    return _ncc_squared(cov, var_r, var_o, eps)
+    return _ncc_squared(cov, var_r, var_o, variance_floor(var_r, relative_floor),
+                        variance_floor(var_o_unshifted, relative_floor))
 
 
-def local_ncc_squared(a, b, window_sigma=NCC_WINDOW_SIGMA, eps=NCC_EPSILON):
+def local_ncc_squared(a, b, window_sigma=NCC_WINDOW_SIGMA, relative_floor=NCC_RELATIVE_FLOOR):
     """Squared normalised cross-correlation of a and b [B, H, W, 1] in Gaussian windows.
 
-    Invariant to a local gain and offset of either image, and (squared) to a reversed
-    contrast, which is what changes between a VIS and a NIR view of the same edge. Flat
-    windows give 0 (no evidence either way) thanks to `eps`.
+    Invariant to a global gain of either image and to a local offset, and (squared) to a
+    reversed contrast, which is what changes between a VIS and a NIR view of the same edge.
+    Textured windows of an image compared with itself give close to 1; windows much flatter
+    than the image's average give close to 0 (see the module docstring on the floor).
     """
+    a, b = _centred(a), _centred(b)
     mean_a, mean_b = gaussian_blur(a, window_sigma), gaussian_blur(b, window_sigma)
     var_a = gaussian_blur(a * a, window_sigma) - mean_a * mean_a
     var_b = gaussian_blur(b * b, window_sigma) - mean_b * mean_b
     cov = gaussian_blur(a * b, window_sigma) - mean_a * mean_b
-    return _ncc_squared(cov, var_a, var_b, eps)
+    return _ncc_squared(cov, var_a, var_b, variance_floor(var_a, relative_floor),
+                        variance_floor(var_b, relative_floor))
 
 
-def _ncc_squared(cov, var_a, var_b, eps):
-    # Variances computed as differences of means can dip just below zero in float32.
-    return tf.square(cov) / (tf.maximum(var_a, 0.0) * tf.maximum(var_b, 0.0) + eps)
+def _centred(image):
+    """`image` minus its mean per example. The NCC ignores offsets, and the local moments,
+    differences of means, lose far less to float32 round-off about 0: a frame flat at
+    mid-grey otherwise scored up to 1e9, its round-off being far above the floor."""
+    return image - tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+
+
+def _ncc_squared(cov, var_a, var_b, floor_a, floor_b):
+    # Variances computed as differences of means can dip just below zero in float32, and
+    # round-off must not push a squared correlation above 1 (Cauchy-Schwarz).
+    ncc2 = tf.square(cov) / ((tf.maximum(var_a, 0.0) + floor_a) * (tf.maximum(var_b, 0.0) + floor_b))
+    return tf.minimum(ncc2, 1.0)
