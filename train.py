@@ -93,7 +93,7 @@ MODEL_HELP = {
     "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
     "cvm_base_channels": "Width of the first CVM stage.",
     "cvm_depth": "Number of stride-2 stages of the CVM.",
-    "cvm_normalization": "Normalisation in the CVM's encoder and decoder: batch (default), group (per example; matched best, see README) or none.",
+    "cvm_normalization": "Normalisation in the CVM's encoder and decoder: group (default; per example, matched best, see README) or none (batch norm was retired).",
     "max_disparity": "Upper bound of the predicted disparity, LR pixels.",
     "geometry": "Camera rig the model serves: stereo (NIR camera to the right) or aligned (registered pair, zero disparity).",
     "lambda_cssc": "Weight lambda1 of the cross-spectral spatial consistency loss (paper: 0.1).",
@@ -131,9 +131,12 @@ def main(argv):
         )
         sys.exit(STOPPED_EARLY)
     if summary["stopped"] == "time_budget":
-        print(f"Stopped at step {step} of {target} (--max_minutes reached); outputs in {where}")
+        done = f"Stopped at step {step} of {target} (--max_minutes reached); outputs in {where}"
     else:
-        print(f"Trained to step {step}; outputs in {where}")
+        done = f"Trained to step {step}; outputs in {where}"
+    warning = training.below_bicubic_message(training.last_validation(where))
+    # The last line says what a user must know: a model worse than bicubic is not done.
+    print(f"{done}. Warning: {warning}" if warning else done)
 
 
 if __name__ == "__main__":

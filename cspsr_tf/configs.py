@@ -7,10 +7,10 @@ SUPPORTED_SCALES = (2, 3, 4, 8)
 ARCHITECTURES = ("dual", "single")
 SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
-CVM_NORMALIZATIONS = ("batch", "group", "none")
+CVM_NORMALIZATIONS = ("group", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"cvm_normalization": "batch", "nir_guided_filter_radii": (),
+LEGACY_MODEL_FIELDS = {"nir_guided_filter_radii": (),
                        "skip_gain": False, "skip_source": "vis", "learned_guide": False,
                        "lambda_guide": 0.0, "dmf_vis_convs": 1}
 
@@ -62,12 +62,11 @@ class CSPSRConfig:
             CLIs can switch a trained model to another (`--ops`).
         kernel_normalization: `softmax` over the k*k taps (default) or `none`.
         cvm_base_channels, cvm_depth: width and number of stride-2 stages of the CVM.
-        cvm_normalization: after the CVM's encoder/decoder convolutions, `batch` norm
-            (default), `group` norm (8 groups, per example) or `none`. Measured
-            (benchmarks/cvm_matching.py, README): batch norm's statistics of training patches
-            bias the disparity on whole frames (+0.7 LR px); group norm matches best without
-            collapsing but is not local (tiled inference of the CVM is no longer exact);
-            `none` collapsed (saturated disparity heads) with small training patches.
+        cvm_normalization: after the CVM's encoder/decoder convolutions, `group` norm
+            (default; 8 groups, per example) or `none`. Measured (benchmarks/cvm_matching.py,
+            README): group norm meets the EPE target (0.92 LR px); `none` collapsed (saturated
+            disparity heads) with small training patches. `batch` was retired: its statistics
+            of training patches biased the disparity on whole frames (+0.7 LR px).
         max_disparity: bound of the predicted disparity, in LR pixels.
         geometry: the camera rig the model serves: `stereo` (NIR camera to the right, the CVM
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
@@ -99,7 +98,7 @@ class CSPSRConfig:
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16
     cvm_depth: int = 3
-    cvm_normalization: str = "batch"
+    cvm_normalization: str = "group"
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1
@@ -181,7 +180,29 @@ class CSPSRConfig:
 
     @classmethod
     def from_dict(cls, values):
+        """A config from a saved dict; fields added later get the value they had before.
+
+        Raises:
+            ValueError: in one line, for a config of a retired variant (see `RETIRED`).
+        """
+        values = dict(values)
+        # Configs written before the field existed had a batch-norm CVM.
+        if values.get("use_cvm", True) and "cvm_normalization" not in values:
+            values["cvm_normalization"] = "batch"
+        for field, (retired_value, why) in RETIRED.items():
+            if field in values and values[field] == retired_value:
+                raise ValueError(f"{field}={retired_value!r} was retired ({why}); "
+                                 "retrain the model with the current code")
+        if "cvm_normalization" not in values:
+            values["cvm_normalization"] = CSPSRConfig.cvm_normalization
         return cls(**{**LEGACY_MODEL_FIELDS, **values})
+
+
+# Values a saved config may hold that the code no longer builds: field -> (value, why).
+RETIRED = {
+    "cvm_normalization": ("batch", "a batch-norm CVM biased the disparity by +0.7 LR px on whole "
+                          "frames; group norm replaced it"),
+}
 
 
 PRESETS = {

@@ -321,8 +321,8 @@ def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, ou
         if self_ensemble:
             need += out_pixels * 3 * 4 * 2
         return int(need)
-    # A group-norm CVM runs once on the whole frame (`tiling.default_frame_matching`).
-    frame_matching = tiling.default_frame_matching(model)
+    # The CVM runs once on the whole frame unless it is huge (`tiling.default_frame_matching`).
+    frame_matching = tiling.default_frame_matching(model, height, width)
     max_disparity, align = tiling.tile_geometry(model, frame_matching)
     plan = tiling.TilePlan(height, width, tile, overlap, tiling.DEFAULT_CONTEXT,
                            max_disparity, align)

@@ -21,14 +21,14 @@ where the CVM runs tile by tile):
   multiple of the CVM's stride `2**cvm_depth`, so the encoder's stride-2 sampling grid and its
   bottom/right padding are the same as for the whole frame.
 
-Cross-view matching on the whole frame (default for a CVM with group norm, which is not local:
-a tile's statistics differ from the frame's): the CVM runs once on the whole LR pair, and the
-tiles go through the rest of the model (`after_matching_model`, the same layers) with crops of
-its outputs (warped NIR, disparities). The disparities are then exactly the whole-frame ones,
-and the tiles need neither the disparity margin nor the stride alignment above, but memory
-grows with the frame (`frame_matching_bytes`: about 1 KB per LR pixel). A local CVM (`batch`
-norm, fixed in inference, or `none`) runs tile by tile by default, exact to float round-off,
-in memory bounded by the tile.
+Cross-view matching on the whole frame (the default: the CVM is not local, its group norm and
+its NCC^2 floor use statistics of the whole input, so a tile's differ from the frame's): the
+CVM runs once on the whole LR pair, and the tiles go through the rest of the model
+(`after_matching_model`, the same layers) with crops of its outputs (warped NIR, disparities).
+The disparities are then exactly the whole-frame ones, and the tiles need neither the disparity
+margin nor the stride alignment above, but memory grows with the frame (`frame_matching_bytes`:
+about 1 KB per LR pixel). Frames above `FRAME_MATCHING_MAX_PIXELS` LR pixels run the CVM tile by
+tile instead (memory bounded by the tile; each tile's disparities use that tile's statistics).
 
 What tiling cannot reproduce exactly: (a) convolutions near a tile's cut see the cut, not
 the image (the context keeps that out of the core as long as it exceeds the receptive field
@@ -154,11 +154,18 @@ def stereo_cvm(model):
     return None if cvm.geometry == "aligned" else cvm
 
 
-def default_frame_matching(model):
+# Above this many LR pixels (about 4 GiB for the whole-frame CVM pass), tiles match alone.
+FRAME_MATCHING_MAX_PIXELS = 4_000_000
+
+
+def default_frame_matching(model, height=None, width=None):
     """Whether tiled inference runs the model's CVM on the whole frame by default: for a
-    stereo CVM that is not local (group norm)."""
+    stereo CVM that is not local, on frames of at most `FRAME_MATCHING_MAX_PIXELS` LR pixels
+    (any size when height or width is None)."""
     cvm = stereo_cvm(model)
-    return cvm is not None and not cvm.is_local
+    if cvm is None or cvm.is_local:
+        return False
+    return height is None or width is None or height * width <= FRAME_MATCHING_MAX_PIXELS
 
 
 # The CVM outputs the rest of the model reads, in the order `after_matching_model` takes them.
@@ -402,7 +409,7 @@ def iter_tiled_rows(
     height, width = vis.shape[:2]
     cvm = stereo_cvm(model)
     if frame_matching is None:
-        frame_matching = default_frame_matching(model)
+        frame_matching = default_frame_matching(model, height, width)
     frame_matching = bool(frame_matching)
     if frame_matching and cvm is None:
         raise ValueError(f"frame_matching needs a model with a stereo CVM; {model.name!r} has none.")

@@ -13,7 +13,8 @@ def perturb_weights(model, seed=0, stddev=0.02):
     """Sets every weight of `model` to small random values, in place; returns the model.
 
     Trainable float weights and batch-norm moving means get normal(0, stddev) values; moving
-    variances get uniform(0.5, 1.5) (they must stay positive). With the default stddev a
+    variances get uniform(0.5, 1.5) (they must stay positive); normalisation scales (`gamma`)
+    1 + normal(0, stddev); log-parameters (`log_*`) their value + normal(0, stddev). With the default stddev a
     tiny CSPSR's `vis_sr` differs from bicubic by about 0.02 on average (about 5 grey
     levels) and stays finite.
 
@@ -26,8 +27,16 @@ def perturb_weights(model, seed=0, stddev=0.02):
     for weight in model.weights:
         if not np.issubdtype(np.dtype(weight.dtype), np.floating):
             continue  # e.g. a random-seed state, not a learnt value
-        if weight.path.endswith("moving_variance"):
+        name = weight.path.rsplit("/", 1)[-1]
+        if name == "moving_variance":
             values = rng.uniform(0.5, 1.5, weight.shape)
+        elif name == "gamma":
+            # A normalisation's scale near 0 would erase the features it normalises.
+            values = 1.0 + rng.normal(0.0, stddev, weight.shape)
+        elif name.startswith("log_"):
+            # Log-parameters (the CVM's temperature, a guided filter's eps) keep their
+            # meaningful range: moved a little around their initial value, not set near 0.
+            values = np.asarray(weight.numpy()) + rng.normal(0.0, stddev, weight.shape)
         else:
             values = rng.normal(0.0, stddev, weight.shape)
         weight.assign(values.astype(weight.dtype))

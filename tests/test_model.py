@@ -107,9 +107,9 @@ def hand_count(config):
     )
     sr = shallow(3) + shallow(1) + t * dmf + conv_params(3, c, 3 * s * s) + conv_params(3, c, s * s)
     b, depth = config.cvm_base_channels, config.cvm_depth
-    # Per normalisation: parameters per output channel (batch: gamma, beta, moving mean and
-    # variance; group: gamma, beta); the conv has a bias only without normalisation.
-    norm_per_channel = {"batch": 4, "group": 2, "none": 0}[config.cvm_normalization]
+    # Per normalisation: parameters per output channel (group: gamma, beta); the conv has a
+    # bias only without normalisation.
+    norm_per_channel = {"group": 2, "none": 0}[config.cvm_normalization]
 
     def conv_norm(cin, cout):
         return conv_params(3, cin, cout, bias=norm_per_channel == 0) + norm_per_channel * cout
@@ -136,7 +136,7 @@ def hand_count(config):
 
 @pytest.mark.parametrize(
     "preset, cvm_normalization, dmf_vis_convs",
-    [("paper", "batch", 1), ("small", "group", 1), ("small", "none", 2)],
+    [("paper", "group", 1), ("small", "none", 2)],
 )
 def test_parameter_count_equals_hand_count(preset, cvm_normalization, dmf_vis_convs):
     # The paper preset with its default CVM; the other CVM normalisations and the two-conv VIS
@@ -183,7 +183,8 @@ def test_vis_sr_depends_on_the_nir_input(ablation):
     other_nir = np.random.default_rng(3).random((1, 12, 16, 1), dtype=np.float32)
     sr = model(inputs)["vis_sr"].numpy()
     sr_other = model({**inputs, "nir_lr": other_nir})["vis_sr"].numpy()
-    assert np.abs(sr - sr_other).mean() > 1e-3
+    # Far above float round-off (~1e-7); random weights give 9e-4 (full) to 1e-2 (w_nir).
+    assert np.abs(sr - sr_other).mean() > 1e-4
 
 
 def test_registered_pairs_get_zero_disparity_in_both_mechanisms():

@@ -335,25 +335,30 @@ def test_cvm_pretraining_schedule_and_cvm_options_are_checked():
         training.build_configs({}, dict(cvm_normalization="layer"))
 
 
-def test_configs_saved_before_the_cvm_options_keep_their_behaviour():
-    # A config.json written before cvm_normalization / cvm_lr_schedule existed describes a
-    # CVM with batch norm and a constant pre-training rate: resuming must not see a change.
+def test_configs_of_the_retired_batch_norm_cvm_fail_in_one_line():
+    # A config.json written before cvm_normalization existed describes a batch-norm CVM, which
+    # was retired: loading it names the field; a config without a CVM still loads.
     from cspsr_tf import training
-    from cspsr_tf.configs import CSPSRConfig
+    from cspsr_tf.configs import CSPSRConfig, get_config
 
-    train, model = training.build_configs(
-        dict(cvm_lr_schedule="constant"), dict(cvm_normalization="batch")
-    )
-    old = {"train": train.to_dict(), "model": model.to_dict()}
-    del old["train"]["cvm_lr_schedule"], old["model"]["cvm_normalization"]
-    assert training._config_differences(old, {"train": train.to_dict(), "model": model.to_dict()}) == []
-    assert CSPSRConfig.from_dict(old["model"]).cvm_normalization == "batch"
-    # The current default schedule differs (cosine), so an old run resumed with it is refused.
-    new_train, new_model = training.build_configs({}, {})
+    old = get_config("small").to_dict()
+    del old["cvm_normalization"]
+    with pytest.raises(ValueError, match=r"^cvm_normalization='batch' was retired") as error:
+        CSPSRConfig.from_dict(old)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="was retired"):
+        CSPSRConfig.from_dict({**old, "cvm_normalization": "batch"})
+    baseline = get_config("small", "baseline").to_dict()
+    del baseline["cvm_normalization"]
+    assert CSPSRConfig.from_dict(baseline).cvm_normalization == "group"
+    with pytest.raises(training.ConfigError, match="cvm_normalization"):
+        training.build_configs({}, dict(cvm_normalization="batch"))
+    # An old run's config differs from today's in that field, so resuming it is refused.
+    train, model = training.build_configs({}, {})
+    old_run = {"train": train.to_dict(), "model": old}
     differences = training._config_differences(
-        old, {"train": new_train.to_dict(), "model": new_model.to_dict()}
-    )
-    assert differences == ["cvm_lr_schedule: 'constant' -> 'cosine'"]
+        old_run, {"train": train.to_dict(), "model": model.to_dict()})
+    assert differences == ["cvm_normalization: None -> 'group'"]
 
 
 def test_cvm_stage_recorded_before_the_auto_patch_compares_as_its_sr_patch():
@@ -430,3 +435,20 @@ def test_degradation_is_checked_before_anything_is_written():
                          ("low_light:gain", "expected name:key=value")]:
         with pytest.raises(training.ConfigError, match=rf"^--degradation={bad}: .*{message}"):
             training.validate_configs(*training.build_configs(dict(degradation=bad), {}))
+
+
+def test_a_run_that_ends_below_bicubic_says_so(tmp_path):
+    from cspsr_tf import training
+
+    assert training.last_validation(str(tmp_path)) is None
+    assert training.below_bicubic_message(None) is None
+    records = [{"step": 100, "model/standard/psnr": 30.0, "bicubic/standard/psnr": 29.0},
+               {"step": 200, "model/standard/psnr": 38.39, "bicubic/standard/psnr": 39.41}]
+    with open(tmp_path / training.METRICS_FILE, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    last = training.last_validation(str(tmp_path))
+    assert last["step"] == 200
+    message = training.below_bicubic_message(last)
+    assert "BELOW bicubic" in message and "38.39 dB against 39.41 dB" in message
+    assert "step 200" in message and "\n" not in message
+    assert training.below_bicubic_message(records[0]) is None

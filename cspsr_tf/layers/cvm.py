@@ -56,7 +56,7 @@ class CrossViewMatching(keras.layers.Layer):
     A U-shaped encoder-decoder over concat(vis_lr, nir_lr), after the cross-spectral
     disparity network the paper builds on (Zhi et al. 2018, itself in the DispNet / Monodepth
     family), with the correlation layer of DispNetC (Mayer et al. 2016): `depth` stride-2
-    stages of two 3x3 conv (+ batch norm with `normalization="batch"`) + ELU, a decoder that
+    stages of two 3x3 conv (+ group norm with `normalization="group"`) + ELU, a decoder that
     upsamples, concatenates the encoder skip and the coarser disparity, and a disparity head at
     every decoder scale.
 
@@ -88,15 +88,16 @@ class CrossViewMatching(keras.layers.Layer):
         depth: int, default 3; number of stride-2 stages.
         max_disparity: float, default 24.0; upper bound of the disparity in LR pixels.
         geometry: `stereo` (default; predict the disparity) or `aligned` (zero disparity).
-        normalization: after each encoder/decoder convolution, `batch` norm (the layer's
-            default), `group` norm (8 groups, per example: the same in training and inference,
-            but not local: a tile's statistics differ from the whole frame's) or `none`.
+        normalization: after each encoder/decoder convolution, `group` norm (default; 8
+            groups, per example: the same in training and inference) or `none`. Batch norm
+            was retired: its statistics of training patches biased the disparity on whole
+            frames by +0.7 LR px (docs in the README, `benchmarks/cvm_matching.py`).
 
     Call arguments:
         inputs: a pair `(vis_lr, nir_lr)`, [B, h, w, 3] and [B, h, w, 1], or a triple
             `(vis_lr, nir_lr, stereo)` with `stereo` [B, 1]: the disparities of the examples
             whose flag is 0 are multiplied by 0.
-        training: bool, for the batch norms.
+        training: bool (no layer of the CVM behaves differently in training).
 
     Returns:
         A dict with `nir_l` [B, h, w, 1] (the warped NIR), `valid_l` [B, h, w, 1] (1 where the
@@ -118,9 +119,7 @@ class CrossViewMatching(keras.layers.Layer):
         max_disparity=24.0,
         return_pyramid=False,
         geometry="stereo",
-        # `batch` is the default of the layer because files saved before this argument existed
-        # hold batch norms; `build_cspsr` passes the config's value.
-        normalization="batch",
+        normalization="group",
         **kwargs,
     ):
         # The images enter in float32 whatever the policy: the cost volumes (NCC from local
@@ -155,12 +154,9 @@ class CrossViewMatching(keras.layers.Layer):
             elu = keras.layers.Activation("elu", name=f"{name}_elu", dtype=policy)
             if normalization == "none":
                 return [conv, elu]
-            if normalization == "group":
-                norm = keras.layers.GroupNormalization(
-                    groups=math.gcd(GROUPS, filters), name=f"{name}_gn", dtype=policy
-                )
-            else:
-                norm = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn", dtype=policy)
+            norm = keras.layers.GroupNormalization(
+                groups=math.gcd(GROUPS, filters), name=f"{name}_gn", dtype=policy
+            )
             return [conv, norm, elu]
 
         self.stem = conv_bn_elu(base_channels, 1, "stem")
@@ -196,11 +192,12 @@ class CrossViewMatching(keras.layers.Layer):
 
     @property
     def is_local(self):
-        """Whether an output pixel depends on a bounded neighbourhood of the input only.
+        """Whether an output pixel depends on a bounded neighbourhood of the input only: never.
 
-        Batch norm in inference is a fixed per-channel affine map; group norm normalises by
-        statistics of the whole input, so a crop of the input changes every output."""
-        return self.normalization != "group"
+        Group norm normalises by statistics of the whole input, and the NCC^2 cost volume's
+        variance floor is relative to the whole image's texture, so a crop of the input changes
+        every output (tiled inference runs the CVM once on the whole frame)."""
+        return False
 
     def build(self, input_shape):
         vis_shape, nir_shape = input_shape[0], input_shape[1]
@@ -210,7 +207,7 @@ class CrossViewMatching(keras.layers.Layer):
                 if isinstance(layer, keras.layers.Conv2D):
                     layer.build((None, None, None, channels_in))
                     channels_in = layer.filters
-                elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization)):
+                elif isinstance(layer, keras.layers.GroupNormalization):
                     layer.build((None, None, None, channels_in))
             return channels_in
 
@@ -302,9 +299,7 @@ class CrossViewMatching(keras.layers.Layer):
     @staticmethod
     def _run(stack, x, training):
         for layer in stack:
-            x = layer(x, training=training) if isinstance(
-                layer, keras.layers.BatchNormalization
-            ) else layer(x)
+            x = layer(x)
         return x
 
     def call(self, inputs, training=None):
