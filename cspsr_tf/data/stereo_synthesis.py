@@ -9,10 +9,14 @@ measured on it.
 Geometry (the project's convention, `nirvis_synthetic` and Eq. 1): the left view pixel (i, j)
 matches the right view pixel (i, j - d_l(i, j)), d >= 0. The disparity field is drawn in the
 RIGHT view, `d_r`, so the right image is a plain backward warp of the registered NIR,
-`nir_r(i, x) = nir(i, x + d_r(i, x))`; the left disparity is then the fixed point of
-`d_l(j) = d_r(j - d_l(j))`, found by a few iterations. Left pixels where that fixed point
-does not hold (occluded in the right view), or whose match falls outside the right frame,
-are marked invalid.
+`nir_r(i, x) = nir(i, x + d_r(i, x))`; the left disparity then solves
+`d_l(j) = d_r(j - d_l(j))`. Where a near object's disparity drops to the background's, the
+backward warp shows the object twice in the right view (the band beside it, which the right
+camera would see as background, gets a copy), and a left pixel of the object has two
+solutions; the left camera sees the nearest surface, so `d_l` is the LARGEST solution, what a
+z-buffered forward splat of `d_r` gives (`left_disparity_from_right`). Left pixels with no
+solution (occluded in the right view), or whose match falls outside the right frame, are
+marked invalid.
 
 The field: a slanted background plane plus one or two elliptical foreground objects, each with
 its own plane and a larger disparity (piecewise planar, like man-made scenes and the
@@ -76,19 +80,65 @@ def random_disparity_field(seed, height, width, max_disparity):
     return field[0]
 
 
+def _nearest_surface(d_r):
+    """Z-buffered forward splat of `d_r` [B, H, W]: the largest exact solution per left pixel.
+
+    `d_r` is linear between right pixels, so on the segment [k, k + 1] the left column seen at
+    right x is g(x) = x + d_r(x), linear from k + d_r(k) to k + 1 + d_r(k + 1), and the left
+    pixel j is solved there by x = k + t with t = (j - k - d_r(k)) / (1 + d_r(k + 1) - d_r(k))
+    in [0, 1], d = d_r(x). Only segments with |d_r(k + 1) - d_r(k)| < 1 are surfaces: a steeper
+    rise is the depth step that hides the left pixels behind it (their "solutions" on it are
+    the stretched rubber sheet, repelling for the fixed-point iteration), a steeper fall the
+    fold that the backward warp fills with a second copy. Every segment that can hold a
+    solution (x = j - d in [k, k + 1], so k = j - m with m from floor(min d_r) - 1 to
+    ceil(max d_r) + 1) is visited at once.
+
+    Returns:
+        (d, found): [B, H, W] the largest solution (-inf where none) and whether there is one.
+    """
+    width = tf.shape(d_r)[2]
+    lo = tf.cast(tf.floor(tf.reduce_min(d_r)), tf.int32) - 1
+    hi = tf.cast(tf.math.ceil(tf.reduce_max(d_r)), tf.int32) + 1
+    columns = tf.range(width)
+    k = columns[:, tf.newaxis] - tf.range(lo, hi + 1)[tf.newaxis, :]  # [W, M] segment starts
+    in_frame = tf.logical_and(k >= 0, k <= width - 2)
+    k0 = tf.clip_by_value(k, 0, tf.maximum(width - 2, 0))
+    k1 = tf.minimum(k0 + 1, width - 1)
+    shape = tf.concat([tf.shape(d_r), tf.shape(k)[1:]], axis=0)  # [B, H, W, M]
+    a = tf.reshape(tf.gather(d_r, tf.reshape(k0, [-1]), axis=2), shape)
+    b = tf.reshape(tf.gather(d_r, tf.reshape(k1, [-1]), axis=2), shape)
+    step = b - a
+    surface = tf.abs(step) < 1.0
+    # t = (j - g(k)) / (g(k + 1) - g(k)); j - k0 is the integer part, exact in float.
+    t = (tf.cast(columns[:, tf.newaxis] - k0, d_r.dtype) - a) / tf.where(
+        surface, 1.0 + step, tf.ones_like(step)
+    )
+    found = in_frame & surface & (t >= 0.0) & (t <= 1.0)
+    d = tf.where(found, a + t * step, tf.fill(tf.shape(a), tf.constant(-float("inf"), d_r.dtype)))
+    return tf.reduce_max(d, axis=-1), tf.reduce_any(found, axis=-1)
+
+
 def left_disparity_from_right(d_r):
-    """Solves d_l(j) = d_r(j - d_l(j)) by fixed-point iterations; also returns the residual.
+    """Solves d_l(j) = d_r(j - d_l(j)), keeping the nearest surface; also returns the residual.
+
+    Where the left pixel has solutions on surface segments of `d_r` (`_nearest_surface`),
+    d_l is the largest of them (the left camera sees the nearest surface; the smaller ones are
+    the copies the backward warp puts into the band beside a near object). Elsewhere (occluded
+    in the right view, or matched outside the frame) d_l is the fixed-point iterate from
+    d_l = d_r, as before, whose residual is then large (or whose match lies outside the frame).
 
     Args:
         d_r: [B, H, W, 1] right-view disparity (pixels).
 
     Returns:
-        (d_l, residual): [B, H, W, 1] each; residual = |d_l - d_r(j - d_l)| after the last
-        iteration (large where the left pixel is occluded in the right view).
+        (d_l, residual): [B, H, W, 1] each; residual = |d_l - d_r(j - d_l)| (about 0 where a
+        solution exists, large where the left pixel is occluded in the right view).
     """
-    d_l = d_r
+    d_iter = d_r
     for _ in range(FIXED_POINT_ITERATIONS):
-        d_l, _ = warp_by_disparity(d_r, d_l, "right_to_left")
+        d_iter, _ = warp_by_disparity(d_r, d_iter, "right_to_left")
+    nearest, found = _nearest_surface(d_r[..., 0])
+    d_l = tf.where(found[..., tf.newaxis], nearest[..., tf.newaxis], d_iter)
     again, _ = warp_by_disparity(d_r, d_l, "right_to_left")
     return d_l, tf.abs(again - d_l)
 
