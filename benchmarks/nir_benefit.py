@@ -45,6 +45,10 @@ likewise only when named, is the abstract's "high brightness": the VIS loses wha
 the clean NIR keeps that structure.
 `mild_over_exposure` (x1.5) and `strong_over_exposure` (x3), likewise only when named, were
 added last, to see how the NIR's gain follows the share of the VIS that saturates.
+`blind` (each training example draws clean, low light, over-exposure or noise; see
+`cspsr_tf/data/degradations.py`), likewise only when named, trains the shipped presets'
+models; its evaluation here draws a condition per frame, and `benchmarks/model_zoo.py`
+scores those models in each condition.
 
 Rows, run in this order so that a partial run is still a useful table (JSON + markdown
 written after every row; --resume skips rows already in the JSON with the same settings):
@@ -112,7 +116,8 @@ NAME = "nir_benefit"
 SAMPLES_DIR = Path(bench_util.SAMPLES_DIR)
 CONDITIONS = {"clean": "none", "low_light": "low_light", "dark": "low_light:gain=0.1",
               "very_dark": "low_light:gain=0.05", "over_exposure": "over_exposure",
-              "mild_over_exposure": "over_exposure:gain=1.5", "strong_over_exposure": "over_exposure:gain=3.0"}
+              "mild_over_exposure": "over_exposure:gain=1.5", "strong_over_exposure": "over_exposure:gain=3.0",
+              "blind": "blind"}
 ABLATIONS = {
     "baseline": "single branch, VIS only",
     "full": "CSPSR: dual branch (DMF) + CVM",

@@ -9,8 +9,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cspsr_tf.data.degradations import (  # noqa: E402
+    BLIND_CONDITIONS,
     DEGRADATIONS,
     apply_degradation,
+    blind_degradation,
     resolve_degradation,
 )
 
@@ -79,7 +81,7 @@ def test_random_degradations_are_deterministic_per_seed(name):
 
 def test_errors_name_the_valid_choices():
     image = _constant(0.5, (4, 4, 3))
-    with pytest.raises(ValueError, match=r"Valid names: \['low_light', 'noise', 'none'"):
+    with pytest.raises(ValueError, match=r"Valid names: \['blind', 'low_light', 'noise', 'none'"):
         apply_degradation(image, "fog", _SEED)
     with pytest.raises(ValueError, match=r"Valid parameters: \['sigma'\]"):
         apply_degradation(image, "noise", _SEED, gain=2.0)
@@ -95,7 +97,7 @@ def test_resolve_degradation_accepts_none_names_and_mappings():
     assert resolve_degradation(None) == ("none", {})
     assert resolve_degradation("over_exposure") == ("over_exposure", {"gain": 2.0})
     assert resolve_degradation({"name": "noise", "sigma": 0.1}) == ("noise", {"sigma": 0.1})
-    assert set(DEGRADATIONS) == {"none", "noise", "low_light", "over_exposure"}
+    assert set(DEGRADATIONS) == {"none", "noise", "low_light", "over_exposure", "blind"}
     with pytest.raises(ValueError, match="'name'"):
         resolve_degradation({"sigma": 0.1})
 
@@ -124,3 +126,66 @@ def test_string_spec_degrades_as_the_mapping_does():
     np.testing.assert_array_equal(by_string.numpy(), by_mapping.numpy())
     # A 0.1 exposure of a mid grey: mean about 0.05 (the noise is zero-mean before clipping).
     assert abs(float(np.mean(by_mapping)) - 0.05) < 0.01
+
+
+def _blind_draws(count, image):
+    draws = []
+    for index in range(count):
+        seed = tf.constant([7, index], tf.int64)
+        degraded, condition, strength = blind_degradation(image, seed)
+        draws.append((np.asarray(degraded), BLIND_CONDITIONS[int(condition)], float(strength)))
+    return draws
+
+
+def test_blind_draws_each_condition_at_its_rate_and_in_its_range():
+    params = DEGRADATIONS["blind"]
+    draws = _blind_draws(600, _constant(0.4, (8, 8, 3)))
+    counts = {name: sum(c == name for _, c, _ in draws) for name in BLIND_CONDITIONS}
+    expected = {"clean": params["p_clean"], "low_light": params["p_low_light"],
+                "over_exposure": params["p_over_exposure"]}
+    expected["noise"] = 1.0 - sum(expected.values())
+    for name, p in expected.items():
+        # Binomial standard deviation of a count over 600 draws: at most 12.3; 4 of them.
+        assert abs(counts[name] - 600 * p) < 4 * np.sqrt(600 * p * (1 - p)), counts
+    strengths = {name: np.array([s for _, c, s in draws if c == name]) for name in BLIND_CONDITIONS}
+    assert np.all(strengths["clean"] == 0.0)
+    gains = strengths["low_light"]
+    assert gains.min() >= params["low_light_min_gain"] and gains.max() <= params["low_light_max_gain"]
+    # Log-uniform: half of the draws below the geometric mean of the bounds (sqrt(0.05) = 0.224).
+    below = np.mean(gains < np.sqrt(params["low_light_min_gain"] * params["low_light_max_gain"]))
+    assert 0.35 < below < 0.65, below
+    over = strengths["over_exposure"]
+    assert over.min() >= params["over_exposure_min_gain"] and over.max() <= params["over_exposure_max_gain"]
+    sigmas = strengths["noise"]
+    assert sigmas.min() >= params["noise_min_sigma"] and sigmas.max() <= params["noise_max_sigma"]
+
+
+def test_blind_images_are_the_drawn_condition():
+    image = np.random.default_rng(0).uniform(0.05, 0.45, (32, 32, 3)).astype(np.float32)
+    seen = set()
+    for degraded, condition, strength in _blind_draws(40, tf.constant(image)):
+        seen.add(condition)
+        if condition == "clean":
+            np.testing.assert_array_equal(degraded, image)
+        elif condition == "over_exposure":
+            np.testing.assert_allclose(degraded, np.clip(image * strength, 0, 1), atol=1e-6)
+        elif condition == "low_light":
+            # Shot noise has mean gain * x; its residual averages out over 3,072 values.
+            assert np.mean(degraded) == pytest.approx(strength * np.mean(image), rel=0.05, abs=0.002)
+        else:
+            residual = degraded - image  # no clipping: the image stays in [0.05, 0.45]
+            assert np.std(residual) == pytest.approx(strength, rel=0.1)
+            assert abs(np.mean(residual)) < 0.004
+    assert seen == set(BLIND_CONDITIONS)
+
+
+def test_blind_is_deterministic_per_seed_and_checks_its_parameters():
+    image = _constant(0.3, (8, 8, 3))
+    a = apply_degradation(image, "blind", _SEED)
+    graph = tf.function(lambda x: apply_degradation(x, "blind", _SEED))(image)
+    np.testing.assert_array_equal(a.numpy(), graph.numpy())
+    with pytest.raises(ValueError, match="must be <= 1"):
+        resolve_degradation("blind:p_clean=0.6,p_low_light=0.6")
+    with pytest.raises(ValueError, match="low_light_min_gain must be <= low_light_max_gain"):
+        resolve_degradation("blind:low_light_min_gain=0.9")
+    assert resolve_degradation("blind:p_clean=0.5,p_low_light=0.2")[1]["p_clean"] == 0.5

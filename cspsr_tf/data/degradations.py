@@ -15,6 +15,13 @@ Names (the `degradation` field of a config), with their parameters and defaults:
   variance is value / 400) and Gaussian read noise (`read_noise` = 0.005) are added, clipped.
 - `over_exposure`: the exposure is multiplied by `gain` = 2.0 and clipped at 1 (saturation);
   deterministic.
+- `blind`: each example draws its condition (Real-ESRGAN's habit: one model for frames whose
+  condition the user does not know): clean with probability `p_clean` = 0.3; low light with
+  `p_low_light` = 0.3, its gain log-uniform in [`low_light_min_gain`, `low_light_max_gain`] =
+  [0.1, 0.5] (the `low_light` noise constants); over-exposure with `p_over_exposure` = 0.25,
+  its gain uniform in [`over_exposure_min_gain`, `over_exposure_max_gain`] = [1.25, 3.0]; the
+  rest (0.15) Gaussian sensor noise, sigma uniform in [`noise_min_sigma`,
+  `noise_max_sigma`] = [0.01, 0.05]. The NIR stays clean in every case.
 
 There is no brightening anywhere: the Zhi et al. stereo frames are dark (mean about 25/255)
 and stay as recorded. `low_light` on such frames makes them darker still (mean about 6/255 at
@@ -36,10 +43,16 @@ DEGRADATIONS = {
     "noise": {"sigma": 0.02},
     "low_light": {"gain": 0.25, "photons_at_white": 400.0, "read_noise": 0.005},
     "over_exposure": {"gain": 2.0},
+    "blind": {"p_clean": 0.3, "p_low_light": 0.3, "p_over_exposure": 0.25,
+              "low_light_min_gain": 0.1, "low_light_max_gain": 0.5,
+              "over_exposure_min_gain": 1.25, "over_exposure_max_gain": 3.0,
+              "noise_min_sigma": 0.01, "noise_max_sigma": 0.05},
 }
 
 # Names that draw random numbers and therefore need a stateless seed.
-_RANDOM = ("noise", "low_light")
+_RANDOM = ("noise", "low_light", "blind")
+# The conditions `blind` draws from, in the order of its probability intervals.
+BLIND_CONDITIONS = ("clean", "low_light", "over_exposure", "noise")
 
 
 def resolve_degradation(spec):
@@ -108,12 +121,26 @@ def _validated_params(name, overrides):
         if not math.isfinite(value):
             raise ValueError(f"{name}: {key} must be a finite number. Received: {key}={value}")
         # Noise levels may be zero; gains and photon counts must be positive to stay physical.
-        if key in ("sigma", "read_noise") and value < 0:
+        if (key in ("sigma", "read_noise") or key.startswith("p_") or key.endswith("_sigma")) and value < 0:
             raise ValueError(f"{name}: {key} must be >= 0. Received: {key}={value}")
-        if key in ("gain", "photons_at_white") and value <= 0:
+        if (key in ("gain", "photons_at_white") or key.endswith("_gain")) and value <= 0:
             raise ValueError(f"{name}: {key} must be > 0. Received: {key}={value}")
         params[key] = value
+    if name == "blind":
+        _check_blind(params)
     return params
+
+
+def _check_blind(params):
+    total = params["p_clean"] + params["p_low_light"] + params["p_over_exposure"]
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"blind: p_clean + p_low_light + p_over_exposure must be <= 1 (the rest "
+                         f"is noise). Received: {total:g}")
+    for low, high in (("low_light_min_gain", "low_light_max_gain"),
+                      ("over_exposure_min_gain", "over_exposure_max_gain"),
+                      ("noise_min_sigma", "noise_max_sigma")):
+        if params[low] > params[high]:
+            raise ValueError(f"blind: {low} must be <= {high}. Received: {params[low]:g} > {params[high]:g}")
 
 
 def apply_degradation(vis_lr, name="none", seed=None, **params):
@@ -121,9 +148,9 @@ def apply_degradation(vis_lr, name="none", seed=None, **params):
 
     Args:
         vis_lr: float tensor with values in [0, 1], any shape ([h, w, 3] or [B, h, w, 3]).
-        name: one of `DEGRADATIONS` (`none`, `noise`, `low_light`, `over_exposure`).
-        seed: shape [2] int32/int64 tensor for the stateless random ops. Required by `noise`
-            and `low_light`, ignored by the others.
+        name: one of `DEGRADATIONS` (`none`, `noise`, `low_light`, `over_exposure`, `blind`).
+        seed: shape [2] int32/int64 tensor for the stateless random ops. Required by `noise`,
+            `low_light` and `blind`, ignored by the others.
         **params: overrides of the name's parameters (see the module docstring).
 
     Returns:
@@ -139,21 +166,62 @@ def apply_degradation(vis_lr, name="none", seed=None, **params):
         return vis_lr
     if name in _RANDOM and seed is None:
         raise ValueError(f"Degradation {name!r} is random and needs a stateless seed, got None.")
-    shape = tf.shape(vis_lr)
     if name == "noise":
-        noise = tf.random.stateless_normal(shape, seed=seed, stddev=params["sigma"])
-        return tf.clip_by_value(vis_lr + noise, 0.0, 1.0)
+        return _noise(vis_lr, seed, params["sigma"])
     if name == "over_exposure":
         return tf.clip_by_value(vis_lr * params["gain"], 0.0, 1.0)
-    # low_light: shot noise follows the photon count, so its variance grows with the signal;
-    # read noise is signal independent. Both act on the darkened exposure.
+    if name == "low_light":
+        return _low_light(vis_lr, seed, params["gain"], params["photons_at_white"], params["read_noise"])
+    return blind_degradation(vis_lr, seed, params)[0]
+
+
+def _noise(vis_lr, seed, sigma):
+    noise = tf.random.stateless_normal(tf.shape(vis_lr), seed=seed, stddev=sigma)
+    return tf.clip_by_value(vis_lr + noise, 0.0, 1.0)
+
+
+def _low_light(vis_lr, seed, gain, photons_at_white, read_noise):
+    # Shot noise follows the photon count, so its variance grows with the signal; read noise
+    # is signal independent. Both act on the darkened exposure.
+    shape = tf.shape(vis_lr)
     shot_seed, read_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    photons_at_white = params["photons_at_white"]
-    dark = vis_lr * params["gain"]
     photons = tf.random.stateless_poisson(
-        shape, seed=shot_seed, lam=dark * photons_at_white, dtype=tf.float32
+        shape, seed=shot_seed, lam=vis_lr * gain * photons_at_white, dtype=tf.float32
     )
-    read = tf.random.stateless_normal(shape, seed=read_seed, stddev=params["read_noise"])
+    read = tf.random.stateless_normal(shape, seed=read_seed, stddev=read_noise)
     # Multiplying by the reciprocal (rather than dividing) keeps eager and graph results
     # bit-identical: Grappler rewrites a division by a constant into this multiplication.
     return tf.clip_by_value(photons * (1.0 / photons_at_white) + read, 0.0, 1.0)
+
+
+def blind_degradation(vis_lr, seed, params=None):
+    """`blind`: one condition drawn for the whole of `vis_lr` (one example), see the docstring.
+
+    Returns:
+        (degraded, condition, strength): the image, the index of the drawn condition in
+        `BLIND_CONDITIONS` (int32 scalar) and its gain or sigma (0 for clean).
+    """
+    params = _validated_params("blind", params or {})
+    choice_seed, strength_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3))
+    u = tf.random.stateless_uniform([], seed=choice_seed)
+    edges = tf.constant([params["p_clean"], params["p_clean"] + params["p_low_light"],
+                         params["p_clean"] + params["p_low_light"] + params["p_over_exposure"]])
+    condition = tf.reduce_sum(tf.cast(u >= edges, tf.int32))
+    t = tf.random.stateless_uniform([], seed=strength_seed)
+    low = math.log(params["low_light_min_gain"])
+    low_light_gain = tf.exp(low + t * (math.log(params["low_light_max_gain"]) - low))
+    over_gain = params["over_exposure_min_gain"] + t * (
+        params["over_exposure_max_gain"] - params["over_exposure_min_gain"])
+    sigma = params["noise_min_sigma"] + t * (params["noise_max_sigma"] - params["noise_min_sigma"])
+    low_light = DEGRADATIONS["low_light"]
+    branches = [
+        lambda: vis_lr,
+        lambda: _low_light(vis_lr, noise_seed, low_light_gain, low_light["photons_at_white"],
+                           low_light["read_noise"]),
+        lambda: tf.clip_by_value(vis_lr * over_gain, 0.0, 1.0),
+        lambda: _noise(vis_lr, noise_seed, sigma),
+    ]
+    degraded = tf.switch_case(condition, branches)
+    strength = tf.gather(tf.stack([0.0, low_light_gain, over_gain, sigma]), condition)
+    return degraded, condition, strength
