@@ -948,6 +948,30 @@ def _run_validation(predict, frames, model, model_config, train, step, best_psnr
         model_io.save_model(model, model_config, os.path.join(train.model_dir, "best.keras"))
 
 
+def last_validation(model_dir):
+    """The last validation record of the run in `model_dir` (a dict with `step`,
+    `model/standard/psnr`, `bicubic/standard/psnr`, ...), or None when it has none."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    try:
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def below_bicubic_message(record):
+    """One line when a validation record has the model below bicubic, else None."""
+    if record is None:
+        return None
+    model, bicubic = record["model/standard/psnr"], record["bicubic/standard/psnr"]
+    if model >= bicubic:
+        return None
+    return (f"at its last validation (step {record['step']}) the model is BELOW bicubic: "
+            f"{model:.2f} dB against {bicubic:.2f} dB (standard protocol); train longer or on "
+            "more data, or use a shipped preset (--model=cspsr_small_x4)")
+
+
 def save_cvm_weights(cvm, directory):
     """Writes the CVM's weights alone (a tf.train.Checkpoint) for `--cvm_init`."""
     os.makedirs(directory, exist_ok=True)
