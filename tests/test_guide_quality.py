@@ -1,11 +1,11 @@
-"""benchmarks/guide_quality.py: how close a model's guide is to the clean VIS luminance."""
+"""studies/guide_quality.py: how close a model's guide is to the clean VIS luminance."""
 
 import numpy as np
 import pytest
 
-from benchmarks.guide_quality import gained_psnr, measure
 from cspsr_tf.configs import get_config
 from cspsr_tf.model import build_cspsr
+from studies.guide_quality import gained_psnr, measure
 from tests.test_guided_filter import numpy_guided_filter
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/nir_capacity_probe.py: its numpy stand-ins against the project's TF functions,
+"""studies/nir_capacity_probe.py: its numpy stand-ins against the project's TF functions,
 its pack format, and its joint training (one model, independent networks)."""
 
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import nir_capacity_probe as probe
 from cspsr_tf.data.degradations import apply_degradation
 from cspsr_tf.data.resize import bicubic_downscale
+from studies import nir_capacity_probe as probe
 
 
 @pytest.mark.parametrize("shape, scale", [((48, 40, 3), 4), ((36, 52, 1), 4), ((30, 22, 3), 2)])
@@ -166,7 +166,7 @@ def test_cli_names_a_folder_that_is_not_a_pack():
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "studies",
                           "nir_capacity_probe.py")
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run([sys.executable, script, f"--train={tmp}"], capture_output=True, text=True,

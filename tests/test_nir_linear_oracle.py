@@ -1,9 +1,9 @@
-"""benchmarks/nir_linear_oracle.py: windows, phases and least squares against hand values."""
+"""studies/nir_linear_oracle.py: windows, phases and least squares against hand values."""
 
 import numpy as np
 import pytest
 
-from benchmarks import nir_linear_oracle as oracle
+from studies import nir_linear_oracle as oracle
 
 
 def test_window_features_replicate_edges_in_channel_then_row_order():

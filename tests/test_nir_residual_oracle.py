@@ -1,10 +1,10 @@
-"""benchmarks/nir_residual_oracle.py: design matrix, folds and fits against hand values and lstsq."""
+"""studies/nir_residual_oracle.py: design matrix, folds and fits against hand values and lstsq."""
 
 import numpy as np
 import pytest
 
-from benchmarks import nir_linear_oracle as linear
-from benchmarks import nir_residual_oracle as residual
+from studies import nir_linear_oracle as linear
+from studies import nir_residual_oracle as residual
 
 
 def _frame(rng, h, w, s):

@@ -1,4 +1,4 @@
-"""benchmarks/oracle_guide_samples.py: the NIR of each pair replaced by the VIS's own luma."""
+"""studies/oracle_guide_samples.py: the NIR of each pair replaced by the VIS's own luma."""
 
 import csv
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.oracle_guide_samples import write_oracle_folder
 from datasets.nirvis_folder.nirvis_folder_dataset_builder import read_rows
+from studies.oracle_guide_samples import write_oracle_folder
 
 
 def _write_samples(folder):

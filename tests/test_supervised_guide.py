@@ -1,12 +1,12 @@
-"""benchmarks/supervised_guide.py: a guide trained alone, with and without the NIR."""
+"""studies/supervised_guide.py: a guide trained alone, with and without the NIR."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks.guide_quality import gained_psnr
-from benchmarks.supervised_guide import EPS_GRID, score, train_guide
 from cspsr_tf.data.resize import bicubic_downscale
+from studies.guide_quality import gained_psnr
+from studies.supervised_guide import EPS_GRID, score, train_guide
 from tests.test_guided_filter import numpy_guided_filter
 
 LUMA = np.array([0.299, 0.587, 0.114])

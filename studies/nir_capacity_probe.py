@@ -1,13 +1,13 @@
 """Would a far larger network, trained far longer, get +1 dB from the NIR in low light? (GPU probe)
 
     # 1. here, with TensorFlow: the registered training frames of the nir_benefit split, in parts
-    .venv/bin/python benchmarks/nir_capacity_probe.py --pack=runs/nir_capacity_probe/frames --conditions=low_light,clean
+    .venv/bin/python studies/nir_capacity_probe.py --pack=runs/nir_capacity_probe/frames --conditions=low_light,clean
     # 2. on a machine with a GPU, Keras 3 and JAX (TensorFlow is not needed there)
-    KERAS_BACKEND=jax python3 benchmarks/nir_capacity_probe.py --train=runs/nir_capacity_probe/frames \
+    KERAS_BACKEND=jax python3 studies/nir_capacity_probe.py --train=runs/nir_capacity_probe/frames \
         --conditions=low_light --sizes=32x8,64x16,128x16 --budget_s=470 --weights_out=runs/nir_capacity_probe/low_light
     # 3. here again: score the trained networks on the test frames, with evaluate.py's inputs
-    .venv/bin/python benchmarks/nir_capacity_probe.py --score=runs/nir_capacity_probe/low_light \
-        --out=benchmarks/results/nir_capacity_probe_low_light.json
+    .venv/bin/python studies/nir_capacity_probe.py --score=runs/nir_capacity_probe/low_light \
+        --out=studies/results/nir_capacity_probe_low_light.json
 
 The issue's low-light target (+1.0 dB from the NIR) was missed on the 2-core CPU, where the
 `small` preset trains for 2,000-4,000 steps. Whether the limit is the data or the model size
@@ -63,6 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402  (standard library only: no TensorFlow)
+from studies import default_out  # noqa: E402
 
 NAME = "nir_capacity_probe"
 INPUTS = ("vis", "vis_nir")
@@ -587,7 +588,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("train", None, "Train on the pack in this folder; weights to --weights_out.")
     flags.DEFINE_string("weights_out", os.path.join(bench_util.REPO_ROOT, "runs", NAME), "Where --train writes.")
     flags.DEFINE_string("score", None, "Score the networks of this --weights_out folder (needs TensorFlow).")
-    flags.DEFINE_string("results", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+    flags.DEFINE_string("results", os.path.join(bench_util.RESULTS_DIR,
                                                 "nir_benefit_gf_skip_4k.json"),
                         "nir_benefit.py results JSON whose split and conditions to use.")
     flags.DEFINE_list("conditions", ["low_light"], "Conditions (packed, or to train: default all packed).")
@@ -603,5 +604,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
                         "TFDS folder of the nir_benefit run.")
     flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared sample pairs.")
-    flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+    flags.DEFINE_string("out", default_out(NAME), "JSON results.")
     app.run(main)

@@ -1,6 +1,6 @@
 """Does the NIR gain grow with training? The rows' checkpoints, evaluated step by step.
 
-    .venv/bin/python benchmarks/nir_gain_by_step.py \
+    .venv/bin/python studies/nir_gain_by_step.py \
         --nir_rows=runs/nir_benefit_cvm192/low_light_full_seed0,runs/nir_benefit_cvm192/low_light_full_seed1 \
         --vis_rows=runs/nir_benefit/low_light_baseline_seed0,runs/nir_benefit/low_light_baseline_seed1
 
@@ -27,6 +27,7 @@ quiet_tensorflow()
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from studies import default_out  # noqa: E402
 
 NAME = "nir_gain_by_step"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ flags.DEFINE_string("condition", "low_light", "clean or low_light (the rows' con
 flags.DEFINE_string("data_dir", "runs/nir_benefit/tfds", "TFDS data dir of the rows.")
 flags.DEFINE_string("manual_dir", os.path.join(os.path.dirname(REPO), "shared", "data", "nirvis_samples"),
                     "The shared samples folder.")
-flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+flags.DEFINE_string("out", default_out(NAME), "JSON results.")
 
 DEGRADATION = {"clean": None, "low_light": "low_light"}
 

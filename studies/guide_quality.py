@@ -1,6 +1,6 @@
 """How close is a model's guided-filter guide to the VIS luminance it stands in for?
 
-    .venv/bin/python benchmarks/guide_quality.py \
+    .venv/bin/python studies/guide_quality.py \
         --model=runs/nir_benefit_gf/low_light_full_lgf_skip_seed0/final.keras \
         --manual_dir=../shared/data/nirvis_samples --data_dir=runs/nir_benefit/tfds \
         --split='train[2:3]+train[4:5]' --degradation=low_light --out=guide.json
@@ -12,7 +12,7 @@ degraded LR VIS, and the clean LR VIS of the same frame without the degradation)
     nir       the aligned LR NIR (`nir_l`; registered frames with zero disparity);
     learned   the model's learned guide (`nir_learned_guide`; `full_lgf_skip` only);
     luma      the clean LR VIS's own luminance (BT.601): the oracle guide of
-              `benchmarks/oracle_guide_samples.py`, which no model gets at test time.
+              `studies/oracle_guide_samples.py`, which no model gets at test time.
 
 `ncc2`: the mean local NCC^2 (Gaussian windows, `local_ncc_squared`, whose eps sends flat
 windows to 0, so the `luma` row, the guide against itself, is the ceiling, not 1) between the

@@ -1,6 +1,6 @@
 """How much does the NIR tell about the lost VIS detail? Classical filters, no training.
 
-    .venv/bin/python benchmarks/nir_guided_filter.py --data_dir=runs/nir_benefit/tfds
+    .venv/bin/python studies/nir_guided_filter.py --data_dir=runs/nir_benefit/tfds
 
 The frames and conditions of `benchmarks/nir_benefit.py` (the same split rule, the same
 `pipeline.make_eval_dataset` inputs, so the same noise draws), and two darker variants of its
@@ -43,6 +43,7 @@ from benchmarks import bench_util  # noqa: E402
 from benchmarks.nir_usage import load_frames  # noqa: E402
 from benchmarks.sample_split import define_splits  # noqa: E402
 from cspsr_tf.data.degradations import resolve_degradation  # noqa: E402
+from studies import default_out  # noqa: E402
 
 NAME = "nir_guided_filter"
 SCALE = 4
@@ -66,7 +67,7 @@ GRIDS = {
 NIR_METHODS = ("guided_nir", "guided_nir_and_self")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+flags.DEFINE_string("out", default_out(NAME), "JSON results.")
 flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Folder with pairs.csv (nirvis_folder).")
 flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
                     "TFDS data dir (nir_benefit.py's, so the prepared data is reused).")

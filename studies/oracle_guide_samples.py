@@ -1,6 +1,6 @@
 """An oracle copy of the shared samples: each pair's NIR replaced by its own VIS luminance.
 
-    .venv/bin/python benchmarks/oracle_guide_samples.py                   # -> runs/oracle_guide_samples
+    .venv/bin/python studies/oracle_guide_samples.py                   # -> runs/oracle_guide_samples
     .venv/bin/python benchmarks/nir_benefit.py --manual_dir=runs/oracle_guide_samples \\
         --data_dir=runs/oracle_guide/tfds --work_dir=runs/nir_benefit_oracle ...
 

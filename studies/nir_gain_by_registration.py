@@ -2,7 +2,7 @@
 
     .venv/bin/python -m datasets.nirvis_folder.register_folder \
         --manual_dir=../shared/data/nirvis_samples --out_dir=runs/nirvis_registered
-    .venv/bin/python benchmarks/nir_gain_by_registration.py \
+    .venv/bin/python studies/nir_gain_by_registration.py \
         --registered=runs/nirvis_registered/pairs.csv
 
 Reads the per-frame PSNRs of `benchmarks/nir_benefit.py` rows (--results, its JSON) and the
@@ -27,6 +27,7 @@ quiet_tensorflow()
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from studies import default_out  # noqa: E402
 
 NAME = "nir_gain_by_registration"
 
@@ -39,7 +40,7 @@ flags.DEFINE_list("pairs", ["low_light/full:low_light/baseline", "clean/full:cle
                   "condition/row:condition/row pairs, NIR row first.")
 flags.DEFINE_float("max_shift", 0.5, "Largest |global shift| (px, either axis) that passes.")
 flags.DEFINE_float("max_spread", 1.0, "Largest quadrant spread (px) that passes.")
-flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+flags.DEFINE_string("out", default_out(NAME), "JSON results.")
 
 
 def frame_psnrs(results, row_prefix):

@@ -1,11 +1,11 @@
 """How much linearly usable NIR information is left on top of a trained network's output?
 
-    .venv/bin/python benchmarks/nir_residual_oracle.py \
+    .venv/bin/python studies/nir_residual_oracle.py \
         --results=benchmarks/results/nir_benefit_gf_skip_4k.json \
         --rows=low_light/baseline/seed1,low_light/full_gf_skip/seed1 \
-        --out=benchmarks/results/nir_residual_oracle.json
+        --out=studies/results/nir_residual_oracle.json
 
-`benchmarks/nir_linear_oracle.py` compares linear maps of the LR VIS with and without the LR
+`studies/nir_linear_oracle.py` compares linear maps of the LR VIS with and without the LR
 NIR; its VIS-only map is far weaker than a trained VIS-only network, so its NIR gain says
 little about what the NIR could add to a network. Here the linear maps start from a trained
 network's output instead: each HR pixel's luma is predicted, one map per sub-pixel phase, from
@@ -47,7 +47,8 @@ quiet_tensorflow()
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from benchmarks.nir_linear_oracle import (  # noqa: E402
+from studies import default_out  # noqa: E402
+from studies.nir_linear_oracle import (  # noqa: E402
     NormalEquations,
     assemble,
     phase_targets,
@@ -290,5 +291,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
                         "TFDS data directory of the nir_benefit run.")
     flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared sample pairs.")
-    flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+    flags.DEFINE_string("out", default_out(NAME), "JSON results.")
     app.run(main)

@@ -1,7 +1,7 @@
 """How much of a supervised guide's gain is the NIR's? A guide network trained alone.
 
-    .venv/bin/python benchmarks/supervised_guide.py --degradation=low_light \
-        --data_dir=runs/nir_benefit/tfds --out=benchmarks/results/supervised_guide_low_light.json
+    .venv/bin/python studies/supervised_guide.py --degradation=low_light \
+        --data_dir=runs/nir_benefit/tfds --out=studies/results/supervised_guide_low_light.json
 
 `full_lgf_sup_skip` trains its learned guide (`layers/learned_guide.py`) towards the clean LR
 VIS luminance (`lambda_guide`). Part of what such a guide gains can come from the degraded VIS
@@ -13,7 +13,7 @@ same loss (`losses.guide_loss_per_example`) on the training split of `benchmarks
     vis       the same layer fed a zero NIR: a guide from the degraded VIS alone, the same
               network and parameter count;
 
-and scores each on the held-out frames as `benchmarks/guide_quality.py` does (local NCC^2
+and scores each on the held-out frames as `studies/guide_quality.py` does (local NCC^2
 with the clean LR luminance; the PSNR of a radius-2 guided filter of the degraded VIS by the
 guide, after a least-squares gain per colour, against the clean LR VIS), beside the raw NIR,
 the degraded VIS's own luminance and the clean luminance (the oracle). The filter's eps is the
@@ -75,9 +75,9 @@ def score(guide_of, degraded, clean):
     """{"ncc2", "filter_psnr", "eps"}: means over frames at the eps of the grid that is best."""
     import tensorflow as tf
 
-    from benchmarks.guide_quality import gained_psnr
     from cspsr_tf.layers.cross_spectral_similarity import local_ncc_squared, luminance
     from cspsr_tf.layers.guided_filter import guided_filter
+    from studies.guide_quality import gained_psnr
 
     ncc2, psnr = [], {eps: [] for eps in EPS_GRID}
     for (frame_id, vis, nir, _, _), (clean_id, clean_lr, *_) in zip(degraded, clean, strict=True):
@@ -98,11 +98,11 @@ def score(guide_of, degraded, clean):
 def run():
     import tensorflow as tf
 
-    from benchmarks.guide_quality import gained_psnr
     from benchmarks.nir_usage import load_frames
     from benchmarks.sample_split import define_splits
     from cspsr_tf.data import pipeline, sources
     from cspsr_tf.layers.cross_spectral_similarity import luminance
+    from studies.guide_quality import gained_psnr
 
     degradation = FLAGS.degradation
     split = define_splits(FLAGS.data_dir, FLAGS.manual_dir)

@@ -1,8 +1,8 @@
 """What the matching term of the joint loss (`train.py --lambda_match`) does to the CVM and the SR.
 
-    .venv/bin/python benchmarks/lambda_match.py                      # ~15 min on 2 cores
-    .venv/bin/python benchmarks/lambda_match.py --values=0,0.1,1
-    .venv/bin/python benchmarks/lambda_match.py --values=0.1,freeze --cvm_normalization=group
+    .venv/bin/python studies/lambda_match.py                      # ~15 min on 2 cores
+    .venv/bin/python studies/lambda_match.py --values=0,0.1,1
+    .venv/bin/python studies/lambda_match.py --values=0.1,freeze --cvm_normalization=group
 
 The `make demo` setting: `small` preset, x4, `nirvis_synthetic` (stereo pairs with a known
 disparity), batch 8 of 96x96 HR patches, Adam 5e-4 with a cosine decay. Every value of
@@ -30,11 +30,12 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402
+from studies import default_out  # noqa: E402
 
 NAME = "lambda_match"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+flags.DEFINE_string("out", default_out(NAME), "JSON results.")
 flags.DEFINE_list("values", ["0", "0.1"], "lambda_match values, one run each; `freeze` for --freeze_cvm.")
 flags.DEFINE_integer("cvm_steps", 300, "CVM pre-training steps (the same for every run).")
 flags.DEFINE_integer("steps", 600, "Joint SR steps.")

@@ -1,9 +1,9 @@
 """What does the LR NIR tell about the HR VIS that the LR VIS does not? Linear regressors.
 
-    .venv/bin/python benchmarks/nir_linear_oracle.py \
+    .venv/bin/python studies/nir_linear_oracle.py \
         --results=benchmarks/results/nir_benefit_over_exposure.json --data_dir=runs/nir_benefit/tfds \
         --conditions=clean,low_light,dark,very_dark,over_exposure \
-        --out=benchmarks/results/nir_linear_oracle.json
+        --out=studies/results/nir_linear_oracle.json
 
 A measurement of the data, not of a network: each HR pixel's luma (BT.601 Y, what the standard
 protocol scores) is predicted by a linear map of the LR pixel it lies in and its neighbours
@@ -48,6 +48,7 @@ quiet_tensorflow()
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
+from studies import default_out  # noqa: E402
 
 NAME = "nir_linear_oracle"
 FEATURE_SETS = ("vis", "vis_nir")
@@ -283,5 +284,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", "nir_benefit", "tfds"),
                         "TFDS data directory of the nir_benefit run.")
     flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "The shared sample pairs.")
-    flags.DEFINE_string("out", bench_util.default_out(NAME), "JSON results.")
+    flags.DEFINE_string("out", default_out(NAME), "JSON results.")
     app.run(main)
