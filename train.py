@@ -41,7 +41,7 @@ TRAIN_HELP = {
     "train_split": "TFDS split to train on (slicing allowed, e.g. train[4:]).",
     "val_split": "TFDS split for validation PSNR/SSIM (e.g. test or train[:4]).",
     "preset": "Model preset: paper, small or tiny.",
-    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_early (the NIR also at the VIS branch input) or full_gf / full_gf_bank (the VIS guided-filtered by the NIR, radius 2 / radii 1, 2, 4, also at the VIS branch input), baseline_skip_gain (a learned gain on the bicubic skip, for dark inputs) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain) or full_lgf_skip (full_gf_skip whose guide is the NIR plus a learned correction) or full_lgf_sup_skip (full_lgf_skip whose guide is also trained towards the clean VIS luminance, lambda_guide=1) or full_vis2 / full_gf_skip_vis2 (full / full_gf_skip with two convolutions on each DMF module's VIS path, as the baseline's blocks).",
+    "ablation": "Ablation row of the paper's Tables 3-4: full, baseline, w_nir, w_cvm, wo_cvm, wo_csft, wo_dyconv, wo_cssc; or (not in the paper) full_gf (the VIS guided-filtered by the NIR, radius 2, also at the VIS branch input) or full_gf_skip (full_gf whose skip upsamples the guided-filtered VIS, with a learned gain; best in low light).",
     "stage": "sr: train the SR model (Eq. 3; preceded by --cvm_steps of CVM pre-training); cvm: train the CVM alone with the matching loss.",
     "patch_size": "HR training patch side in pixels (paper: 120); a multiple of --scale.",
     "batch_size": "Global batch size, split over replicas (paper: 32).",
@@ -89,6 +89,9 @@ MODEL_HELP = {
     "use_dynamic_conv": "Filter NIR features with the dynamic convolution (else a common conv).",
     "dmf_residual": "Residual connection around each DMF module.",
     "global_skip": "Add the bicubic upsampling of the input to the SR output.",
+    "nir_guided_filter_radius": "Dual branch: also feed the VIS branch the LR VIS guided-filtered by the aligned NIR with this window radius (0: none; not in the paper).",
+    "skip_gain": "Multiply the VIS bicubic skip by a learned gain per colour (not in the paper).",
+    "skip_source": "What the VIS bicubic skip upsamples: vis (paper) or guided_filter (needs nir_guided_filter_radius).",
     "dynamic_conv_implementation": "fused (XLA-compiled element-wise parts, fastest), shift (plain TF ops) or patches (tf.image.extract_patches reference).",
     "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
     "cvm_base_channels": "Width of the first CVM stage.",
@@ -97,7 +100,6 @@ MODEL_HELP = {
     "max_disparity": "Upper bound of the predicted disparity, LR pixels.",
     "geometry": "Camera rig the model serves: stereo (NIR camera to the right) or aligned (registered pair, zero disparity).",
     "lambda_cssc": "Weight lambda1 of the cross-spectral spatial consistency loss (paper: 0.1).",
-    "lambda_guide": "Weight of a training term pulling the learned guide towards the clean LR VIS luminance (needs learned_guide; 0: none; not in the paper).",
 }
 
 FLAGS = flags.FLAGS

@@ -10,9 +10,7 @@ GEOMETRIES = ("stereo", "aligned")
 CVM_NORMALIZATIONS = ("group", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"nir_guided_filter_radii": (),
-                       "skip_gain": False, "skip_source": "vis", "learned_guide": False,
-                       "lambda_guide": 0.0, "dmf_vis_convs": 1}
+LEGACY_MODEL_FIELDS = {"nir_guided_filter_radius": 0, "skip_gain": False, "skip_source": "vis"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,28 +31,18 @@ class CSPSRConfig:
         use_csft: CSFT fusion (False: fusion by concatenation + 1x1 conv, "w/o CSFT").
         use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
         dmf_residual: residual connection around each DMF module (a documented choice).
-        dmf_vis_convs: convolutions on each DMF module's VIS path after CSFT: 1 (default, the
-            paper's "two convolution layers", one per branch) or 2 (conv-ReLU-conv, as deep as
-            the VIS-only baseline's residual block at equal T; not in the paper; measured in
-            the README: no gain beyond the seed spread).
-        nir_early_fusion: dual branch only: the VIS branch's shallow features also read the
-            (aligned) NIR image, concatenated to the VIS input, besides the DMF fusion (not in
-            the paper; a switch for measuring where the NIR should enter).
-        nir_guided_filter_radii: dual branch only; () (default) for none. Else the VIS branch's
-            shallow features also read the LR VIS image filtered by guided filters whose
-            guide is the aligned LR NIR, one per window radius r given (a learned eps per
-            colour; `layers/guided_filter.py`; not in the paper: it hands the network the
-            local linear model of VIS on NIR that a measured classical filter exploits).
-        learned_guide: the guided filters' guide is the aligned LR NIR plus a correction by a
-            small network over the LR VIS and NIR whose last conv starts at zero
-            (`layers/learned_guide.py`); needs `nir_guided_filter_radii`. Not in the paper.
+        nir_guided_filter_radius: dual branch only; 0 (default) for none. Else the VIS
+            branch's shallow features also read the LR VIS image filtered by a guided filter of
+            this window radius whose guide is the aligned LR NIR (a learned eps per colour;
+            `layers/guided_filter.py`; not in the paper: it hands the network the local linear
+            model of VIS on NIR that a measured classical filter exploits).
         global_skip: add the bicubic upsampling of the LR input to each SR output.
         skip_gain: multiply the VIS output's bicubic skip by a learned gain per colour
             (`layers/skip_gain.py`; starts at 1). For inputs darker than the target (the
             `low_light` degradation), where a skip of gain 1 adds a dark image. Not in the paper.
         skip_source: what the VIS output's bicubic skip upsamples: `vis` (the LR VIS input,
-            the paper's choice) or `guided_filter` (the output of the first NIR-guided filter
-            of `nir_guided_filter_radii`, so the skip is the NIR-denoised VIS; not in the paper).
+            the paper's choice) or `guided_filter` (the output of the NIR-guided filter, so the
+            skip is the NIR-denoised VIS; not in the paper).
         dynamic_conv_implementation: how the element-wise parts of each DMF module run:
             `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
             CSFT's gates compiled by XLA, computed in float32), `shift` (plain TensorFlow
@@ -72,9 +60,10 @@ class CSPSRConfig:
             predicts the disparity) or `aligned` (a registered pair: zero disparity, the NIR
             is used as it is; the CVM weights are kept but unused).
         lambda_cssc: weight of L_CSSC in Eq. (3) (paper: 0.1; 0 is "w/o L_CSSC").
-        lambda_guide: weight of a training term that pulls the learned guide towards the
-            luminance of the clean LR VIS (`losses.guide_loss_per_example`); 0 (default) for
-            none; > 0 needs `learned_guide`. Not in the paper.
+
+    Retired fields (`RETIRED`: measured to give nothing; a saved config that uses one fails
+    to load in one line naming it): `dmf_vis_convs`, `nir_early_fusion`, `learned_guide`,
+    `lambda_guide`, several `nir_guided_filter_radii`, and `cvm_normalization="batch"`.
     """
 
     scale: int = 4
@@ -87,10 +76,7 @@ class CSPSRConfig:
     use_csft: bool = True
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
-    dmf_vis_convs: int = 1
-    nir_early_fusion: bool = False
-    nir_guided_filter_radii: tuple = ()
-    learned_guide: bool = False
+    nir_guided_filter_radius: int = 0
     global_skip: bool = True
     skip_gain: bool = False
     skip_source: str = "vis"
@@ -102,7 +88,6 @@ class CSPSRConfig:
     max_disparity: float = 24.0
     geometry: str = "stereo"
     lambda_cssc: float = 0.1
-    lambda_guide: float = 0.0
 
     def __post_init__(self):
         if self.scale not in SUPPORTED_SCALES:
@@ -130,36 +115,21 @@ class CSPSRConfig:
         for name in ("channels", "num_modules", "kernel_size", "cvm_base_channels", "cvm_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
-        if self.dmf_vis_convs not in (1, 2):
-            raise ValueError(f"dmf_vis_convs must be 1 or 2. Received: dmf_vis_convs={self.dmf_vis_convs}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd. Received: kernel_size={self.kernel_size}")
-        if self.nir_early_fusion and self.architecture != "dual":
-            raise ValueError("nir_early_fusion is a dual-branch switch; a single branch uses "
-                             "single_branch_input='vis_nir'")
-        # A tuple whatever it came as (a JSON config holds a list), so that configs compare.
-        radii = tuple(self.nir_guided_filter_radii)
-        object.__setattr__(self, "nir_guided_filter_radii", radii)
-        if any(not isinstance(r, int) or r < 1 for r in radii) or len(set(radii)) != len(radii):
-            raise ValueError(
-                f"nir_guided_filter_radii must be distinct integers >= 1. Received: {radii}"
-            )
-        if radii and self.architecture != "dual":
-            raise ValueError("nir_guided_filter_radii is a dual-branch switch")
-        if self.learned_guide and not radii:
-            raise ValueError("learned_guide needs nir_guided_filter_radii")
+        radius = self.nir_guided_filter_radius
+        if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
+            raise ValueError(f"nir_guided_filter_radius must be an integer >= 0. Received: {radius!r}")
+        if radius and self.architecture != "dual":
+            raise ValueError("nir_guided_filter_radius is a dual-branch switch")
         if self.skip_source not in SKIP_SOURCES:
             raise ValueError(f"skip_source must be one of {SKIP_SOURCES}. Received: {self.skip_source!r}")
         if (self.skip_gain or self.skip_source != "vis") and not self.global_skip:
             raise ValueError("skip_gain and skip_source need global_skip=True")
-        if self.skip_source == "guided_filter" and not radii:
-            raise ValueError("skip_source='guided_filter' needs nir_guided_filter_radii")
+        if self.skip_source == "guided_filter" and not radius:
+            raise ValueError("skip_source='guided_filter' needs nir_guided_filter_radius")
         if self.lambda_cssc < 0:
             raise ValueError(f"lambda_cssc must be >= 0. Received: {self.lambda_cssc}")
-        if self.lambda_guide < 0:
-            raise ValueError(f"lambda_guide must be >= 0. Received: {self.lambda_guide}")
-        if self.lambda_guide > 0 and not self.learned_guide:
-            raise ValueError("lambda_guide > 0 needs learned_guide")
 
     @property
     def uses_nir(self):
@@ -189,19 +159,36 @@ class CSPSRConfig:
         # Configs written before the field existed had a batch-norm CVM.
         if values.get("use_cvm", True) and "cvm_normalization" not in values:
             values["cvm_normalization"] = "batch"
-        for field, (retired_value, why) in RETIRED.items():
-            if field in values and values[field] == retired_value:
-                raise ValueError(f"{field}={retired_value!r} was retired ({why}); "
+        radii = values.pop("nir_guided_filter_radii", None)
+        if radii is not None:  # the field before one radius replaced the list of radii
+            if len(radii) > 1:
+                raise ValueError(f"nir_guided_filter_radii={list(radii)} was retired (a bank of "
+                                 "guided filters gained nothing over one: 27.28 vs 27.29 dB); "
                                  "retrain the model with the current code")
+            values["nir_guided_filter_radius"] = int(radii[0]) if radii else 0
+        for field, (is_retired, why) in RETIRED.items():
+            if field in values and is_retired(values[field]):
+                raise ValueError(f"{field}={values[field]!r} was retired ({why}); "
+                                 "retrain the model with the current code")
+        # Retired switches at their neutral value describe a model the code still builds.
+        for field in RETIRED:
+            if field != "cvm_normalization":
+                values.pop(field, None)
         if "cvm_normalization" not in values:
             values["cvm_normalization"] = CSPSRConfig.cvm_normalization
         return cls(**{**LEGACY_MODEL_FIELDS, **values})
 
 
-# Values a saved config may hold that the code no longer builds: field -> (value, why).
+# Values a saved config may hold that the code no longer builds: field -> (test, why). The
+# findings that retired them are in docs/nir_benefit.md.
 RETIRED = {
-    "cvm_normalization": ("batch", "a batch-norm CVM biased the disparity by +0.7 LR px on whole "
-                          "frames; group norm replaced it"),
+    "cvm_normalization": (lambda v: v == "batch", "a batch-norm CVM biased the disparity by +0.7 "
+                          "LR px on whole frames; group norm replaced it"),
+    "dmf_vis_convs": (lambda v: v != 1, "a second convolution on the DMF VIS path changed "
+                      "nothing beyond the seed spread"),
+    "nir_early_fusion": (bool, "the NIR at the VIS branch input gave -0.06 dB"),
+    "learned_guide": (bool, "a learned guide correction gave +0.02 dB"),
+    "lambda_guide": (lambda v: v != 0, "a supervised learned guide gave -0.14 / -0.22 dB"),
 }
 
 
@@ -226,23 +213,10 @@ ABLATIONS = {
     "wo_csft": dict(use_csft=False),
     "wo_dyconv": dict(use_dynamic_conv=False),
     "wo_cssc": dict(lambda_cssc=0.0),
-    "full_early": dict(nir_early_fusion=True),
-    "full_gf": dict(nir_guided_filter_radii=(2,)),
-    "full_gf_bank": dict(nir_guided_filter_radii=(1, 2, 4)),
-    # Not in the paper either: a learned gain on the VIS skip (for dark inputs), and that skip
-    # taken from the NIR-guided filter.
-    "baseline_skip_gain": dict(architecture="single", single_branch_input="vis", use_cvm=False,
-                               skip_gain=True),
-    "full_gf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter"),
-    "full_lgf_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True, skip_source="guided_filter",
-                          learned_guide=True),
-    # ... with the guide supervised by the clean VIS luminance in training.
-    "full_lgf_sup_skip": dict(nir_guided_filter_radii=(2,), skip_gain=True,
-                              skip_source="guided_filter", learned_guide=True, lambda_guide=1.0),
-    # ... and each DMF module's VIS path two convolutions deep, as the baseline's blocks.
-    "full_vis2": dict(dmf_vis_convs=2),
-    "full_gf_skip_vis2": dict(nir_guided_filter_radii=(2,), skip_gain=True,
-                              skip_source="guided_filter", dmf_vis_convs=2),
+    # Not in the paper: the LR VIS guided-filtered by the aligned NIR at the VIS branch input,
+    # and (for dark inputs) the VIS skip taken from that filter, with a learned gain.
+    "full_gf": dict(nir_guided_filter_radius=2),
+    "full_gf_skip": dict(nir_guided_filter_radius=2, skip_gain=True, skip_source="guided_filter"),
     "full": dict(),
 }
 

@@ -2,8 +2,6 @@
 
 import tensorflow as tf
 
-from cspsr_tf.data.resize import bicubic_downscale
-from cspsr_tf.layers.cross_spectral_similarity import luminance
 from cspsr_tf.layers.disparity_warp import warp_by_disparity
 
 
@@ -62,19 +60,6 @@ def cssc_loss_per_example(nir_sr_l, nir_hr_r, disp_l, disp_r, scale):
     return masked_mse_per_example(nir_sr_l, nir_hr_l, valid_l) + masked_mse_per_example(
         nir_hr_r, nir_sr_r, valid_r
     )
-
-
-def guide_loss_per_example(guide, vis_hr, scale):
-    """MSE per example [B] between a learned guide [B, h, w, 1] and the BT.601 luminance of the
-    clean LR VIS, the bicubic downscale of `vis_hr` [B, H, W, 3] (what the pipeline degrades).
-
-    Not in the paper. Why: a guided filter restores the most when its guide is the clean VIS
-    luminance (`benchmarks/guide_quality.py`), and the SR loss alone moved the learned guide
-    away from it; the clean target exists in training only, so the term is a training signal
-    and the model sees the degraded VIS and the NIR alone at test time.
-    """
-    target = luminance(bicubic_downscale(tf.cast(vis_hr, tf.float32), scale))
-    return masked_mse_per_example(guide, target)
 
 
 def cspsr_loss_per_example(outputs, targets, scale, lambda_cssc=0.1):

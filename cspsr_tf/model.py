@@ -11,7 +11,6 @@ from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
 from cspsr_tf.layers.cvm import CrossViewMatching
 from cspsr_tf.layers.dmf import DMF
 from cspsr_tf.layers.guided_filter import NIRGuidedFilter
-from cspsr_tf.layers.learned_guide import LearnedGuide
 from cspsr_tf.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.layers.residual_block import ResidualBlock
 from cspsr_tf.layers.skip_gain import SkipGain
@@ -120,24 +119,16 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         outputs["vis_sr"] = _output(layers, _reconstruct(
             layers, f, vis_lr, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
     else:
-        vis_inputs = [vis_lr]
-        if config.nir_early_fusion:
-            vis_inputs.append(nir)
-        filtered = []
-        guide = nir
-        if config.learned_guide:
-            guide = layers("nir_learned_guide", lambda n: LearnedGuide(name=n, dtype=FLOAT32))(
-                (vis_lr, nir))
-        for radius in config.nir_guided_filter_radii:
+        vis_input = vis_skip = vis_lr
+        radius = config.nir_guided_filter_radius
+        if radius:
             # A float32 island (window variances cancel in low precision).
-            filtered.append(layers(f"nir_guided_filter_r{radius}", lambda n, r=radius: NIRGuidedFilter(
-                radius=r, name=n, dtype=FLOAT32))((vis_lr, guide)))
-        vis_inputs += filtered
-        vis_skip = filtered[0] if config.skip_source == "guided_filter" else vis_lr
-        vis_input = vis_lr
-        if len(vis_inputs) > 1:
+            filtered = layers(f"nir_guided_filter_r{radius}", lambda n: NIRGuidedFilter(
+                radius=radius, name=n, dtype=FLOAT32))((vis_lr, nir))
             vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(
-                name=n, dtype=policy))(vis_inputs)
+                name=n, dtype=policy))([vis_lr, filtered])
+            if config.skip_source == "guided_filter":
+                vis_skip = filtered
         f_vis = _shallow_features(layers, vis_input, c, "vis")
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
@@ -149,7 +140,6 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
                 residual=config.dmf_residual,
                 dynamic_conv_implementation=config.dynamic_conv_implementation,
                 kernel_normalization=config.kernel_normalization,
-                vis_convs=config.dmf_vis_convs,
                 name=n,
                 dtype=policy,
             ))((f_vis, f_nir))

@@ -27,8 +27,7 @@ What runs in float32 whatever the precision (the float32 islands, set in `model.
   residual (small values), not the image (whose 8-bit levels bfloat16 could not hold
   above 0.5).
 - the NIR-guided filter of the `full_gf` row (`nir_guided_filter_r*`, `layers/guided_filter.py`):
-  its window variances are differences of close moments, E[g^2] - E[g]^2; and so the learned
-  correction of its guide (`nir_learned_guide`, `layers/learned_guide.py`).
+  its window variances are differences of close moments, E[g^2] - E[g]^2.
 - the learned gain on the VIS skip (`vis_skip_gain`, `layers/skip_gain.py`): it scales the
   image, not the residual.
 - every output (`vis_sr`, `nir_sr`, `disp_l`, `disp_r`, `nir_l`): a float32 linear

@@ -41,7 +41,7 @@ from cspsr_tf.configs import ABLATIONS, LEGACY_MODEL_FIELDS, PRESETS, CSPSRConfi
 from cspsr_tf.data import pipeline, sources
 from cspsr_tf.data.degradations import resolve_degradation
 from cspsr_tf.data.resize import bicubic_upscale
-from cspsr_tf.losses import cspsr_loss_per_example, guide_loss_per_example
+from cspsr_tf.losses import cspsr_loss_per_example
 from cspsr_tf.matching_losses import cvm_matching_loss_per_example, disparity_to_lr
 from cspsr_tf.model import build_cspsr_with_training_twin
 from cspsr_tf.precision import PRECISIONS
@@ -662,21 +662,13 @@ def select_stage(train, model_config, model, twin):
 
         return cvm_losses, cvm.trainable_variables
     if train.freeze_cvm and cvm is not None:
-        cvm.trainable = False  # also runs its batch norms in inference mode
+        cvm.trainable = False
     match = cvm is not None and train.lambda_match > 0 and not train.freeze_cvm
-    guide_layer = model.get_layer("nir_learned_guide") if model_config.lambda_guide > 0 else None
 
     def sr_losses(inputs, targets):
         # Registered pairs (stereo flag 0) go through with zero disparity.
         outputs = twin({**inputs, "stereo": tf.reshape(targets["stereo"], [-1, 1])}, training=True)
         losses = cspsr_loss_per_example(outputs, targets, scale, model_config.lambda_cssc)
-        if guide_layer is not None:
-            # The guide again, from the NIR the model used (aligned): this term trains the
-            # guide's weights only, not the CVM through the NIR.
-            nir = tf.stop_gradient(outputs["nir_l"] if "nir_l" in outputs else inputs["nir_lr"])
-            guide = guide_layer((inputs["vis_lr"], nir), training=True)
-            losses["guide"] = guide_loss_per_example(guide, targets["vis_hr"], scale)
-            losses["total"] = losses["total"] + model_config.lambda_guide * losses["guide"]
         if match:
             gt, valid = ground_truth(targets)
 

@@ -136,7 +136,7 @@ def test_layer_rejects_bad_arguments():
 
 def test_full_gf_model_reads_the_filtered_vis_and_depends_on_the_nir():
     config = get_config("tiny", "full_gf", scale=2)
-    assert config.nir_guided_filter_radii == (2,)
+    assert config.nir_guided_filter_radius == 2
     model = perturb_weights(build_cspsr(config), seed=1, stddev=0.1)
     layer = model.get_layer("nir_guided_filter_r2")
     assert layer.compute_dtype == "float32"
@@ -148,13 +148,6 @@ def test_full_gf_model_reads_the_filtered_vis_and_depends_on_the_nir():
     assert np.abs(sr - model({**inputs, "nir_lr": other_nir})["vis_sr"].numpy()).mean() > 1e-3
 
 
-def test_full_gf_bank_has_one_filter_per_radius():
-    model = build_cspsr(get_config("tiny", "full_gf_bank", scale=2))
-    radii = [model.get_layer(f"nir_guided_filter_r{r}").radius for r in (1, 2, 4)]
-    assert radii == [1, 2, 4]
-    assert model.get_layer("vis_conv1").kernel.shape[2] == 3 + 3 * 3
-
-
 def test_full_gf_filter_stays_float32_in_bfloat16():
     model = build_cspsr(get_config("tiny", "full_gf", scale=2), precision="bfloat16")
     assert model.get_layer("nir_guided_filter_r2").compute_dtype == "float32"
@@ -164,15 +157,18 @@ def test_full_gf_filter_stays_float32_in_bfloat16():
 
 
 def test_guided_filter_config_checks_and_legacy_configs():
-    for bad in [(0,), (2, 2), (1.5,)]:
-        with pytest.raises(ValueError, match="distinct integers >= 1"):
-            CSPSRConfig(nir_guided_filter_radii=bad)
+    for bad in [-1, 1.5, True]:
+        with pytest.raises(ValueError, match="integer >= 0"):
+            CSPSRConfig(nir_guided_filter_radius=bad)
     with pytest.raises(ValueError, match="dual-branch switch"):
-        get_config("tiny", "baseline", nir_guided_filter_radii=(2,))
-    # A JSON round trip (a list in the file) gives back an equal config.
-    config = get_config("tiny", "full_gf_bank")
+        get_config("tiny", "baseline", nir_guided_filter_radius=2)
+    config = get_config("tiny", "full_gf")
     assert CSPSRConfig.from_dict(json.loads(config.to_json())) == config
-    # A config saved before the field existed loads without the filter.
+    # Configs saved with the list of radii: none or one load; a bank was retired.
     values = get_config("tiny").to_dict()
-    del values["nir_guided_filter_radii"]
-    assert CSPSRConfig.from_dict(values).nir_guided_filter_radii == ()
+    del values["nir_guided_filter_radius"]
+    assert CSPSRConfig.from_dict(values).nir_guided_filter_radius == 0
+    assert CSPSRConfig.from_dict({**values, "nir_guided_filter_radii": []}).nir_guided_filter_radius == 0
+    assert CSPSRConfig.from_dict({**values, "nir_guided_filter_radii": [2]}).nir_guided_filter_radius == 2
+    with pytest.raises(ValueError, match=r"nir_guided_filter_radii=\[1, 2, 4\] was retired"):
+        CSPSRConfig.from_dict({**values, "nir_guided_filter_radii": [1, 2, 4]})

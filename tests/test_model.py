@@ -61,7 +61,7 @@ def test_ablation_switches_change_the_graph():
     np.testing.assert_array_equal(model(a)["vis_sr"].numpy(), model(b)["vis_sr"].numpy())
 
 
-@pytest.mark.parametrize("ablation", ["full", "full_gf_bank", "full_gf_skip", "full_lgf_skip"])
+@pytest.mark.parametrize("ablation", ["full", "full_gf", "full_gf_skip"])
 def test_keras_save_and_reload_gives_same_outputs(tmp_path, ablation):
     config = get_config("tiny", ablation, scale=2)
     model = perturb_weights(build_cspsr(config), seed=3, stddev=0.05)
@@ -103,7 +103,6 @@ def hand_count(config):
         + conv_params(1, 2 * c, 2 * c)  # w_c
         + conv_params(3, 2 * c, 1)  # w_s2
         + 2 * conv_params(3, c, c)  # the two output convolutions
-        + (config.dmf_vis_convs - 1) * conv_params(3, c, c)  # the VIS path's second conv
     )
     sr = shallow(3) + shallow(1) + t * dmf + conv_params(3, c, 3 * s * s) + conv_params(3, c, s * s)
     b, depth = config.cvm_base_channels, config.cvm_depth
@@ -135,13 +134,13 @@ def hand_count(config):
 
 
 @pytest.mark.parametrize(
-    "preset, cvm_normalization, dmf_vis_convs",
-    [("paper", "group", 1), ("small", "none", 2)],
+    "preset, cvm_normalization",
+    [("paper", "group"), ("small", "none")],
 )
-def test_parameter_count_equals_hand_count(preset, cvm_normalization, dmf_vis_convs):
+def test_parameter_count_equals_hand_count(preset, cvm_normalization):
     # The paper preset with its default CVM; the other CVM normalisations and the two-conv VIS
     # path on the cheaper `small` preset (the hand count does not depend on the preset).
-    config = PRESETS[preset].replace(cvm_normalization=cvm_normalization, dmf_vis_convs=dmf_vis_convs)
+    config = PRESETS[preset].replace(cvm_normalization=cvm_normalization)
     if preset == "paper":
         assert (config.channels, config.num_modules, config.kernel_size) == (64, 15, 3)
     model = build_cspsr(config)
@@ -244,12 +243,18 @@ def test_config_validation_messages():
     with pytest.raises(TypeError):
         build_cspsr({"scale": 4})
     assert CSPSRConfig.from_dict(PRESETS["paper"].to_dict()) == PRESETS["paper"]
-    with pytest.raises(ValueError, match="dmf_vis_convs=3"):
-        CSPSRConfig(dmf_vis_convs=3)
-    # A config saved before the field existed loads with the paper's one VIS convolution.
-    saved = get_config("tiny", "full_vis2").to_dict()
-    del saved["dmf_vis_convs"]
-    assert CSPSRConfig.from_dict(saved).dmf_vis_convs == 1
+    # Configs saved with a retired switch: at its neutral value they load as today's model;
+    # set, they fail in one line naming the field.
+    saved = get_config("tiny").to_dict()
+    neutral = {"dmf_vis_convs": 1, "nir_early_fusion": False, "learned_guide": False,
+               "lambda_guide": 0.0}
+    assert CSPSRConfig.from_dict({**saved, **neutral}) == get_config("tiny")
+    for field, value in [("dmf_vis_convs", 2), ("nir_early_fusion", True),
+                         ("learned_guide", True), ("lambda_guide", 1.0)]:
+        with pytest.raises(ValueError, match=rf"^{field}={value!r} was retired \("):
+            CSPSRConfig.from_dict({**saved, field: value})
+    with pytest.raises(ValueError, match="Unknown ablation|ablation must be one of"):
+        get_config("tiny", "full_vis2")
 
 
 def test_mixed_precision_layers_compute_in_float16_and_outputs_stay_float32():

@@ -40,7 +40,7 @@ def test_adam_brings_the_gain_to_a_tripled_exposure_in_a_few_hundred_steps():
 
 
 def test_untrained_baseline_with_skip_gain_outputs_the_gained_bicubic_image():
-    model = build_cspsr(get_config("tiny", "baseline_skip_gain", scale=2))
+    model = build_cspsr(get_config("tiny", "baseline", scale=2, skip_gain=True))
     plain = build_cspsr(get_config("tiny", "baseline", scale=2))
     inputs = random_pair(1, 6, 7, seed=2)
     # The zero-initialised last conv: both start as the bicubic image.
@@ -69,7 +69,7 @@ def test_skip_config_checks_and_legacy_configs():
         CSPSRConfig(skip_source="nir")
     with pytest.raises(ValueError, match="need global_skip=True"):
         CSPSRConfig(skip_gain=True, global_skip=False)
-    with pytest.raises(ValueError, match="needs nir_guided_filter_radii"):
+    with pytest.raises(ValueError, match="needs nir_guided_filter_radius"):
         CSPSRConfig(skip_source="guided_filter")
     config = get_config("tiny", "full_gf_skip")
     assert CSPSRConfig.from_dict(json.loads(config.to_json())) == config

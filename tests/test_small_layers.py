@@ -51,7 +51,6 @@ def test_residual_block_is_identity_plus_branch():
         {"use_dynamic_conv": False},
         {"use_csft": False},
         {"residual": False, "dynamic_conv_implementation": "patches", "kernel_normalization": "none"},
-        {"vis_convs": 2},
     ],
 )
 def test_dmf_variants(kwargs):
@@ -73,31 +72,12 @@ def test_dmf_residual_adds_inputs():
     np.testing.assert_allclose(out_nir.numpy(), f_nir, atol=1e-7)
 
 
-def test_dmf_second_vis_conv_follows_a_relu_of_the_first():
-    # With conv_vis2 set to the identity (centre tap 1, no bias) the two-conv VIS path is
-    # f_vis + relu(conv_vis(...)), i.e. f_vis + relu(what the one-conv module adds to f_vis).
-    rng = np.random.default_rng(3)
-    f_vis = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
-    f_nir = rng.standard_normal((1, 5, 6, 4)).astype(np.float32)
-    one, two = DMF(4, vis_convs=1), DMF(4, vis_convs=2)
-    one((f_vis, f_nir))
-    two((f_vis, f_nir))
-    assert len(two.weights) == len(one.weights) + 2
-    shared = [w for w in two.weights if "conv_vis2" not in w.path]
-    for w_two, w_one in zip(shared, one.weights, strict=True):
-        w_two.assign(w_one)
-    identity = np.zeros((3, 3, 4, 4), np.float32)
-    identity[1, 1] = np.eye(4)
-    two.conv_vis2.kernel.assign(identity)
-    two.conv_vis2.bias.assign(np.zeros(4, np.float32))
-    vis_one, nir_one = (t.numpy() for t in one((f_vis, f_nir)))
-    vis_two, nir_two = (t.numpy() for t in two((f_vis, f_nir)))
-    added = vis_one - f_vis
-    assert (added < 0).any() and (added > 0).any()  # the ReLU has something to cut
-    np.testing.assert_allclose(vis_two, f_vis + np.maximum(added, 0), atol=1e-5)
-    np.testing.assert_allclose(nir_two, nir_one, atol=1e-6)
-    with pytest.raises(ValueError, match="vis_convs=3"):
-        DMF(4, vis_convs=3)
+def test_dmf_files_saved_with_one_vis_conv_load_and_the_retired_two_are_refused():
+    # Files saved before the two-convolution VIS path was retired carry vis_convs=1.
+    layer = DMF.from_config({**DMF(4).get_config(), "vis_convs": 1})
+    assert "vis_convs" not in layer.get_config()
+    with pytest.raises(ValueError, match="vis_convs=2 was retired"):
+        DMF(4, vis_convs=2)
 
 
 @pytest.mark.parametrize("scale,tolerance", [(2, 1e-5), (3, 1e-3), (4, 1e-5), (8, 1e-5)])

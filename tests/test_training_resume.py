@@ -153,16 +153,15 @@ def test_config_comparison_ignores_location_and_spelling(tmp_path):
         )
 
 
-def test_a_run_with_a_tuple_field_matches_its_own_config_json(tmp_path):
-    # config.json holds the guided filters' radii as a list; the model config has a tuple.
+def test_a_run_with_the_guided_filter_matches_its_own_config_json(tmp_path):
     from cspsr_tf import training
 
     train, model = training.build_configs(
-        dict(preset="tiny", ablation="full_gf_bank", model_dir=str(tmp_path / "run"),
+        dict(preset="tiny", ablation="full_gf", model_dir=str(tmp_path / "run"),
              data_dir=str(tmp_path)),
         dict(scale=2),
     )
     training.prepare_model_dir(train, model)
     training.check_model_dir(train, model)  # the same run: no error
-    with pytest.raises(training.ConfigError, match=r"nir_guided_filter_radii: \[1, 2, 4\] -> \[2\]"):
-        training.check_model_dir(train, model.replace(nir_guided_filter_radii=(2,)))
+    with pytest.raises(training.ConfigError, match=r"nir_guided_filter_radius: 2 -> 3"):
+        training.check_model_dir(train, model.replace(nir_guided_filter_radius=3))

@@ -18,11 +18,6 @@ class DMF(keras.layers.Layer):
     The ReLU and the residual connections are this implementation's choices (the paper names
     neither); the residual keeps the signal alive through T=15 sigmoid-gated modules.
 
-    With `vis_convs=2` (not in the paper) the VIS path is conv-ReLU-conv, the two convolutions
-    of the VIS-only baseline's residual block, so that at equal T the VIS path is as deep as
-    the baseline's:
-        F^t_vis = conv_vis2(relu(conv_vis(relu(F'_vis)))) (+ F^{t-1}_vis when `residual`)
-
     Ablation switches (paper Table 4):
         use_dynamic_conv=False: F'_nir = conv3x3(F_nir), a common convolution ("w/o DyConv").
         use_csft=False: F'_vis = conv1x1(concat(F'_nir, F_vis)), fusion by concatenation
@@ -37,7 +32,6 @@ class DMF(keras.layers.Layer):
         dynamic_conv_implementation: `shift` (default), `patches` (reference) or `fused`
             (the dynamic convolution and CSFT's gates XLA-compiled; see DynamicConv, CSFT).
         kernel_normalization: `softmax` (default) or `none`.
-        vis_convs: int, 1 (default, the paper's count) or 2; convolutions on the VIS path.
 
     Call arguments:
         inputs: a pair `(f_vis, f_nir)` of [B, H, W, C] tensors.
@@ -56,13 +50,14 @@ class DMF(keras.layers.Layer):
         residual=True,
         dynamic_conv_implementation="shift",
         kernel_normalization="softmax",
-        vis_convs=1,
         **kwargs,
     ):
+        # Files saved before the two-convolution VIS path was retired say vis_convs=1.
+        vis_convs = kwargs.pop("vis_convs", 1)
+        if vis_convs != 1:
+            raise ValueError(f"vis_convs={vis_convs} was retired (a second convolution on the VIS "
+                             "path changed nothing beyond the seed spread)")
         super().__init__(**kwargs)
-        if vis_convs not in (1, 2):
-            raise ValueError(f"vis_convs must be 1 or 2. Received: vis_convs={vis_convs}")
-        self.vis_convs = vis_convs
         self.channels = channels
         self.kernel_size = kernel_size
         self.use_dynamic_conv = use_dynamic_conv
@@ -93,11 +88,6 @@ class DMF(keras.layers.Layer):
             self.fusion = keras.layers.Conv2D(channels, 1, name="concat_fusion", dtype=policy)
         self.conv_vis = keras.layers.Conv2D(channels, 3, padding="same", name="conv_vis", dtype=policy)
         self.conv_nir = keras.layers.Conv2D(channels, 3, padding="same", name="conv_nir", dtype=policy)
-        self.conv_vis2 = None
-        if vis_convs == 2:
-            self.conv_vis2 = keras.layers.Conv2D(
-                channels, 3, padding="same", name="conv_vis2", dtype=policy
-            )
 
     def build(self, input_shape):
         vis_shape, nir_shape = (tuple(s) for s in input_shape)
@@ -111,8 +101,6 @@ class DMF(keras.layers.Layer):
             self.fusion.build(vis_shape[:-1] + (2 * self.channels,))
         self.conv_vis.build(vis_shape)
         self.conv_nir.build(nir_shape)
-        if self.conv_vis2 is not None:
-            self.conv_vis2.build(tuple(vis_shape[:-1]) + (self.channels,))
 
     def call(self, inputs, training=None):
         f_vis, f_nir = inputs
@@ -125,8 +113,6 @@ class DMF(keras.layers.Layer):
         else:
             f_vis_fused = self.fusion(tf.concat([f_nir_dyn, f_vis], axis=-1))
         next_vis = self.conv_vis(tf.nn.relu(f_vis_fused))
-        if self.conv_vis2 is not None:
-            next_vis = self.conv_vis2(tf.nn.relu(next_vis))
         next_nir = self.conv_nir(tf.nn.relu(f_nir_dyn))
         if self.residual:
             next_vis = next_vis + f_vis
@@ -147,7 +133,6 @@ class DMF(keras.layers.Layer):
                 "residual": self.residual,
                 "dynamic_conv_implementation": self.dynamic_conv_implementation,
                 "kernel_normalization": self.kernel_normalization,
-                "vis_convs": self.vis_convs,
             }
         )
         return config
