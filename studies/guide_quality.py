@@ -1,16 +1,17 @@
 """How close is a model's guided-filter guide to the VIS luminance it stands in for?
 
     .venv/bin/python studies/guide_quality.py \
-        --model=runs/nir_benefit_gf/low_light_full_lgf_skip_seed0/final.keras \
+        --model=runs/nir_benefit_gf/low_light_full_gf_skip_seed0/final.keras \
         --manual_dir=../shared/data/nirvis_samples --data_dir=runs/nir_benefit/tfds \
         --split='train[2:3]+train[4:5]' --degradation=low_light --out=guide.json
 
-For each trained model (comma-separated) with NIR-guided filters (`full_gf`, `full_gf_skip`, `full_lgf_skip`) and
+For each trained model (comma-separated) with an NIR-guided filter (`full_gf`, `full_gf_skip`) and
 the evaluation frames of the splits (taken as `benchmarks/nir_usage.py` takes them: the
 degraded LR VIS, and the clean LR VIS of the same frame without the degradation), per guide:
 
     nir       the aligned LR NIR (`nir_l`; registered frames with zero disparity);
-    learned   the model's learned guide (`nir_learned_guide`; `full_lgf_skip` only);
+    learned   (in the committed results only) the learned guide of `full_lgf_skip`, a variant
+              retired since (+0.02 dB); the commit before its retirement (d0b8592) measures it;
     luma      the clean LR VIS's own luminance (BT.601): the oracle guide of
               `studies/oracle_guide_samples.py`, which no model gets at test time.
 
@@ -39,7 +40,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.nir_usage import load_frames  # noqa: E402
 
-GUIDES = ("nir", "learned", "luma")
+GUIDES = ("nir", "luma")
 
 
 def gained_psnr(image, reference):
@@ -61,14 +62,12 @@ def measure(model, config, degraded, clean):
     from cspsr_tf.layers.guided_filter import guided_filter
     from cspsr_tf.model import with_geometry
 
-    if config is None or not config.nir_guided_filter_radii:
-        raise ValueError("the model has no NIR-guided filter (nir_guided_filter_radii is empty)")
-    radius = config.nir_guided_filter_radii[0]
+    if config is None or not config.nir_guided_filter_radius:
+        raise ValueError("the model has no NIR-guided filter (nir_guided_filter_radius is 0)")
+    radius = config.nir_guided_filter_radius
 
     def probe(m):
         outputs = {"nir": m.get_layer("nir_l").output if config.use_cvm else m.input["nir_lr"]}
-        if config.learned_guide:
-            outputs["learned"] = m.get_layer("nir_learned_guide").output
         return keras.Model(m.inputs, outputs)
 
     probes = {"stereo": probe(model), "aligned": probe(with_geometry(model, config, "aligned")[0])}
@@ -84,8 +83,6 @@ def measure(model, config, degraded, clean):
         luma = luminance(tf.constant(clean_lr))
         unfiltered.append(gained_psnr(vis_lr, clean_lr))
         guides = {"nir": got["nir"], "luma": luma}
-        if "learned" in got:
-            guides["learned"] = got["learned"]
         for name, guide in guides.items():
             guide = tf.cast(guide, tf.float32)
             sums[name]["ncc2"].append(float(tf.reduce_mean(local_ncc_squared(guide, luma))))
@@ -115,8 +112,8 @@ def run(f):
     frames = {}
     for path in f.model:
         model, config = model_io.load_model(path)
-        if config is None or not config.nir_guided_filter_radii:
-            raise ValueError(f"{path}: the model has no NIR-guided filter (nir_guided_filter_radii is empty)")
+        if config is None or not config.nir_guided_filter_radius:
+            raise ValueError(f"{path}: the model has no NIR-guided filter (nir_guided_filter_radius is 0)")
         scale = tiling.model_scale(model, config)
         if scale not in frames:
             frames[scale] = (load_frames(f.dataset, splits, f.data_dir, f.manual_dir, scale, f.degradation),
