@@ -128,18 +128,23 @@ def test_string_spec_degrades_as_the_mapping_does():
     assert abs(float(np.mean(by_mapping)) - 0.05) < 0.01
 
 
-def _blind_draws(count, image):
+# Ranges wider than the defaults (one exposure each), so that the draws of a strength show.
+_WIDE = {"low_light_min_gain": 0.1, "low_light_max_gain": 0.5, "over_exposure_min_gain": 1.25,
+         "over_exposure_max_gain": 3.0, "noise_min_sigma": 0.01, "noise_max_sigma": 0.05}
+
+
+def _blind_draws(count, image, params=None):
     draws = []
     for index in range(count):
         seed = tf.constant([7, index], tf.int64)
-        degraded, condition, strength = blind_degradation(image, seed)
+        degraded, condition, strength = blind_degradation(image, seed, params)
         draws.append((np.asarray(degraded), BLIND_CONDITIONS[int(condition)], float(strength)))
     return draws
 
 
 def test_blind_draws_each_condition_at_its_rate_and_in_its_range():
-    params = DEGRADATIONS["blind"]
-    draws = _blind_draws(600, _constant(0.4, (8, 8, 3)))
+    params = {**DEGRADATIONS["blind"], **_WIDE}
+    draws = _blind_draws(600, _constant(0.4, (8, 8, 3)), _WIDE)
     counts = {name: sum(c == name for _, c, _ in draws) for name in BLIND_CONDITIONS}
     expected = {"clean": params["p_clean"], "low_light": params["p_low_light"],
                 "over_exposure": params["p_over_exposure"]}
@@ -163,7 +168,7 @@ def test_blind_draws_each_condition_at_its_rate_and_in_its_range():
 def test_blind_images_are_the_drawn_condition():
     image = np.random.default_rng(0).uniform(0.05, 0.45, (32, 32, 3)).astype(np.float32)
     seen = set()
-    for degraded, condition, strength in _blind_draws(40, tf.constant(image)):
+    for degraded, condition, strength in _blind_draws(40, tf.constant(image), _WIDE):
         seen.add(condition)
         if condition == "clean":
             np.testing.assert_array_equal(degraded, image)
@@ -189,3 +194,14 @@ def test_blind_is_deterministic_per_seed_and_checks_its_parameters():
     with pytest.raises(ValueError, match="low_light_min_gain must be <= low_light_max_gain"):
         resolve_degradation("blind:low_light_min_gain=0.9")
     assert resolve_degradation("blind:p_clean=0.5,p_low_light=0.2")[1]["p_clean"] == 0.5
+
+
+def test_blind_defaults_use_the_evaluated_exposures():
+    # The exposure of a dark frame cannot be read off it, so by default each condition has
+    # one exposure: the one `low_light` and `over_exposure` use.
+    image = np.random.default_rng(2).uniform(0.05, 0.45, (16, 16, 3)).astype(np.float32)
+    strengths = {}
+    for _, condition, strength in _blind_draws(60, tf.constant(image)):
+        strengths.setdefault(condition, set()).add(round(strength, 6))
+    assert strengths["low_light"] == {DEGRADATIONS["low_light"]["gain"]}
+    assert strengths["over_exposure"] == {DEGRADATIONS["over_exposure"]["gain"]}

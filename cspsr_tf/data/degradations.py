@@ -16,12 +16,17 @@ Names (the `degradation` field of a config), with their parameters and defaults:
 - `over_exposure`: the exposure is multiplied by `gain` = 2.0 and clipped at 1 (saturation);
   deterministic.
 - `blind`: each example draws its condition (Real-ESRGAN's habit: one model for frames whose
-  condition the user does not know): clean with probability `p_clean` = 0.3; low light with
-  `p_low_light` = 0.3, its gain log-uniform in [`low_light_min_gain`, `low_light_max_gain`] =
-  [0.1, 0.5] (the `low_light` noise constants); over-exposure with `p_over_exposure` = 0.25,
-  its gain uniform in [`over_exposure_min_gain`, `over_exposure_max_gain`] = [1.25, 3.0]; the
-  rest (0.15) Gaussian sensor noise, sigma uniform in [`noise_min_sigma`,
-  `noise_max_sigma`] = [0.01, 0.05]. The NIR stays clean in every case.
+  condition the user does not know): clean with probability `p_clean` = 0.35; low light with
+  `p_low_light` = 0.3, its gain log-uniform in [`low_light_min_gain`, `low_light_max_gain`]
+  (default: both 0.25, the `low_light` exposure; the `low_light` noise constants);
+  over-exposure with `p_over_exposure` = 0.25, its gain uniform in [`over_exposure_min_gain`,
+  `over_exposure_max_gain`] (default: both 2.0); the rest (0.1) Gaussian sensor noise, sigma
+  uniform in [`noise_min_sigma`, `noise_max_sigma`] = [0.005, 0.02]. The NIR stays clean in
+  every case. Why one exposure each by default: the exposure of a dark frame cannot be read off
+  the frame (its shot noise has variance / mean = 1 / photons_at_white at any gain), so a
+  mixture of gains asks the network to brighten by a factor it cannot know; measured with
+  gains in [0.1, 0.5] and [1.25, 3] (2,000 steps, `small`): clean frames came out 4.4 dB BELOW
+  bicubic (25.24 against 29.66 dB), the VIS-only model's 9.5 dB below.
 
 There is no brightening anywhere: the Zhi et al. stereo frames are dark (mean about 25/255)
 and stay as recorded. `low_light` on such frames makes them darker still (mean about 6/255 at
@@ -43,10 +48,10 @@ DEGRADATIONS = {
     "noise": {"sigma": 0.02},
     "low_light": {"gain": 0.25, "photons_at_white": 400.0, "read_noise": 0.005},
     "over_exposure": {"gain": 2.0},
-    "blind": {"p_clean": 0.3, "p_low_light": 0.3, "p_over_exposure": 0.25,
-              "low_light_min_gain": 0.1, "low_light_max_gain": 0.5,
-              "over_exposure_min_gain": 1.25, "over_exposure_max_gain": 3.0,
-              "noise_min_sigma": 0.01, "noise_max_sigma": 0.05},
+    "blind": {"p_clean": 0.35, "p_low_light": 0.3, "p_over_exposure": 0.25,
+              "low_light_min_gain": 0.25, "low_light_max_gain": 0.25,
+              "over_exposure_min_gain": 2.0, "over_exposure_max_gain": 2.0,
+              "noise_min_sigma": 0.005, "noise_max_sigma": 0.02},
 }
 
 # Names that draw random numbers and therefore need a stateless seed.
