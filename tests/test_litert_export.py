@@ -99,7 +99,8 @@ def test_float32_with_cvm_matches_keras(stereo):
     actual = runner(vis, nir)
     for key in ("vis_sr", "disp_l", "disp_r"):
         assert _max_diff(actual[key], expected[key]) <= TOLERANCE, key
-    assert float(np.mean(expected["disp_l"])) > 0.5  # not trivially zero
+    # Not trivially zero: the true disparity is 0, the random heads' correction is not.
+    assert float(np.mean(expected["disp_l"])) > 0.01
 
 
 def test_stereo_model_converts_with_a_dynamic_size(stereo, tmp_path):

@@ -34,10 +34,14 @@ from cspsr_tf.precision import (
 from tests.model_helpers import perturb_weights
 
 SCALE = 2
-# max |vis_sr - vis_sr in float32| (and the same for nir_sr): measured x ~3.
+# max |vis_sr - vis_sr in float32|: measured x ~3 (seeds 0-2: 1.7e-3 / 1.9e-4).
 MAX_ABS_DIFF = {"bfloat16": 5e-3, "float16": 6e-4}
-# LR pixels; bfloat16 CVM features moved the disparity (up to 23 px) by at most 0.006 (seeds 0-2).
-MAX_DISPARITY_DIFF = 0.03
+# nir_sr follows the disparity through the warp: measured 0.048 / 0.0062 at most (seeds 0-2,
+# normalisation scales near 1 as `perturb_weights` sets them now), x ~3.
+MAX_NIR_ABS_DIFF = {"bfloat16": 0.15, "float16": 0.02}
+# LR pixels; bfloat16 CVM features moved the disparity (up to 23 px) by at most 0.073 (seeds
+# 0-2), x ~3.
+MAX_DISPARITY_DIFF = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +89,9 @@ def test_outputs_are_float32_and_close_to_float32(tiny, pair, reference, precisi
         assert np.isfinite(value.numpy()).all(), key
     residual = np.abs(reference["vis_sr"] - bicubic_upscale(pair["vis_lr"], SCALE).numpy())
     assert residual.mean() > 0.03  # the body shapes the output (not just the bicubic skip)
-    for key in ("vis_sr", "nir_sr"):
+    for key, bound in (("vis_sr", MAX_ABS_DIFF), ("nir_sr", MAX_NIR_ABS_DIFF)):
         difference = np.abs(outputs[key].numpy() - reference[key]).max()
-        assert 0 < difference < MAX_ABS_DIFF[precision], (key, difference)
+        assert 0 < difference < bound[precision], (key, difference)
     # The variables stay float32 (copied, not rounded): back in float32 the outputs match.
     assert {v.dtype for v in low.weights} == {"float32"}
     back = with_precision(low, config, "float32")

@@ -195,10 +195,13 @@ def test_memory_estimate_counts_the_whole_frame_cvm_of_a_group_norm_model():
 
     model = build_cspsr(get_config("tiny", scale=SCALE, cvm_normalization="group"))
     kwargs = dict(overlap=8, self_ensemble=False, out_path="sr.png")
-    tiled = predict.memory_need(model, 8000, 8000, SCALE, tile=256, **kwargs)
-    frame_cvm = tiling.frame_matching_bytes(model, 8000, 8000)
-    assert frame_cvm > 8000 * 8000 * 750  # at least the measured ~1 KB per LR pixel
+    tiled = predict.memory_need(model, 1500, 1500, SCALE, tile=256, **kwargs)
+    frame_cvm = tiling.frame_matching_bytes(model, 1500, 1500)
+    assert frame_cvm > 1500 * 1500 * 750  # at least the measured ~1 KB per LR pixel
     assert tiled > frame_cvm
+    # Above FRAME_MATCHING_MAX_PIXELS the tiles match alone: memory bounded by the tile.
+    huge = predict.memory_need(model, 8000, 8000, SCALE, tile=256, **kwargs)
+    assert huge < tiling.frame_matching_bytes(model, 8000, 8000) / 10
 
 
 def test_cli_size_mismatch_exits_2(saved_model, pair, tmp_path):

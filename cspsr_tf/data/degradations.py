@@ -26,7 +26,11 @@ Names (the `degradation` field of a config), with their parameters and defaults:
   the frame (its shot noise has variance / mean = 1 / photons_at_white at any gain), so a
   mixture of gains asks the network to brighten by a factor it cannot know; measured with
   gains in [0.1, 0.5] and [1.25, 3] (2,000 steps, `small`): clean frames came out 4.4 dB BELOW
-  bicubic (25.24 against 29.66 dB), the VIS-only model's 9.5 dB below.
+  bicubic (25.24 against 29.66 dB), the VIS-only model's 9.5 dB below. With one exposure each
+  the VIS-only model still put them 9.0 dB below (20.65 dB): a network that sees a few dozen
+  pixels around each output cannot tell a bright clean frame from an over-exposed one, nor
+  (without noise) a dark scene from a darkened one, so the shipped presets are trained clean
+  (docs/nir_benefit.md, "One model for every condition").
 
 There is no brightening anywhere: the Zhi et al. stereo frames are dark (mean about 25/255)
 and stay as recorded. `low_light` on such frames makes them darker still (mean about 6/255 at
