@@ -45,12 +45,15 @@ def weights_by_path(layer):
 
 
 def _import_layers():
-    # Registers the custom layers with Keras before deserialisation.
-    import cspsr_tf.layers.bicubic_upsample  # noqa: F401
-    import cspsr_tf.layers.cvm  # noqa: F401
-    import cspsr_tf.layers.dmf  # noqa: F401
-    import cspsr_tf.layers.pixel_shuffle  # noqa: F401
-    import cspsr_tf.layers.residual_block  # noqa: F401
+    # Registers every custom layer with Keras before deserialisation (all modules of
+    # cspsr_tf.layers, so that a layer added later cannot be forgotten here).
+    import importlib
+    import pkgutil
+
+    import cspsr_tf.layers
+
+    for module in pkgutil.iter_modules(cspsr_tf.layers.__path__):
+        importlib.import_module(f"cspsr_tf.layers.{module.name}")
 
 
 def read_model_config(model_dir):
@@ -198,7 +201,8 @@ def _load_keras_file(path):
 
 
 def load_model(path):
-    """Returns `(model, config)` from a `.keras` file, a training directory or a SavedModel.
+    """Returns `(model, config)` from a `.keras` file, a training directory, a SavedModel or
+    the name of a shipped preset (`cspsr_tf.presets`).
 
     A SavedModel exported by `cspsr_tf.export` comes back as a `SavedModelAdapter`.
 
@@ -211,7 +215,10 @@ def load_model(path):
         ModelLoadError (a ValueError): a file that is corrupt, not a CSPSR model, or that
             Keras's safe mode refuses; the message is one line naming the file.
     """
+    from cspsr_tf import presets
+
     _import_layers()
+    path = presets.resolve(path)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return _load_savedmodel(path)
     if os.path.isdir(path):
@@ -226,7 +233,7 @@ def load_model(path):
         ).expect_partial().assert_existing_objects_matched()
         return model, config
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model not found: {path}")
+        raise FileNotFoundError(presets.not_found_message(path))
     if not path.endswith(".keras"):
         raise ModelLoadError(
             f"Expected a .keras file, a training directory or a SavedModel. Received: {path}"

@@ -65,9 +65,12 @@ def main(argv):
     if os.path.lexists(FLAGS.out) and not FLAGS.overwrite:
         fail(PROGRAM, "Export target already exists (use overwrite to replace it): "
              f"{os.path.abspath(FLAGS.out)}")
-    if not os.path.exists(FLAGS.model):
-        fail(PROGRAM, f"Model not found: {FLAGS.model}")
-    if os.path.isfile(os.path.join(FLAGS.model, "saved_model.pb")):
+    from cspsr_tf import presets
+
+    model = presets.resolve(FLAGS.model)
+    if not os.path.exists(model):
+        fail(PROGRAM, presets.not_found_message(FLAGS.model))
+    if os.path.isfile(os.path.join(model, "saved_model.pb")):
         fail(PROGRAM, f"{FLAGS.model} is a SavedModel export, which cannot be converted to "
              "LiteRT; give the .keras file or training directory it was exported from")
     quiet_tensorflow()

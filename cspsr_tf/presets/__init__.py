@@ -1,0 +1,89 @@
+"""Trained models shipped with the package: presets with weights (keras-hub's habit).
+
+Each preset is a folder beside this file holding `model.keras` (float32 weights),
+`model.keras.config.json` (its CSPSRConfig) and `MODEL_CARD.md` (what it is for, how it was
+trained, its measured table, the weights' SHA-256). Wherever a command takes a `.keras` file
+(`predict --model`, `evaluate.py --model`, `export/*`), it takes a preset name too:
+
+    python -m cspsr_tf.predict --model=cspsr_small_x4 --vis left.png --nir right.png --out sr.png
+
+    import cspsr_tf
+    model = cspsr_tf.from_preset("cspsr_small_x4")
+
+Loading needs no network: the weights are in the repository. The Keras names the files
+refer to (`cspsr_tf>CrossViewMatching`, ...) are registered names, not module paths, so the
+files keep loading when modules move; `tests/test_presets.py` loads every preset.
+"""
+
+import os
+
+PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
+WEIGHTS_FILE = "model.keras"
+CARD_FILE = "MODEL_CARD.md"
+
+# name -> one line for listings. The card in each folder says the rest.
+PRESETS = {
+    "cspsr_small_x4": "CSPSR (paper architecture, `small` size), x4, one model for clean, dark, "
+                      "over-exposed and noisy frames; camera pairs (CVM) or registered sensors "
+                      "(--geometry=aligned)",
+    "vis_only_small_x4": "the VIS-only partner of cspsr_small_x4 (same data, steps and "
+                         "degradations, no NIR): the reference its NIR gain is measured against",
+}
+
+
+def preset_dir(name):
+    """The folder of preset `name`; ValueError (one line, naming the presets) if unknown."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; shipped presets: {', '.join(PRESETS)}")
+    return os.path.join(PRESET_DIR, name)
+
+
+def weights_path(name):
+    """The `.keras` file of preset `name`."""
+    return os.path.join(preset_dir(name), WEIGHTS_FILE)
+
+
+def resolve(model):
+    """A `--model` value as a path: a preset name becomes its `.keras` file; anything that
+    exists on disk, or is not a preset name, is returned unchanged."""
+    if model in PRESETS and not os.path.exists(model):
+        return weights_path(model)
+    return model
+
+
+def not_found_message(model):
+    """The one line a command prints for a `--model` that is neither a file nor a preset."""
+    return (f"Model not found: {model}. Use a shipped preset (--model={next(iter(PRESETS))}; all: "
+            f"{', '.join(PRESETS)}) or train one: python train.py --model_dir=runs/my_model, "
+            "then --model=runs/my_model/best.keras (README: Training)")
+
+
+def from_preset(name, geometry=None):
+    """The trained Keras model of preset `name` (float32).
+
+    Args:
+        name: a key of `PRESETS`.
+        geometry: None (the preset's own: `stereo`), `stereo` or `aligned` (a registered
+            camera pair: zero disparity, the CVM skipped).
+
+    Returns:
+        A Keras model taking {"vis_lr": [B, h, w, 3], "nir_lr": [B, h, w, 1]} in [0, 1] and
+        returning a dict with `vis_sr` (and `nir_sr`, `disp_l`, ... for CSPSR).
+    """
+    model, _ = load_preset(name, geometry)
+    return model
+
+
+def load_preset(name, geometry=None):
+    """`(model, config)` of preset `name`, as `model_io.load_model` returns them."""
+    from cspsr_tf import model_io
+
+    path = weights_path(name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset {name!r} has no weights at {path} (a partial checkout?)")
+    model, config = model_io.load_model(path)
+    if geometry is not None:
+        from cspsr_tf.model import with_geometry
+
+        model, config = with_geometry(model, config, geometry)
+    return model, config
