@@ -215,10 +215,10 @@ def load_model(path):
         ModelLoadError (a ValueError): a file that is corrupt, not a CSPSR model, or that
             Keras's safe mode refuses; the message is one line naming the file.
     """
-    from cspsr_tf import presets
+    from cspsr_tf.presets import not_found_message, resolve
 
     _import_layers()
-    path = presets.resolve(path)
+    path = resolve(path)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return _load_savedmodel(path)
     if os.path.isdir(path):
@@ -233,7 +233,7 @@ def load_model(path):
         ).expect_partial().assert_existing_objects_matched()
         return model, config
     if not os.path.isfile(path):
-        raise FileNotFoundError(presets.not_found_message(path))
+        raise FileNotFoundError(not_found_message(path))
     if not path.endswith(".keras"):
         raise ModelLoadError(
             f"Expected a .keras file, a training directory or a SavedModel. Received: {path}"

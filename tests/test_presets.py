@@ -45,11 +45,12 @@ def synthetic_test_frames(tmp_path_factory):
 def test_every_preset_loads_offline_and_beats_bicubic_on_embedded_frames(name, synthetic_test_frames):
     """Random or untrained weights are bicubic at best (the reconstruction starts at zero);
     the shipped ones must do better on frames they were never trained on."""
+    import cspsr_tf
     from cspsr_tf import metrics, tiling
     from cspsr_tf.data.resize import bicubic_upscale
     from cspsr_tf.evaluation import quantize
 
-    model = presets.from_preset(name)
+    model = cspsr_tf.from_preset(name)
     gains = []
     for inputs, targets, _ in synthetic_test_frames:
         out = tiling.predict(model, inputs["vis_lr"], inputs["nir_lr"], 4)
@@ -72,7 +73,7 @@ def test_a_preset_serves_registered_sensors_with_zero_disparity():
               "nir_lr": rng.random((1, 24, 40, 1), dtype=np.float32)}
     out = model(inputs)
     np.testing.assert_array_equal(np.asarray(out["disp_l"]), 0.0)
-    stereo = presets.from_preset("cspsr_small_x4")(inputs)
+    stereo = cspsr_tf.from_preset("cspsr_small_x4")(inputs)
     assert float(np.abs(np.asarray(stereo["disp_l"])).max()) > 0.0
 
 

@@ -10,7 +10,9 @@ trained, its measured table, the weights' SHA-256). Wherever a command takes a `
     import cspsr_tf
     model = cspsr_tf.from_preset("cspsr_small_x4")
 
-Loading needs no network: the weights are in the repository. The Keras names the files
+Loading needs no network: the weights are in the repository. This module only names the
+files (it imports nothing of the library, so `model_io` can resolve names through it);
+`cspsr_tf.from_preset` loads them. The Keras names the files
 refer to (`cspsr_tf>CrossViewMatching`, ...) are registered names, not module paths, so the
 files keep loading when modules move; `tests/test_presets.py` loads every preset.
 """
@@ -56,34 +58,3 @@ def not_found_message(model):
     return (f"Model not found: {model}. Use a shipped preset (--model={next(iter(PRESETS))}; all: "
             f"{', '.join(PRESETS)}) or train one: python train.py --model_dir=runs/my_model, "
             "then --model=runs/my_model/best.keras (README: Training)")
-
-
-def from_preset(name, geometry=None):
-    """The trained Keras model of preset `name` (float32).
-
-    Args:
-        name: a key of `PRESETS`.
-        geometry: None (the preset's own: `stereo`), `stereo` or `aligned` (a registered
-            camera pair: zero disparity, the CVM skipped).
-
-    Returns:
-        A Keras model taking {"vis_lr": [B, h, w, 3], "nir_lr": [B, h, w, 1]} in [0, 1] and
-        returning a dict with `vis_sr` (and `nir_sr`, `disp_l`, ... for CSPSR).
-    """
-    model, _ = load_preset(name, geometry)
-    return model
-
-
-def load_preset(name, geometry=None):
-    """`(model, config)` of preset `name`, as `model_io.load_model` returns them."""
-    from cspsr_tf import model_io
-
-    path = weights_path(name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Preset {name!r} has no weights at {path} (a partial checkout?)")
-    model, config = model_io.load_model(path)
-    if geometry is not None:
-        from cspsr_tf.model import with_geometry
-
-        model, config = with_geometry(model, config, geometry)
-    return model, config
