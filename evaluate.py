@@ -7,16 +7,16 @@
 --split take comma-separated lists; each (dataset, split) gets a sub-folder of --out_dir with
 results.json, results.md, SR images, disparity maps and comparison figures, and
 --out_dir/summary.md gathers the overall tables. --precision=bfloat16 (or float16) evaluates
-the model computing in that precision (cspsr_tf/precision.py). Bad settings print one line and
+the model computing in that precision (cspsr_tf/model/precision.py). Bad settings print one line and
 exit 2.
 """
 
-from cspsr_tf.cli import (
-    define_speed_flags,
+from cspsr_tf.util.cli import (
     fail,
     quiet_dataset_progress,
     quiet_library_logs,
     quiet_tensorflow,
+    run_main,
 )
 
 quiet_tensorflow()
@@ -24,9 +24,10 @@ quiet_tensorflow()
 import json  # noqa: E402
 import os  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.precision import PRECISIONS  # noqa: E402
+from cspsr_tf.model.precision import PRECISIONS  # noqa: E402
+from cspsr_tf.model.run_options import define_speed_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
@@ -50,24 +51,23 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     """Evaluates one model on every (dataset, split); returns {name: results}.
 
     `precision`: None (float32; an exported SavedModel: its own), `float32`, `bfloat16` or
-    `float16` (`precision.select_precision`). `ops`: None (`fused`; an exported SavedModel: its
-    own), `fused`, `shift` or `patches` (`model_io.select_ops`).
+    `float16`. `ops`: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or
+    `patches` (both applied by `runtime.load_for_running`).
     """
-    from cspsr_tf import evaluation, model_io, tiling
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.precision import check_precision, model_precision, select_precision
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import runtime
+    from cspsr_tf.model.precision import model_precision
 
-    if precision is not None:
-        check_precision(precision)
+    runtime.check_run_options(precision, ops)
 
     for name in datasets:
         if name not in sources.DATASETS:
             raise sources.DataError(
                 f"unknown dataset {name!r}; choose one of {', '.join(sources.DATASETS)}"
             )
-    model, config = model_io.load_model(model_path)
-    model = select_precision(model, config, precision)
-    model, config = model_io.select_ops(model, config, ops)
+    model, config = runtime.load_for_running(model_path, precision=precision, ops=ops)
     scale = tiling.model_scale(model, config)
     # Every (dataset, split) is opened before any is evaluated, so that a bad one (an unknown
     # split, an empty or broken dataset) fails before anything is written.
@@ -136,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "evaluate.py")

@@ -3,8 +3,8 @@
     python train.py --dataset=nirvis_synthetic --preset=small --scale=4 --steps=2000 \
         --batch_size=16 --patch_size=96 --model_dir=runs/small_x4
 
-Every field of the run config (cspsr_tf.training.TrainConfig) and of the model config
-(cspsr_tf.configs.CSPSRConfig) is a flag; `--helpfull` lists them. Running the same command
+Every field of the run config (cspsr_tf.train.run_config.TrainConfig) and of the model config
+(cspsr_tf.model.configs.CSPSRConfig) is a flag; `--helpfull` lists them. Running the same command
 again resumes from the last checkpoint in --model_dir (also after the folder was moved); the
 learning rate, the length and the logging may change on resume.
 
@@ -17,7 +17,7 @@ Exit codes:
 
 import sys
 
-from cspsr_tf.cli import (
+from cspsr_tf.util.cli import (
     STOPPED_EARLY,
     define_dataclass_flags,
     fail,
@@ -25,14 +25,15 @@ from cspsr_tf.cli import (
     quiet_dataset_progress,
     quiet_library_logs,
     quiet_tensorflow,
+    run_main,
 )
 
 quiet_tensorflow()
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from cspsr_tf import training  # noqa: E402
 from cspsr_tf.data.sources import DataError  # noqa: E402
+from cspsr_tf.train import loop, run_config, run_dir  # noqa: E402
 
 TRAIN_HELP = {
     "dataset": "Dataset builder of datasets/: nirvis_synthetic, nirvis_folder, rgb_nir_stereo, nirscene, ranus.",
@@ -58,7 +59,7 @@ TRAIN_HELP = {
     "model_dir": "Training directory: config.json, checkpoints, best.keras, final.keras, TensorBoard logs.",
     "strategy": "auto (mirrored if >1 GPU), default, mirrored, or multi_worker (cluster from TF_CONFIG).",
     "mixed_precision": "Compute in float16 (mixed_float16 policy, with loss scaling); the same as --precision=float16.",
-    "precision": "Compute precision of the model: float32, bfloat16 (mixed_bfloat16 policy; fast on CPUs with AVX512_BF16 / AMX) or float16 (mixed_float16, with loss scaling). Variables, losses, the CVM and the outputs stay float32 (cspsr_tf/precision.py).",
+    "precision": "Compute precision of the model: float32, bfloat16 (mixed_bfloat16 policy; fast on CPUs with AVX512_BF16 / AMX) or float16 (mixed_float16, with loss scaling). Variables, losses, the CVM and the outputs stay float32 (cspsr_tf/model/precision.py).",
     "jit_compile": "Compile the training step with XLA.",
     "cvm_init": "Training directory of a --stage=cvm run whose CVM weights start this run.",
     "freeze_cvm": "Keep the (pre-trained) CVM fixed in the SR stage; --nofreeze_cvm trains it along, with --lambda_match.",
@@ -103,8 +104,8 @@ MODEL_HELP = {
 }
 
 FLAGS = flags.FLAGS
-define_dataclass_flags(flags, training.train_config_fields(), TRAIN_HELP)
-define_dataclass_flags(flags, training.model_config_fields(), MODEL_HELP, defaults_none=True)
+define_dataclass_flags(flags, run_config.train_config_fields(), TRAIN_HELP)
+define_dataclass_flags(flags, run_config.model_config_fields(), MODEL_HELP, defaults_none=True)
 
 
 def main(argv):
@@ -117,12 +118,12 @@ def main(argv):
         fail("train.py", f"--mixed_precision (float16) disagrees with --precision={FLAGS.precision}; "
              "use --precision alone")
     try:
-        train_config, model_config = training.build_configs(
-            flag_values(FLAGS, training.train_config_fields()),
-            flag_values(FLAGS, training.model_config_fields(), only_set=True),
+        train_config, model_config = run_config.build_configs(
+            flag_values(FLAGS, run_config.train_config_fields()),
+            flag_values(FLAGS, run_config.model_config_fields(), only_set=True),
         )
-        summary = training.run_training(train_config, model_config)
-    except (training.ConfigError, DataError, FileNotFoundError) as error:
+        summary = loop.run_training(train_config, model_config)
+    except (run_config.ConfigError, DataError, FileNotFoundError) as error:
         fail("train.py", str(error), getattr(error, "details", ""))
     step, target, where = summary["step"], summary["target_steps"], summary["model_dir"]
     if summary["stopped"] == "sigterm":
@@ -136,10 +137,10 @@ def main(argv):
         done = f"Stopped at step {step} of {target} (--max_minutes reached); outputs in {where}"
     else:
         done = f"Trained to step {step}; outputs in {where}"
-    warning = training.below_bicubic_message(training.last_validation(where))
+    warning = run_dir.below_bicubic_message(run_dir.last_validation(where))
     # The last line says what a user must know: a model worse than bicubic is not done.
     print(f"{done}. Warning: {warning}" if warning else done)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "train.py")

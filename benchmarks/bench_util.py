@@ -299,11 +299,11 @@ def set_precision(precision):
 
     For a benchmark child process, which measures one configuration: models built after this
     (`build_cspsr(config)`, no `precision` argument) compute in that precision, with the
-    float32 islands of `cspsr_tf/precision.py`. Library code passes `precision=` instead.
+    float32 islands of `cspsr_tf/model/precision.py`. Library code passes `precision=` instead.
     """
     import keras
 
-    from cspsr_tf.precision import policy_name
+    from cspsr_tf.model.precision import policy_name
 
     keras.mixed_precision.set_global_policy(policy_name(precision))
 

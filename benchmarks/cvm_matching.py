@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/cvm_matching.py --smoke     # a minute
 
 The CVM of the `small` preset at x4 is trained alone (`--stage=cvm`, the first phase of every
-SR run, `cspsr_tf.training.pretrain_cvm`) on the training pairs of the shared samples: their
+SR run, `cspsr_tf.train.loop.pretrain_cvm`) on the training pairs of the shared samples: their
 registered pairs become stereo pairs with a known random piecewise-planar disparity
 (`cspsr_tf.data.stereo_synthesis`, up to --synthetic_max_disparity LR px, default train.py's:
 the model's max_disparity), and the real stereo
@@ -44,7 +44,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -54,7 +54,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.sample_split import define_splits  # noqa: E402
-from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
 
 NAME = "cvm_matching"
 # Disparity ranges (HR px) of real stereo pairs, measured by gradient cross-correlation on
@@ -132,8 +132,8 @@ def real_stereo_result(cvm, frames, scale):
 def constant_row(sets, scale):
     import numpy as np
 
-    from cspsr_tf.disparity_eval import disparity_errors
-    from cspsr_tf.matching_losses import disparity_to_lr
+    from cspsr_tf.evaluate.disparity_eval import disparity_errors
+    from cspsr_tf.ops.warp import disparity_to_lr
 
     row = {}
     for name, frames in sets.items():
@@ -154,7 +154,7 @@ def constant_row(sets, scale):
 
 
 def measured_row(cvm, sets, scale):
-    from cspsr_tf.disparity_eval import measure_disparity
+    from cspsr_tf.evaluate.disparity_eval import measure_disparity
 
     row = {}
     for name, frames in sets.items():
@@ -174,23 +174,24 @@ def model_overrides():
 
 
 def train_row(name, splits, data_dir, manual_dir):
-    from cspsr_tf import model_io, training
+    from cspsr_tf.model import model_io
+    from cspsr_tf.train import loop, run_config
 
     overrides = dict(
         dataset="nirvis_folder", data_dir=data_dir, manual_dir=manual_dir,
         train_split=splits["train_split"], preset=FLAGS.preset, stage="cvm", steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, patch_size=FLAGS.patch_size, cvm_patch_size=FLAGS.patch_size,
         eval_every=0,
-        learning_rate=training.TrainConfig.cvm_learning_rate,
-        lr_schedule=FLAGS.lr_schedule or training.TrainConfig.cvm_lr_schedule,
+        learning_rate=run_config.TrainConfig.cvm_learning_rate,
+        lr_schedule=FLAGS.lr_schedule or run_config.TrainConfig.cvm_lr_schedule,
         synthetic_max_disparity=FLAGS.synthetic_max_disparity,
         model_dir=os.path.join(FLAGS.work_dir, name), save_every=max(FLAGS.steps // 4, 1),
     )
     if name == "label_free":
         overrides["cvm_supervision"] = 0.0
-    train, model_config = training.build_configs(overrides, model_overrides())
+    train, model_config = run_config.build_configs(overrides, model_overrides())
     started = time.time()
-    summary = training.run_training(train, model_config)
+    summary = loop.run_training(train, model_config)
     model, _ = model_io.load_model(os.path.join(train.model_dir, "final.keras"))
     return model.get_layer("cvm"), {"steps": summary["step"], "train_seconds": round(time.time() - started, 1),
                                     "final_losses": summary["losses"]}
@@ -215,8 +216,8 @@ def main(argv):
     del argv
     import keras
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     if FLAGS.smoke:
         FLAGS.preset, FLAGS.steps, FLAGS.max_frames, FLAGS.patch_size = "tiny", 3, 2, 64
@@ -233,7 +234,7 @@ def main(argv):
                "sets": {k: len(v) for k, v in sets.items()}, "rows": {}}
     results["rows"]["constant"] = constant_row(sets, FLAGS.scale)
     if FLAGS.measure:
-        from cspsr_tf import model_io
+        from cspsr_tf.model import model_io
 
         if "untrained" not in [item.partition("=")[0] for item in FLAGS.measure]:
             keras.utils.set_random_seed(0)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dynamic_conv.py
     .venv/bin/python benchmarks/dynamic_conv.py --smoke
 
-`cspsr_tf.layers.dynamic_conv.apply_per_pixel_kernels` filters [B, H, W, C] features with
+`cspsr_tf.model.layers.dynamic_conv.apply_per_pixel_kernels` filters [B, H, W, C] features with
 one k x k kernel per pixel (shared by the channels). Implementations compared:
 
 * `patches`  (the layer's reference): tf.image.extract_patches, materialises [B,H,W,k*k*C];
@@ -38,7 +38,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -72,7 +72,7 @@ def make_impl(name, k):
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf.layers.dynamic_conv import apply_per_pixel_kernels
+    from cspsr_tf.model.layers.dynamic_conv import apply_per_pixel_kernels
 
     if name in ("patches", "shift", "fused"):  # fused: the shift-and-sum compiled by XLA
         return lambda f, w: apply_per_pixel_kernels(f, w, k, name)

@@ -6,7 +6,7 @@
 The reference is the cheapest network of the same cost that TensorFlow runs well: a 3x3
 convolution 3->64 followed by N plain 3x3 convolutions 64->64 with ReLU (same width as
 the paper preset, C = 64), on the same LR input. N is chosen so that the reference's
-FLOPs, counted by the same profiler (`cspsr_tf.model_info.count_flops`: tf.profiler on the
+FLOPs, counted by the same profiler (`cspsr_tf.model.model_info.count_flops`: tf.profiler on the
 frozen inference graph, a multiply-add = 2 FLOPs), match the CSPSR preset's.
 
 Both networks run in the same precision (--precisions: float32, bfloat16) as `tf.function`
@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -29,7 +29,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from cspsr_tf import model_info  # noqa: E402, I001
+from cspsr_tf.model import model_info  # noqa: E402, I001
 
 NAME = "efficiency"
 TARGET_RATIO = 0.7
@@ -51,7 +51,7 @@ def build_plain_stack(num_layers, width=WIDTH, precision="float32"):
     """conv3x3(3->width) + num_layers x conv3x3(width->width), ReLU; CSPSR's dict inputs."""
     import keras
 
-    from cspsr_tf.precision import policy_name
+    from cspsr_tf.model.precision import policy_name
 
     policy = policy_name(precision)
     vis_lr = keras.Input(shape=(None, None, 3), name="vis_lr")
@@ -79,8 +79,8 @@ def measure(preset, jit, lr_size, warmup, repeats, precision="float32", ops="fus
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
     count_flops = model_info.count_flops
     # FLOPs are counted on the float32 graphs (the profiler's counts do not depend on the
     # dtype); both networks then run in `precision`.

@@ -8,8 +8,8 @@ A configuration is `RUNTIME-PRECISION[-OPS][-xla]`:
   (`dynamic_conv_implementation=shift`): the reference, the path before fused ops existed;
 * `tf-P-fused`: the dynamic convolution and CSFT's gates XLA-compiled (`fused`, the default);
 * `-xla`: the whole forward pass in `tf.function(jit_compile=True)`;
-* `tf-bfloat16-...`: Keras mixed_bfloat16 (cspsr_tf/precision.py lists the float32 islands);
-* `litert-V`: the model converted by `cspsr_tf.litert_export` (variant V: float32, float16 or
+* `tf-bfloat16-...`: Keras mixed_bfloat16 (cspsr_tf/model/precision.py lists the float32 islands);
+* `litert-V`: the model converted by `cspsr_tf.export.litert_export` (variant V: float32, float16 or
   dynamic_int8) and run by the LiteRT interpreter with XNNPACK on --litert_threads threads.
 
 Two parts, on one 580x428 (width x height) HR frame's LR pair (x4: 145x107), batch 1:
@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -44,7 +44,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from cspsr_tf.model_info import parse_size  # noqa: E402
+from cspsr_tf.model.model_info import parse_size  # noqa: E402
 
 NAME = "inference_speed"
 REFERENCE = "tf-float32-shift"
@@ -100,7 +100,7 @@ def reference_weights(config):
     """Weights of a float32 model of `config`, with the all-zero kernels re-drawn (small)."""
     import numpy as np
 
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
 
     model = build_cspsr(config, precision="float32")
     rng = np.random.default_rng(1)
@@ -116,10 +116,10 @@ def build_callable(cfg, config, weights, inputs, scratch):
     """A no-argument function that runs configuration `cfg` once and returns vis_sr (numpy)."""
     import tensorflow as tf
 
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
 
     if cfg["runtime"] == "litert":
-        from cspsr_tf import litert_export
+        from cspsr_tf.export import litert_export
 
         model = build_cspsr(config.replace(dynamic_conv_implementation="shift"),
                             precision="float32")
@@ -140,7 +140,7 @@ def child_side_by_side(job):
     """Child: every configuration in one process, calls interleaved."""
     import numpy as np
 
-    from cspsr_tf.configs import get_config
+    from cspsr_tf.model.configs import get_config
 
     config = get_config(job["preset"], "full", scale=job["scale"])
     lr_h, lr_w = (v // job["scale"] for v in job["hr_size"])
@@ -187,7 +187,7 @@ def child_side_by_side(job):
 
 def child_alone(job):
     """Child: one configuration; first call and peak resident memory."""
-    from cspsr_tf.configs import get_config
+    from cspsr_tf.model.configs import get_config
 
     config = get_config(job["preset"], "full", scale=job["scale"])
     lr_h, lr_w = (v // job["scale"] for v in job["hr_size"])

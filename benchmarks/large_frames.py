@@ -6,7 +6,7 @@
 
 Two child processes, each building the same model from the same seed:
 
-1. `large`: `cspsr_tf.tiling.tiled_predict` of a 960x540 LR pair at x4, i.e. a 3840x2160
+1. `large`: `cspsr_tf.infer.tiling.tiled_predict` of a 960x540 LR pair at x4, i.e. a 3840x2160
    output; reports the child's peak resident memory (VmHWM, its whole life), time and
    number of tiles. Target (issue): under 4 GiB.
 2. `compare`: a pair small enough for one forward pass (default LR 256x256) run whole
@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -39,7 +39,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from cspsr_tf.model_info import parse_size  # noqa: E402
+from cspsr_tf.model.model_info import parse_size  # noqa: E402
 
 NAME = "large_frames"
 TARGET_PEAK_GIB = 4.0
@@ -107,9 +107,9 @@ def build_perturbed_model(cfg):
     import keras
     import numpy as np
 
-    from cspsr_tf import tiling
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     bench_util.set_mixed_precision(cfg["mixed_precision"])
     keras.utils.set_random_seed(cfg["seed"])
@@ -155,8 +155,8 @@ def psnr(a, b):
 def run_child(cfg):
     import numpy as np
 
-    from cspsr_tf import tiling
-    from cspsr_tf.data.resize import bicubic_upscale
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     model, _, perturbation = build_perturbed_model(cfg)
     tile_args = {"tile": cfg["tile"], "overlap": cfg["overlap"], "context": cfg["context"],

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -51,9 +51,9 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
-    from cspsr_tf.model_info import count_flops
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
+    from cspsr_tf.model.model_info import count_flops
 
     preset, repeats = ("tiny", 2) if FLAGS.smoke else (FLAGS.preset, FLAGS.repeats)
     hr_h, hr_w = (int(v) for v in FLAGS.hr_size.split("x"))

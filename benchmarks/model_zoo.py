@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -93,8 +93,8 @@ def score_model(model_path, frames):
 def score_bicubic(frames):
     """Mean standard PSNR of the bicubic upscale (quantised like the models' SR)."""
     from benchmarks.nir_gain_by_saturation import clip_regions, pooled_psnr, region_errors
-    from cspsr_tf.data.resize import bicubic_upscale
-    from cspsr_tf.evaluation import quantize
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     psnrs = []
     for _, vis_lr, _, hr, _ in frames:

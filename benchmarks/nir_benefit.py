@@ -28,7 +28,7 @@ similar training frame (64x64 grey thumbnail correlation) is reported (near dupl
 evaluate.py names its output folder after the split string, and the test string is longer
 than a file name may be, so the test split goes to evaluate.py (and nir_usage.py) as a
 comma-separated list of shorter split strings (one evaluate.py call); the frames of all of
-them are merged and averaged with `cspsr_tf.evaluation.aggregate`, the function evaluate.py
+them are merged and averaged with `cspsr_tf.evaluate.evaluation.aggregate`, the function evaluate.py
 itself uses.
 
 Conditions (training and evaluation use the same one): `clean` (`--degradation=none`,
@@ -94,7 +94,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -109,7 +109,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from benchmarks.sample_split import chunked_split_strings, define_splits  # noqa: E402
-from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.configs import CVM_NORMALIZATIONS  # noqa: E402  (no TensorFlow import)
 
 NAME = "nir_benefit"
 SAMPLES_DIR = Path(bench_util.SAMPLES_DIR)
@@ -196,8 +196,8 @@ def param_counts(preset):
     """SR parameters of full (CVM left out) and baseline, and the baseline_wide T."""
     import keras
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     def count(ablation, **overrides):
         model = build_cspsr(get_config(preset, ablation, scale=SCALE, **overrides))
@@ -308,7 +308,7 @@ def eval_label(split):
 
 def evaluate(ctx, condition, model_path, out_dir, log_path):
     """evaluate.py on the test frames (one call, the split strings comma-separated), merged."""
-    from cspsr_tf.evaluation import aggregate
+    from cspsr_tf.evaluate.evaluation import aggregate
 
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
@@ -644,7 +644,7 @@ def main(argv):
     del argv
     import tensorflow_datasets as tfds
 
-    from cspsr_tf.cli import quiet_library_logs
+    from cspsr_tf.util.cli import quiet_library_logs
 
     quiet_library_logs()
     tfds.disable_progress_bar()

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -64,7 +64,7 @@ def region_errors(sr, hr, regions, scale):
 
     `sr`, `hr`: uint8 (or [0, 1] float) RGB images of the same size as `regions`.
     """
-    from cspsr_tf.metrics import rgb_to_y, to_uint8
+    from cspsr_tf.ops.metrics import rgb_to_y, to_uint8
 
     if np.shape(sr) != np.shape(hr) or np.shape(hr)[:2] != np.shape(regions):
         raise ValueError(f"sizes differ: sr {np.shape(sr)}, hr {np.shape(hr)}, regions {np.shape(regions)}")
@@ -84,9 +84,10 @@ def pooled_psnr(sse, count):
 
 def measure_model(model_path, frames):
     """Region errors summed over `frames` (from `nir_usage.load_frames`) and the mean PSNR."""
-    from cspsr_tf import model_io, tiling
-    from cspsr_tf.evaluation import quantize
-    from cspsr_tf.model import with_geometry
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
+    from cspsr_tf.model.build import with_geometry
 
     stereo_model, config = model_io.load_model(model_path)
     scale = tiling.model_scale(stereo_model, config)

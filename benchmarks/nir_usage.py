@@ -41,7 +41,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -58,7 +58,7 @@ GATES = ("w_s1", "w_s2", "w_c1", "w_c2")
 def load_frames(dataset, splits, data_dir, manual_dir, scale, degradation, max_frames=None):
     """[(id, vis_lr [1,h,w,3], nir_lr [1,h,w,1], hr uint8 [H,W,3], geometry)] of the splits."""
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.evaluation import quantize
+    from cspsr_tf.evaluate.evaluation import quantize
 
     frames = []
     for split in splits:
@@ -155,14 +155,15 @@ def measure(model_path, frames, *, tile=None, loaded=None):
 
     `loaded`: the (model, config) of `model_io.load_model(model_path)` if already loaded.
     """
-    from cspsr_tf import model_io, tiling
-    from cspsr_tf.evaluation import quantize
-    from cspsr_tf.metrics import evaluate_pair
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
+    from cspsr_tf.ops.metrics import evaluate_pair
 
     if not frames:
         raise ValueError("no frames to measure")
     start = time.perf_counter()
-    from cspsr_tf.model import with_geometry
+    from cspsr_tf.model.build import with_geometry
 
     stereo_model, config = loaded or model_io.load_model(model_path)
     scale = tiling.model_scale(stereo_model, config)
@@ -238,7 +239,8 @@ def measure(model_path, frames, *, tile=None, loaded=None):
 def run(model_path, *, dataset, splits, data_dir=None, manual_dir=None, degradation="none",
         max_frames=None, tile=None):
     """Loads the frames of `splits` (a list) and measures the model; see the module docstring."""
-    from cspsr_tf import model_io, tiling
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
 
     loaded = model_io.load_model(model_path)
     scale = tiling.model_scale(*loaded)
@@ -250,7 +252,7 @@ def run(model_path, *, dataset, splits, data_dir=None, manual_dir=None, degradat
 
 def main(argv):
     del argv
-    from cspsr_tf.cli import quiet_library_logs
+    from cspsr_tf.util.cli import quiet_library_logs
 
     quiet_library_logs()
     f = flags.FLAGS

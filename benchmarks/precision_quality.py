@@ -8,7 +8,7 @@ Without --model, a `small` model is trained at x4 in the `make demo` setting (em
 `nirvis_synthetic` data, batch 8 of 96x96 HR patches, Adam 5e-4 with a cosine decay,
 --cvm_steps of CVM pre-training, then --steps of SR training, in float32) under --work_dir
 (running the script again reuses the trained run). The same weights are then run in each of
---precisions (`cspsr_tf.precision.with_precision`) on the embedded test split and measured as
+--precisions (`cspsr_tf.model.runtime.with_precision`) on the embedded test split and measured as
 `evaluate.py` measures them (`evaluation.evaluate_dataset`: 8-bit SR images, standard and
 paper protocols), beside:
 
@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -62,9 +62,10 @@ flags.DEFINE_integer("max_frames", None, "Evaluate at most this many test frames
 
 def train_model(data_dir, work_dir):
     """Trains (or finds trained) the model; returns (model, config, training info)."""
-    from cspsr_tf import model_io, training
+    from cspsr_tf.model import model_io
+    from cspsr_tf.train import loop, run_config
 
-    train, model_config = training.build_configs(
+    train, model_config = run_config.build_configs(
         dict(
             dataset="nirvis_synthetic", data_dir=data_dir, preset=FLAGS.preset,
             patch_size=FLAGS.patch_size, batch_size=FLAGS.batch_size,
@@ -75,7 +76,7 @@ def train_model(data_dir, work_dir):
         dict(scale=FLAGS.scale),
     )
     started = time.time()
-    summary = training.run_training(train, model_config)
+    summary = loop.run_training(train, model_config)
     model, config = model_io.load_model(os.path.join(train.model_dir, "final.keras"))
     info = {
         "model_dir": bench_util.rel(train.model_dir), "preset": FLAGS.preset,
@@ -91,7 +92,8 @@ def measure(model, config, frames, reference=None):
     """evaluate_dataset's numbers, and the outputs' differences to `reference` (float32)."""
     import numpy as np
 
-    from cspsr_tf import evaluation, tiling
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.infer import tiling
 
     results = evaluation.evaluate_dataset(model, config, frames, scale=config.scale)
     mean = results["mean"]
@@ -134,9 +136,10 @@ def main(argv):
     del argv
     import keras
 
-    from cspsr_tf import model_io
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.precision import check_precision, with_precision
+    from cspsr_tf.model import model_io
+    from cspsr_tf.model.precision import check_precision
+    from cspsr_tf.model.runtime import with_precision
 
     work_dir, out = FLAGS.work_dir, FLAGS.out
     if FLAGS.smoke:

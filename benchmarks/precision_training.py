@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -66,9 +66,9 @@ def child_throughput(job):
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.losses import cspsr_loss_per_example
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
+    from cspsr_tf.train.losses import cspsr_loss_per_example
 
     batch, hr, scale = job["batch_size"], job["patch_size"], 4
     lr = hr // scale

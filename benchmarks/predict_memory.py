@@ -68,7 +68,7 @@ def write_pair(folder, side, seed):
 def write_model(folder, scale, seed):
     import keras
 
-    from cspsr_tf.model_io import save_model
+    from cspsr_tf.model.model_io import save_model
     from tests.model_helpers import tiny_perturbed_model
 
     keras.utils.set_random_seed(seed)
@@ -102,7 +102,8 @@ def tile_timing_child(cfg):
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf import model_io, tiling
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
 
     model, _ = model_io.load_model(cfg["model"])
     max_disparity, align = tiling.model_geometry(model)

@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/training_throughput.py --smoke
 
 For every (preset, jit_compile) one fresh child process builds the model under the default
-tf.distribute strategy and times the same step as `cspsr_tf/training.py`: the model in
-training mode, `cspsr_tf.losses.cspsr_loss_per_example` (Eq. 3, lambda from the config),
+tf.distribute strategy and times the same step as `cspsr_tf/train/loop.py`: the model in
+training mode, `cspsr_tf.train.losses.cspsr_loss_per_example` (Eq. 3, lambda from the config),
 `tf.nn.compute_average_loss` over the global batch, Adam (paper settings; wrapped in a
 LossScaleOptimizer with --mixed_precision), `strategy.run` of the replica step inside a
 `tf.function` (the replica step itself compiled with XLA under jit_compile).
@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -54,9 +54,9 @@ def run_one(cfg):
     import numpy as np
     import tensorflow as tf
 
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.losses import cspsr_loss_per_example
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
+    from cspsr_tf.train.losses import cspsr_loss_per_example
 
     bench_util.set_mixed_precision(cfg["mixed_precision"])
     keras.utils.set_random_seed(0)
@@ -144,7 +144,7 @@ def main(argv):
         "smoke": FLAGS.smoke,
     })
     data["notes"] = (
-        "Step as in cspsr_tf/training.py (default strategy, cspsr_loss_per_example, Adam), "
+        "Step as in cspsr_tf/train/loop.py (default strategy, cspsr_loss_per_example, Adam), "
         "random constant data: no input pipeline. samples_per_s = batch / median step time."
     )
     results = data["results"] = []

@@ -1,7 +1,7 @@
 """CSPSR in TensorFlow / Keras 3: NIR-guided super-resolution of visible images.
 
 Importing the package is cheap; import the sub-modules you need
-(`cspsr_tf.model`, `cspsr_tf.losses`, `cspsr_tf.metrics`, `cspsr_tf.data.pipeline`).
+(`cspsr_tf.model.build`, `cspsr_tf.train.losses`, `cspsr_tf.ops.metrics`, `cspsr_tf.data.pipeline`).
 `cspsr_tf.from_preset(name)` returns a trained model shipped with the package
 (`cspsr_tf.presets`).
 """
@@ -23,7 +23,7 @@ def from_preset(name, geometry=None):
     """
     import os
 
-    from cspsr_tf.model_io import load_model
+    from cspsr_tf.model.model_io import load_model
     from cspsr_tf.presets import weights_path
 
     path = weights_path(name)
@@ -31,7 +31,7 @@ def from_preset(name, geometry=None):
         raise FileNotFoundError(f"Preset {name!r} has no weights at {path} (a partial checkout?)")
     model, config = load_model(path)
     if geometry is not None:
-        from cspsr_tf.model import with_geometry
+        from cspsr_tf.model.build import with_geometry
 
         model, config = with_geometry(model, config, geometry)
     return model

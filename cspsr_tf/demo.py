@@ -16,14 +16,14 @@
    pre-training, after the SR stage) and the folder that holds everything.
 """
 
-from cspsr_tf.cli import fail, quiet_library_logs, quiet_tensorflow
+from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main
 
 quiet_tensorflow()
 
 import os  # noqa: E402
 import shutil  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "demo_output", "Folder for everything the demo writes.")
@@ -41,13 +41,16 @@ flags.DEFINE_string("preset", "cspsr_small_x4", "Shipped preset evaluated before
 def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
     import numpy as np
 
-    from cspsr_tf import evaluation, export, model_io, training
     from cspsr_tf.data import pipeline, sources
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.export import savedmodel_export
+    from cspsr_tf.model import model_io
+    from cspsr_tf.train import loop, run_config
 
     out_dir = os.path.abspath(out_dir)
     data_dir = data_dir or os.path.join(out_dir, "tensorflow_datasets")
     model_dir = os.path.join(out_dir, "run")
-    train_config, model_config = training.build_configs(
+    train_config, model_config = run_config.build_configs(
         dict(
             dataset="nirvis_synthetic",
             data_dir=data_dir,
@@ -71,7 +74,7 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
         dict(scale=scale),
     )
     logging.info("Training the small preset for at most %.1f minutes ...", minutes)
-    summary = training.run_training(train_config, model_config)
+    summary = loop.run_training(train_config, model_config)
 
     model, config = model_io.load_model(os.path.join(model_dir, "final.keras"))
     eval_dir = os.path.join(out_dir, "evaluation")
@@ -83,7 +86,7 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
     )
 
     saved_model_dir = os.path.join(out_dir, "savedmodel")
-    export.export_savedmodel(model, config, saved_model_dir, overwrite=True)
+    savedmodel_export.export_savedmodel(model, config, saved_model_dir, overwrite=True)
     import tensorflow as tf
 
     served = tf.saved_model.load(saved_model_dir).signatures["serving_float"]
@@ -102,8 +105,10 @@ def run_demo(out_dir, minutes, steps, scale, data_dir=None, cvm_steps=500):
 
 def evaluate_preset(name, out_dir, data_dir):
     """The shipped preset on the embedded test split, beside bicubic (no training)."""
-    from cspsr_tf import evaluation, model_io, tiling
     from cspsr_tf.data import pipeline, sources
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
 
     model, config = model_io.load_model(name)
     scale = tiling.model_scale(model, config)
@@ -118,10 +123,10 @@ def disparity_report(model, config, raw, model_dir, scale):
     """CVM disparity error on the test split (LR px): untrained, pre-trained, final."""
     import keras
 
-    from cspsr_tf import model_io
     from cspsr_tf.data import pipeline
-    from cspsr_tf.disparity_eval import measure_disparity
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.evaluate.disparity_eval import measure_disparity
+    from cspsr_tf.model import model_io
+    from cspsr_tf.model.build import build_cspsr
 
     frames = list(pipeline.make_eval_dataset(raw, scale=scale))
     keras.utils.set_random_seed(0)
@@ -138,9 +143,9 @@ def main(argv):
         fail("demo", f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    from cspsr_tf import evaluation
     from cspsr_tf.data.sources import DataError
-    from cspsr_tf.training import ConfigError
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.train.run_config import ConfigError
 
     try:
         if FLAGS.preset:
@@ -173,4 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "demo")

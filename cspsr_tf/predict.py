@@ -11,7 +11,7 @@ visible one, rectified, as in training. The output is `scale` times larger: 8-bi
 8-bit VIS input, 16-bit (PNG / TIFF) for a 16-bit one. `--disparity_out` writes the left
 disparity map (LR pixels) as a colour PNG, or as raw float32 with `.npy` / `.tif`.
 `--precision bfloat16` computes in bfloat16 (faster on CPUs with AVX512_BF16 / AMX; the
-disparity stays float32, see cspsr_tf/precision.py); the default is float32 (an exported
+disparity stays float32, see cspsr_tf/model/precision.py); the default is float32 (an exported
 SavedModel: the precision it was exported in).
 
 Large frames: `--tile N` runs overlapping N x N LR tiles and keeps only one row of tiles in
@@ -32,10 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.cli import define_speed_flags  # noqa: E402  (no TensorFlow import)
-from cspsr_tf.precision import PRECISIONS  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.precision import PRECISIONS  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.run_options import define_speed_flags  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.util.cli import run_main  # noqa: E402
 
 # TensorFlow and the model code are imported only once the inputs have been checked, so a
 # bad argument is reported in a fraction of a second.
@@ -153,7 +154,7 @@ def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ense
         after clipping to [0, 1]); "sr_float" float32 in [0, 1]; "disp_l" float32 [h, w]
         left disparity in LR pixels, or None for a model without CVM; "scale".
     """
-    from cspsr_tf import tiling
+    from cspsr_tf.infer import tiling
 
     vis_rgb, nir = _check_pair(vis_rgb, nir)
     scale = tiling.model_scale(model, config)
@@ -217,7 +218,7 @@ class _OutputFile:
     """
 
     def __init__(self, path, staged, shape, dtype, convert):
-        from cspsr_tf import png_writer
+        from cspsr_tf.infer import png_writer
 
         self._path, self._shape, self._dtype, self._convert = path, shape, dtype, convert
         self._file = staged.open(path)
@@ -310,7 +311,7 @@ _SUGGESTED_TILES = (1024, 512, 256, 128, 64)
 def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, out_path,
                 dtype=np.uint8, disparity_out=None):
     """Estimated bytes `run` needs beyond what the process already holds."""
-    from cspsr_tf import tiling
+    from cspsr_tf.infer import tiling
 
     per_pixel = tiling.forward_bytes_per_pixel(model) * _MEMORY_MARGIN
     out_pixels = height * width * scale * scale
@@ -340,7 +341,7 @@ def memory_need(model, height, width, scale, *, tile, overlap, self_ensemble, ou
 
 
 def _check_memory(model, height, width, scale, tile, **kwargs):
-    from cspsr_tf import tiling
+    from cspsr_tf.infer import tiling
 
     available = tiling.available_memory_bytes()
     if available is not None:
@@ -366,13 +367,52 @@ def _check_memory_against(model, height, width, scale, tile, available, **kwargs
 
 def _whole_frame_bands(model, vis, nir, scale, keys, self_ensemble):
     """The whole-frame pass, as one band, like `tiling.iter_tiled_rows` hands them over."""
-    from cspsr_tf import tiling
+    from cspsr_tf.infer import tiling
 
     outputs = tiling.predict(
         model, _to_float(vis, "vis_rgb"), _to_float(nir, "nir")[..., np.newaxis], scale,
         self_ensemble=self_ensemble, keys=keys,
     )
     yield 0, vis.shape[0], {key: value[0] for key, value in outputs.items()}
+
+
+def _write_outputs(bands, out_path, disparity_out, dtype, lr_size, scale, max_disparity, tile):
+    """Streams the bands of rows into `--out` (and `--disparity_out`), staged: the files
+    appear only when every band is written."""
+    import tensorflow as tf
+
+    from cspsr_tf.util import atomic_files, figures
+
+    height, width = lr_size
+
+    def disparity_rows(band):
+        if _extension(disparity_out) == ".png":
+            return figures.disparity_to_color(band[..., 0], max_disparity)
+        return band[..., 0].astype(np.float32)
+
+    with atomic_files.StagedFiles() as staged:
+        outputs = {"vis_sr": _OutputFile(
+            out_path, staged, (height * scale, width * scale, 3), dtype,
+            lambda band: _sr_to_dtype(band, dtype),
+        )}
+        if disparity_out is not None:
+            png = _extension(disparity_out) == ".png"
+            outputs["disp_l"] = _OutputFile(
+                disparity_out, staged, (height, width, 3 if png else 1),
+                np.uint8 if png else np.float32, disparity_rows,
+            )
+        try:
+            for _, _, band in bands:
+                for key, output in outputs.items():
+                    output.write(band[key])
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            advice = f"a --tile smaller than {tile}" if tile else "--tile=256"
+            raise InputError(
+                f"out of memory super-resolving the {width}x{height} frame; use {advice}"
+            ) from None
+        for output in outputs.values():
+            output.finish()
+        staged.commit()
 
 
 def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=None,
@@ -390,9 +430,9 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
         geometry: None (the model's own), `stereo`, or `aligned` (a registered pair: zero
             disparity; needs a `.keras` model or training directory).
         precision: None (float32; an exported SavedModel: its own), `float32`, `bfloat16`
-            or `float16` (`precision.select_precision`).
+            or `float16` (`runtime.load_for_running`).
         ops: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or `patches`
-            (`model_io.select_ops`).
+            (`runtime.load_for_running`).
 
     Raises:
         InputError: for any problem with the arguments, the files or the memory needed;
@@ -413,36 +453,20 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             f"--out {out_path}: a 16-bit input gives a 16-bit output; use .png or .tif"
         )
 
-    from cspsr_tf.cli import quiet_tensorflow
+    from cspsr_tf.util.cli import quiet_tensorflow
 
     quiet_tensorflow()  # no CUDA / oneDNN start-up lines around our one-line errors
-    import tensorflow as tf
 
-    from cspsr_tf import atomic_files, figures, model_io, tiling
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import runtime
+    from cspsr_tf.model.precision import model_precision
 
     try:
-        model, config = model_io.load_model(model_path)
+        model, config = runtime.load_for_running(model_path, geometry, precision, ops)
+    except runtime.RunSetupError as error:
+        raise InputError(str(error)) from None
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"--model {model_path}: cannot load ({error})") from None
-    if geometry is not None:
-        if config is None:
-            raise InputError(
-                f"--geometry: {model_path} carries no CSPSR config (an exported SavedModel?); "
-                "export it with --geometry instead"
-            )
-        from cspsr_tf.model import with_geometry
-
-        model, config = with_geometry(model, config, geometry)
-    from cspsr_tf.precision import model_precision, select_precision
-
-    try:
-        model = select_precision(model, config, precision)
-    except ValueError as error:
-        raise InputError(f"--precision={precision}: {error}") from None
-    try:
-        model, config = model_io.select_ops(model, config, ops)
-    except ValueError as error:
-        raise InputError(f"--ops={ops}: {error}") from None
     max_disparity, _ = tiling.model_geometry(model)
     if disparity_out is not None and not max_disparity:
         raise InputError(
@@ -467,41 +491,15 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             self_ensemble=self_ensemble, stats=stats,
         )
 
-    def disparity_rows(band):
-        if _extension(disparity_out) == ".png":
-            return figures.disparity_to_color(band[..., 0], max_disparity)
-        return band[..., 0].astype(np.float32)
-
-    with atomic_files.StagedFiles() as staged:
-        outputs = {"vis_sr": _OutputFile(
-            out_path, staged, (height * scale, width * scale, 3), vis.dtype,
-            lambda band: _sr_to_dtype(band, vis.dtype),
-        )}
-        if disparity_out is not None:
-            png = _extension(disparity_out) == ".png"
-            outputs["disp_l"] = _OutputFile(
-                disparity_out, staged, (height, width, 3 if png else 1),
-                np.uint8 if png else np.float32, disparity_rows,
-            )
-        try:
-            for _, _, band in bands:
-                for key, output in outputs.items():
-                    output.write(band[key])
-        except (tf.errors.ResourceExhaustedError, MemoryError):
-            advice = f"a --tile smaller than {tile}" if tile else "--tile=256"
-            raise InputError(
-                f"out of memory super-resolving the {width}x{height} frame; use {advice}"
-            ) from None
-        for output in outputs.values():
-            output.finish()
-        staged.commit()
+    _write_outputs(bands, out_path, disparity_out, vis.dtype, (height, width), scale,
+                   max_disparity, tile)
     stats.update(scale=scale, output_size=(width * scale, height * scale))
     logging.info("Wrote %s (%dx%d)", out_path, width * scale, height * scale)
     return stats
 
 
 def main(argv):
-    from cspsr_tf.cli import fail
+    from cspsr_tf.util.cli import fail
 
     if len(argv) > 1:
         fail("predict", f"unexpected arguments: {' '.join(argv[1:])}")
@@ -520,4 +518,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "predict")

@@ -10,11 +10,11 @@ directory (config.json + checkpoints/); a SavedModel export is refused (convert 
 came from). The file uses LiteRT builtin ops only (runs on the plain `ai-edge-litert` runtime,
 XNNPACK on CPU) and has one signature, `serving_default`: float32 `vis_lr` [1, h, w, 3] and
 `nir_lr` [1, h, w, 1] in [0, 1] -> `vis_sr` [1, h*s, w*s, 3], plus `disp_l`, `disp_r`
-[1, h, w, 1] for models with a CVM. Run it with `cspsr_tf.litert_export.LiteRTRunner`.
+[1, h, w, 1] for models with a CVM. Run it with `cspsr_tf.export.litert_export.LiteRTRunner`.
 
 The input size is FIXED at --lr_size: LiteRT cannot resize a fixed-size file
 (resize_tensor_input fails in the XNNPACK delegate). `--lr_size dynamic` converts for any size
-(resized at run time), with or without the CVM. See cspsr_tf/litert_export.py.
+(resized at run time), with or without the CVM. See cspsr_tf/export/litert_export.py.
 
 Exit status: 0 on success; 2 with one line on stderr when the model is missing, unreadable or
 does not convert, or the target exists without --overwrite (nothing is written then).
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from cspsr_tf.cli import fail, quiet_library_logs, quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main  # noqa: E402
 
 PROGRAM = "export_litert"
 VARIANTS = ("float32", "float16", "dynamic_int8")  # litert_export.VARIANTS (checked there)
@@ -76,7 +76,7 @@ def main(argv):
     quiet_tensorflow()
     import tensorflow as tf
 
-    from cspsr_tf import litert_export
+    from cspsr_tf.export import litert_export
 
     quiet_library_logs()
     try:
@@ -94,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "export_litert")

@@ -5,7 +5,7 @@
 
 `--model` is a `.keras` file (with its `.config.json` sidecar when present) or a training
 directory (config.json + checkpoints/). The SavedModel has the signatures `serving_default`
-(uint8 images) and `serving_float` (float32 in [0, 1]); see cspsr_tf/export.py and
+(uint8 images) and `serving_float` (float32 in [0, 1]); see cspsr_tf/export/savedmodel_export.py and
 export/SERVING.md. TensorFlow Serving expects numbered versions: export to `<dir>/1`.
 `--precision bfloat16` (or float16) exports a graph that computes in that precision, with
 float32 / uint8 inputs and outputs as always; the precision is recorded in
@@ -25,15 +25,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, Python puts export/ (not the repository root) on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import fail, quiet_library_logs, quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main  # noqa: E402
 
 quiet_tensorflow()
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from cspsr_tf import export  # noqa: E402
-from cspsr_tf.precision import PRECISIONS  # noqa: E402
+from cspsr_tf.export import savedmodel_export  # noqa: E402
+from cspsr_tf.model.precision import PRECISIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras file or a training directory.")
@@ -70,7 +70,7 @@ def main(argv):
     if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
         fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
     try:
-        out_dir = export.export_from_path(
+        out_dir = savedmodel_export.export_from_path(
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,
             geometry=FLAGS.geometry, precision=FLAGS.precision, ops=FLAGS.ops,
         )
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "export_savedmodel")

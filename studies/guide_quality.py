@@ -30,7 +30,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -58,9 +58,9 @@ def measure(model, config, degraded, clean):
     import keras
     import tensorflow as tf
 
-    from cspsr_tf.layers.cross_spectral_similarity import local_ncc_squared, luminance
-    from cspsr_tf.layers.guided_filter import guided_filter
-    from cspsr_tf.model import with_geometry
+    from cspsr_tf.model.build import with_geometry
+    from cspsr_tf.model.layers.guided_filter import guided_filter
+    from cspsr_tf.ops.cross_spectral_similarity import local_ncc_squared, luminance
 
     if config is None or not config.nir_guided_filter_radius:
         raise ValueError("the model has no NIR-guided filter (nir_guided_filter_radius is 0)")
@@ -95,7 +95,7 @@ def measure(model, config, degraded, clean):
 
 def main(argv):
     del argv
-    from cspsr_tf.cli import fail, quiet_library_logs
+    from cspsr_tf.util.cli import fail, quiet_library_logs
 
     quiet_library_logs()
     try:
@@ -105,7 +105,8 @@ def main(argv):
 
 
 def run(f):
-    from cspsr_tf import model_io, tiling
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
 
     splits = [s for s in f.split.split(",") if s]
     result = {"splits": splits, "degradation": f.degradation, "models": {}}

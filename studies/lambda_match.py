@@ -22,14 +22,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from cspsr_tf.configs import CVM_NORMALIZATIONS  # noqa: E402
+from cspsr_tf.model.configs import CVM_NORMALIZATIONS  # noqa: E402
 from studies import default_out  # noqa: E402
 
 NAME = "lambda_match"
@@ -47,10 +47,10 @@ flags.DEFINE_bool("smoke", False, "tiny preset, 2 + 2 steps.")
 
 def main(argv):
     del argv
-    from cspsr_tf import model_io
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.disparity_eval import measure_disparity
-    from cspsr_tf.evaluation import evaluate_dataset
+    from cspsr_tf.evaluate.disparity_eval import measure_disparity
+    from cspsr_tf.evaluate.evaluation import evaluate_dataset
+    from cspsr_tf.model import model_io
 
     preset, cvm_steps, steps = ("tiny", 2, 2) if FLAGS.smoke else ("small", FLAGS.cvm_steps, FLAGS.steps)
     data_dir = os.path.join(FLAGS.work_dir, "tfds")

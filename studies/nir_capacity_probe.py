@@ -28,7 +28,7 @@ checked against the JSON's), HR VIS and HR NIR as the project's pipeline gives t
 (`pipeline.make_eval_dataset`: cropped to a multiple of `scale`), as lossless WebP, in parts of
 at most `--part_mib` MiB, so that each part travels to a GPU machine in one call. The LR inputs
 are made where the probe trains, with PIL's float bicubic, which equals the project's TF
-antialiased bicubic (`cspsr_tf/data/resize.py`; a test checks it again).
+antialiased bicubic (`cspsr_tf/ops/resize.py`; a test checks it again).
 
 Training (`--train`, any Keras 3 backend): every network of the run is trained at once, on
 the same batches: one Keras model holds them all (they share no weights) and its loss is the
@@ -47,7 +47,7 @@ in files of at most 15 MiB, with `train.json` (steps, time per step, final losse
 Scoring (`--score`, needs TensorFlow): the same networks with those weights, on the registered
 test frames of the split, with the inputs `evaluate.py` gives them (`nir_usage.load_frames`:
 the same noise draws), each frame whole, the SR quantised to 8 bits, PSNR on Y with `scale`
-pixels shaved (the standard protocol: `cspsr_tf.metrics.psnr`, as `evaluate.py` scores).
+pixels shaved (the standard protocol: `cspsr_tf.ops.metrics.psnr`, as `evaluate.py` scores).
 So the figures compare directly with the `nir_benefit` rows on these 42 frames.
 """
 
@@ -82,7 +82,7 @@ def pack_frames(results_path, conditions, data_dir, manual_dir, scale, out_dir, 
     `part_mib` MiB, so that each travels in one call; every part holds `meta.json`.
     """
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.evaluation import quantize
+    from cspsr_tf.evaluate.evaluation import quantize
 
     with open(results_path) as f:
         results = json.load(f)
@@ -148,7 +148,7 @@ def write_pack(out_dir, meta, frames, part_mib):
 
 
 def bicubic_downscale(image, scale):
-    """TF's antialiased bicubic downscaling (`cspsr_tf.data.resize`) with PIL's float images.
+    """TF's antialiased bicubic downscaling (`cspsr_tf.ops.resize`) with PIL's float images.
 
     `resize.py` measured PIL's float ("F") bicubic equal to TF's to float32 rounding; a test
     checks it again. uint8 [H, W, C] in, float32 [H/scale, W/scale, C] in [0, 1] out."""
@@ -387,8 +387,8 @@ def score(model, test, scale):
 
     `test`: {condition: [(hr uint8, vis_lr, nir_lr)]}, the same frames in the same order for
     every condition of the model. Needs TensorFlow (the project's metrics)."""
-    from cspsr_tf.evaluation import quantize
-    from cspsr_tf.metrics import psnr
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.ops.metrics import psnr
 
     names = list(model.output_names)
     per_frame = {n: [] for n in names}
@@ -537,7 +537,7 @@ def main(argv):
     if len(modes) != 1:
         raise app.UsageError("give exactly one of --pack=DIR, --train=PACK_DIR or --score=WEIGHTS_DIR")
     if FLAGS.pack or FLAGS.score:
-        from cspsr_tf.cli import quiet_tensorflow
+        from cspsr_tf.util.cli import quiet_tensorflow
 
         quiet_tensorflow()
     if FLAGS.pack:

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -75,8 +75,9 @@ def evaluate_steps(folder, steps, split, condition):
     weights of each `ckpt-<step>`."""
     import tensorflow as tf
 
-    from cspsr_tf import evaluation, model_io
     from cspsr_tf.data import pipeline, sources
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.model import model_io
 
     model, config = model_io.load_model(os.path.join(folder, "final.keras"))
     # Evaluation datasets are deterministic (degradation seeds by frame position): built once.

@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -125,8 +125,8 @@ def restore(method, param, vis, nir):
 
 
 def score(method, param, frames, gain):
-    from cspsr_tf.data.resize import bicubic_upscale
-    from cspsr_tf.metrics import psnr
+    from cspsr_tf.ops.metrics import psnr
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     values = []
     for _, vis_lr, nir_lr, hr, _ in frames:

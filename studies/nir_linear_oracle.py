@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -150,7 +150,7 @@ def y_psnr(pred_y, hr_y, scale):
 
 def _frame_arrays(frame):
     """(vis [h,w,3], nir [h,w,1], HR luma [H,W]) of a `nir_usage.load_frames` entry."""
-    from cspsr_tf.metrics import rgb_to_y
+    from cspsr_tf.ops.metrics import rgb_to_y
 
     _, vis_lr, nir_lr, hr, _ = frame
     return vis_lr[0], nir_lr[0], rgb_to_y(hr)
@@ -158,8 +158,8 @@ def _frame_arrays(frame):
 
 def measure(train_frames, test_frames, scale, radius):
     """{fit: {feature set or "bicubic": mean PSNR over the test frames}} and per-frame values."""
-    from cspsr_tf.data.resize import bicubic_upscale
-    from cspsr_tf.metrics import rgb_to_y
+    from cspsr_tf.ops.metrics import rgb_to_y
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     # One VIS+NIR design matrix per frame; the VIS-only fits use its VIS and constant columns.
     columns = {feature_set: feature_columns(feature_set, radius) for feature_set in FEATURE_SETS}

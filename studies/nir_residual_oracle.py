@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.cli import quiet_tensorflow  # noqa: E402
+from cspsr_tf.util.cli import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
@@ -182,10 +182,11 @@ def mlp_cross_fit(frames, net_ys, scale, net_radius, radius, epochs, hidden=128,
 
 def network_lumas(model_path, frames):
     """The model's SR luma on each frame, run and quantised as `evaluate.py` does."""
-    from cspsr_tf import model_io, tiling
-    from cspsr_tf.evaluation import quantize
-    from cspsr_tf.metrics import rgb_to_y
-    from cspsr_tf.model import with_geometry
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.model import model_io
+    from cspsr_tf.model.build import with_geometry
+    from cspsr_tf.ops.metrics import rgb_to_y
 
     stereo_model, config = model_io.load_model(model_path)
     scale = tiling.model_scale(stereo_model, config)
@@ -213,7 +214,7 @@ def find_rows(results_list, wanted):
 def main(argv):
     del argv
     from benchmarks.nir_usage import load_frames
-    from cspsr_tf.metrics import rgb_to_y
+    from cspsr_tf.ops.metrics import rgb_to_y
 
     results_list = []
     for path in FLAGS.results:

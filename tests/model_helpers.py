@@ -45,8 +45,8 @@ def perturb_weights(model, seed=0, stddev=0.02):
 
 def tiny_perturbed_model(scale=2, ablation="full", seed=0):
     """(model, config): the `tiny` preset with perturbed weights (see `perturb_weights`)."""
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     config = get_config("tiny", ablation, scale=scale)
     return perturb_weights(build_cspsr(config), seed=seed), config

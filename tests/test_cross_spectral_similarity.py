@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.layers.cross_spectral_similarity import (
+from cspsr_tf.ops.cross_spectral_similarity import (
     NCC_RELATIVE_FLOOR,
     NCC_WINDOW_SIGMA,
     gaussian_blur,

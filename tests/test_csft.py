@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from cspsr_tf.layers.csft import CSFT
+from cspsr_tf.model.layers.csft import CSFT
 from tests.layer_test_utils import run_layer_checks
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cspsr_tf.layers.cvm import CrossViewMatching
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from cspsr_tf.model.layers.cvm import CrossViewMatching
+from cspsr_tf.ops.warp import warp_by_disparity
 from tests.cross_spectral_pairs import cross_spectral_scene
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.layers.disparity_warp import DisparityWarp, warp_by_disparity
+from cspsr_tf.model.layers.disparity_warp import DisparityWarp, warp_by_disparity
 from tests.layer_test_utils import run_layer_checks
 
 
@@ -129,7 +129,7 @@ def test_layer_checks_and_bad_direction():
 
 
 def test_warp_converts_to_litert_with_any_size_and_matches_numpy():
-    # The LiteRT export (cspsr_tf/litert_export.py) needs the warp in builtin ops for inputs
+    # The LiteRT export (cspsr_tf/export/litert_export.py) needs the warp in builtin ops for inputs
     # of unknown height and width; the numbers must stay those of the numpy reference.
     from ai_edge_litert.interpreter import Interpreter
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.layers.dynamic_conv import DynamicConv, apply_per_pixel_kernels
+from cspsr_tf.model.layers.dynamic_conv import DynamicConv, apply_per_pixel_kernels
 from tests.layer_test_utils import run_layer_checks
 
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from skimage.metrics import peak_signal_noise_ratio
 
-from cspsr_tf import model_io
+from cspsr_tf.model import model_io
 from tests.conftest import ROOT
 from tests.model_helpers import tiny_perturbed_model
 
@@ -112,11 +112,11 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
 def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
     synthetic_data_dir, tiny_model_path, tmp_path
 ):
-    from cspsr_tf import export
+    from cspsr_tf.export import savedmodel_export
 
     model, config = model_io.load_model(tiny_model_path)  # perturbed weights
     keras_path = tiny_model_path
-    saved = export.export_savedmodel(model, config, str(tmp_path / "exported"))
+    saved = savedmodel_export.export_savedmodel(model, config, str(tmp_path / "exported"))
     numbers = {}
     for name, path in (("keras", keras_path), ("savedmodel", saved)):
         out = tmp_path / name
@@ -132,8 +132,8 @@ def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
 
 
 def test_evaluate_in_bfloat16_gives_the_float32_numbers(synthetic_data_dir, tiny_model_path, tmp_path):
-    from cspsr_tf import evaluation
     from cspsr_tf.data import pipeline, sources
+    from cspsr_tf.evaluate import evaluation
 
     out = tmp_path / "bf16"
     result = run_evaluate([f"--model={tiny_model_path}", f"--data_dir={synthetic_data_dir}",

@@ -1,4 +1,4 @@
-"""Tests of cspsr_tf.evaluation on a tiny random model and a tiny in-memory dataset.
+"""Tests of cspsr_tf.evaluate.evaluation on a tiny random model and a tiny in-memory dataset.
 
 Expected numbers are recomputed here with numpy, OpenCV and scikit-image from the model's
 raw outputs and the LR inputs, never taken from the evaluation code.
@@ -16,10 +16,11 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
-from cspsr_tf import evaluation, tiling  # noqa: E402
-from cspsr_tf.configs import get_config  # noqa: E402
 from cspsr_tf.data.pipeline import make_eval_dataset  # noqa: E402
-from cspsr_tf.model import build_cspsr  # noqa: E402
+from cspsr_tf.evaluate import evaluation  # noqa: E402
+from cspsr_tf.infer import tiling  # noqa: E402
+from cspsr_tf.model.build import build_cspsr  # noqa: E402
+from cspsr_tf.model.configs import get_config  # noqa: E402
 
 SCALE = 2
 HEIGHT, WIDTH = 24, 34

@@ -1,4 +1,4 @@
-"""Tests of the SavedModel export (cspsr_tf/export.py) and its entry point.
+"""Tests of the SavedModel export (cspsr_tf/export/savedmodel_export.py) and its entry point.
 
 A single tiny CSPSR export is shared by the module (each export costs seconds); its weights
 are perturbed (tests/model_helpers.py), so its output is not the bicubic skip and a network
@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf import export, model_io, scratch_dirs
-from cspsr_tf.configs import get_config
-from cspsr_tf.data.resize import bicubic_upscale
-from cspsr_tf.model import build_cspsr
-from cspsr_tf.model_io import save_model
+from cspsr_tf.export import savedmodel_export
+from cspsr_tf.model import model_io
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import get_config
+from cspsr_tf.model.model_io import save_model
+from cspsr_tf.ops.resize import bicubic_upscale
+from cspsr_tf.util import scratch_dirs
 from tests.model_helpers import tiny_perturbed_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +58,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     model, config = tiny
-    return export.export_savedmodel(model, config, str(tmp_path_factory.mktemp("export") / "cspsr"))
+    return savedmodel_export.export_savedmodel(model, config, str(tmp_path_factory.mktemp("export") / "cspsr"))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_export_writes_saved_model_and_metadata_and_no_temporary_dir(exported, t
     (tmp_path / "plain").mkdir()
     assert os.stat(exported).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
     assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
-    with open(os.path.join(exported, export.METADATA_FILE)) as f:
+    with open(os.path.join(exported, savedmodel_export.METADATA_FILE)) as f:
         metadata = json.load(f)
     assert metadata["scale"] == SCALE
     assert metadata["model_config"]["channels"] == 8
@@ -244,13 +246,13 @@ def test_saved_model_cli_run_on_npy_files(tiny, exported, tmp_path):
 
 def test_replicate_pad_to_multiple_matches_numpy_edge_pad():
     images = np.random.default_rng(5).random((2, 5, 3, 2)).astype(np.float32)
-    got = export.replicate_pad_to_multiple(tf.constant(images), 4).numpy()
+    got = savedmodel_export.replicate_pad_to_multiple(tf.constant(images), 4).numpy()
     want = np.pad(images, [(0, 0), (0, 3), (0, 1), (0, 0)], mode="edge")
     np.testing.assert_array_equal(got, want)
 
 
 def test_padding_multiple_crops_outputs_back_exactly(upsampler):
-    module = export.CSPSRServingModule(upsampler, SCALE, multiple=8)
+    module = savedmodel_export.CSPSRServingModule(upsampler, SCALE, multiple=8)
     vis = np.random.default_rng(6).random((1, 37, 53, 3)).astype(np.float32)
     got = module.serve_float(tf.constant(vis), tf.zeros([1, 37, 53, 1]))
     assert set(got) == {"vis_sr"}  # no CVM, no disparities
@@ -287,7 +289,7 @@ def test_float_signature_tolerates_resampling_overshoot(loaded):
 def test_crash_during_save_leaves_no_target_and_no_temporary_dir(upsampler, tmp_path, monkeypatch):
     monkeypatch.setattr(tf.saved_model, "save", _crashing_save)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
+        savedmodel_export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
     assert os.listdir(tmp_path) == []
 
 
@@ -306,7 +308,7 @@ def test_an_interrupted_exports_temporary_dir_is_removed_by_the_next_export(upsa
         os.utime(path, (1, 1))
     live_lock = scratch_dirs._try_lock(str(live))
     try:
-        export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
+        savedmodel_export.export_savedmodel(upsampler, None, str(tmp_path / "model"))
     finally:
         os.close(live_lock)
     names = {live.name, young.name, "model", *(p.name for p in others)}
@@ -318,7 +320,7 @@ def test_existing_target_is_kept_without_overwrite(upsampler, tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("old")
     with pytest.raises(FileExistsError, match=re.escape(str(target))):
-        export.export_savedmodel(upsampler, None, str(target))
+        savedmodel_export.export_savedmodel(upsampler, None, str(target))
     assert os.listdir(tmp_path) == ["model"]
     assert os.listdir(target) == ["keep.txt"]
 
@@ -327,7 +329,7 @@ def test_overwrite_replaces_the_target(upsampler, tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    export.export_savedmodel(upsampler, None, str(target), overwrite=True)
+    savedmodel_export.export_savedmodel(upsampler, None, str(target), overwrite=True)
     assert os.listdir(tmp_path) == ["model"]
     assert "stale.txt" not in os.listdir(target)
     assert os.path.isfile(target / "saved_model.pb")
@@ -343,7 +345,7 @@ def test_crash_during_overwrite_keeps_the_old_target(upsampler, tmp_path, monkey
     (target / "keep.txt").write_text("old")
     monkeypatch.setattr(tf.saved_model, "save", _crashing_save)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export.export_savedmodel(upsampler, None, str(target), overwrite=True)
+        savedmodel_export.export_savedmodel(upsampler, None, str(target), overwrite=True)
     assert os.listdir(tmp_path) == ["model"]
     assert (target / "keep.txt").read_text() == "old"
 
@@ -377,7 +379,7 @@ def test_cli_precision_bfloat16_is_recorded_and_an_unknown_one_exits_2(tiny, tmp
     result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
                    "--precision", "bfloat16"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    metadata = json.loads((out / savedmodel_export.METADATA_FILE).read_text())
     assert metadata["precision"] == "bfloat16"
     assert metadata["model_config"]["dynamic_conv_implementation"] == "fused"  # the default
     assert not (tmp_path / "bad").exists()
@@ -392,7 +394,7 @@ def test_cli_ops_shift_exports_a_graph_without_xla_functions(tiny, tmp_path):
     result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
                    "--ops", "shift"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    metadata = json.loads((out / export.METADATA_FILE).read_text())
+    metadata = json.loads((out / savedmodel_export.METADATA_FILE).read_text())
     assert metadata["model_config"]["dynamic_conv_implementation"] == "shift"
     graph = (out / "saved_model.pb").read_bytes()
     assert b"_XlaMustCompile" not in graph
@@ -418,7 +420,7 @@ def test_export_from_path_names_a_corrupt_keras_file(tmp_path):
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip archive")
     with pytest.raises(ValueError, match=re.escape(str(corrupt))) as info:
-        export.export_from_path(str(corrupt), str(tmp_path / "saved"))
+        savedmodel_export.export_from_path(str(corrupt), str(tmp_path / "saved"))
     assert "not a valid .keras file" in str(info.value)
     assert "not found" not in str(info.value).lower()
     assert os.listdir(tmp_path) == ["corrupt.keras"]
@@ -430,10 +432,10 @@ def test_export_from_path_checks_the_target_before_loading(upsampler, tmp_path):
     (out / "keep.txt").write_text("old")
     # The model path does not exist: the target check comes first.
     with pytest.raises(FileExistsError, match=re.escape(str(out))):
-        export.export_from_path(str(tmp_path / "missing.keras"), str(out))
+        savedmodel_export.export_from_path(str(tmp_path / "missing.keras"), str(out))
     keras_path = str(tmp_path / "model.keras")
     upsampler.save(keras_path)  # no config sidecar: the scale is measured
-    export.export_from_path(keras_path, str(out), overwrite=True)
+    savedmodel_export.export_from_path(keras_path, str(out), overwrite=True)
     assert os.path.isfile(out / "saved_model.pb") and not os.path.exists(out / "keep.txt")
 
 
@@ -441,7 +443,7 @@ def test_export_for_a_registered_camera_serves_zero_disparity(tiny, tmp_path):
     model, config = tiny
     path = str(tmp_path / "tiny.keras")
     model_io.save_model(model, config, path)
-    out = export.export_from_path(path, str(tmp_path / "aligned"), geometry="aligned")
+    out = savedmodel_export.export_from_path(path, str(tmp_path / "aligned"), geometry="aligned")
     served = tf.saved_model.load(out).signatures["serving_float"]
     registered = build_cspsr(config.replace(geometry="aligned"))  # reference, same weights
     registered.set_weights(model.get_weights())

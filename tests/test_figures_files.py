@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cspsr_tf import atomic_files, evaluation, figures
+from cspsr_tf.evaluate import evaluation
+from cspsr_tf.util import atomic_files, figures
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_staged_files_are_removed_without_commit(tmp_path):
 @pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1),
                                              (np.uint16, 1)])
 def test_streamed_png_decodes_like_the_image(tmp_path, dtype, channels):
-    from cspsr_tf.png_writer import PngWriter
+    from cspsr_tf.infer.png_writer import PngWriter
 
     rng = np.random.default_rng(3)
     shape = (19, 11, 3) if channels == 3 else (19, 11)
@@ -86,7 +87,7 @@ def test_streamed_png_decodes_like_the_image(tmp_path, dtype, channels):
 
 
 def test_streamed_png_refuses_missing_rows(tmp_path):
-    from cspsr_tf.png_writer import PngWriter
+    from cspsr_tf.infer.png_writer import PngWriter
 
     with open(tmp_path / "short.png", "wb") as f:
         writer = PngWriter(f, 4, 3, 1, np.uint8)

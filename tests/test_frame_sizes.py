@@ -1,12 +1,12 @@
 """Frame sizes read from encoded image headers (cspsr_tf/data/sources.py), which pick the
-default CVM patch (cspsr_tf/training.py: auto_cvm_patch_size) without decoding a split."""
+default CVM patch (cspsr_tf/train/loop.py: auto_cvm_patch_size) without decoding a split."""
 
 import cv2
 import numpy as np
 import pytest
 
 from cspsr_tf.data import sources
-from cspsr_tf.training import CVM_PATCH_SIZE_CAP, auto_cvm_patch_size
+from cspsr_tf.train.run_config import CVM_PATCH_SIZE_CAP, auto_cvm_patch_size
 
 
 @pytest.mark.parametrize("extension", [".png", ".jpg", ".bmp"])  # header, header, decoded

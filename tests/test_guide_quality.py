@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cspsr_tf.configs import get_config
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import get_config
 from studies.guide_quality import gained_psnr, measure
 from tests.test_guided_filter import numpy_guided_filter
 
@@ -55,7 +55,7 @@ def test_measure_on_a_tiny_untrained_guided_filter_model():
 def test_without_a_cvm_the_nir_guide_is_the_nir_input():
     import tensorflow as tf
 
-    from cspsr_tf.layers.cross_spectral_similarity import local_ncc_squared, luminance
+    from cspsr_tf.ops.cross_spectral_similarity import local_ncc_squared, luminance
 
     config = get_config("tiny", "full_gf", scale=2).replace(use_cvm=False)
     rng = np.random.default_rng(5)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.configs import CSPSRConfig, get_config
-from cspsr_tf.layers.guided_filter import NIRGuidedFilter, box_mean, guided_filter
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import CSPSRConfig, get_config
+from cspsr_tf.model.layers.guided_filter import NIRGuidedFilter, box_mean, guided_filter
 from tests.layer_test_utils import run_layer_checks
 from tests.model_helpers import perturb_weights
 
@@ -37,7 +37,7 @@ def numpy_guided_filter(source, guide, radius, eps):
 def bicubic_of_guided_filter(vis_lr, guide, scale, radius=2, eps=1e-4):
     """The bicubic upsampling of `numpy_guided_filter` of each colour of vis_lr [1, h, w, 3] by
     guide [h, w]: what a `full_gf_skip`-type model outputs while its residual branch is zero."""
-    from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
+    from cspsr_tf.model.layers.bicubic_upsample import BicubicUpsample
 
     filtered = np.stack([numpy_guided_filter(np.asarray(vis_lr)[0, ..., c].astype(np.float64), guide, radius, eps)
                          for c in range(3)], axis=-1)

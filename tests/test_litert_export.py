@@ -1,4 +1,4 @@
-"""Tests of the LiteRT export (cspsr_tf/litert_export.py) and its entry point.
+"""Tests of the LiteRT export (cspsr_tf/export/litert_export.py) and its entry point.
 
 Every model is a `tiny` CSPSR with perturbed weights (tests/model_helpers.py), so the output is
 not the bicubic skip. Each conversion costs seconds, so the module converts four models: a
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf import atomic_files, litert_export
-from cspsr_tf.configs import get_config
-from cspsr_tf.model import build_cspsr
-from cspsr_tf.model_io import save_model
+from cspsr_tf.export import litert_export
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import get_config
+from cspsr_tf.model.model_io import save_model
+from cspsr_tf.util import atomic_files
 from tests.model_helpers import perturb_weights, tiny_perturbed_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
-from cspsr_tf.losses import (
+from cspsr_tf.ops.warp import warp_by_disparity
+from cspsr_tf.train.losses import (
     cspsr_loss,
     cssc_loss_per_example,
     masked_mse_per_example,
@@ -73,7 +73,7 @@ def test_cssc_is_zero_for_a_correctly_shifted_right_view():
 
 
 def test_cssc_cannot_align_every_consistent_shift_gives_zero():
-    # Why the CVM needs its own matching loss (cspsr_tf/matching_losses.py): in the model the
+    # Why the CVM needs its own matching loss (cspsr_tf/train/matching_losses.py): in the model the
     # NIR output follows the CVM's warp, and L_CSSC compares it with the NIR target through the
     # SAME disparities. So whatever the true shift of the pair (here 2 LR px), every integer
     # disparity, right or wrong, gives L_CSSC = 0 for the NIR output it produces.

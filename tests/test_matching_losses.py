@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.matching_losses import (
-    cvm_matching_loss_per_example,
-    disparity_to_lr,
-    photometric_per_example,
-)
+from cspsr_tf.ops.warp import disparity_to_lr
+from cspsr_tf.train.matching_losses import cvm_matching_loss_per_example, photometric_per_example
 from tests.cross_spectral_pairs import cross_spectral_pair
 
 

@@ -1,4 +1,4 @@
-"""Tests for cspsr_tf.metrics against independent references (scikit-image, hand values)."""
+"""Tests for cspsr_tf.ops.metrics against independent references (scikit-image, hand values)."""
 
 import math
 
@@ -9,7 +9,7 @@ import tensorflow as tf
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from cspsr_tf import metrics
+from cspsr_tf.ops import metrics
 
 # Agreement with scikit-image. Both sides are float64 with the same window and border, so
 # the differences are round-off; the brief asks for 1e-3, we hold them much tighter.

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf import model_io
-from cspsr_tf.configs import ABLATIONS, PRESETS, CSPSRConfig, get_config
-from cspsr_tf.losses import cspsr_loss
-from cspsr_tf.model import build_cspsr, build_cspsr_with_training_twin, with_geometry
+from cspsr_tf.model import model_io
+from cspsr_tf.model.build import build_cspsr, build_cspsr_with_training_twin, with_geometry
+from cspsr_tf.model.configs import ABLATIONS, PRESETS, CSPSRConfig, get_config
+from cspsr_tf.train.losses import cspsr_loss
 from tests.model_helpers import perturb_weights
 
 

@@ -1,4 +1,4 @@
-"""Tests of cspsr_tf/model_io.py: what load_model says about files that are not a CSPSR model.
+"""Tests of cspsr_tf/model/model_io.py: what load_model says about files that are not a CSPSR model.
 
 Issue 9: a non-CSPSR `.keras` gave "Cannot tell the scale" deep in inference, and a corrupt
 one was reported as "File not found"; issue 10: `.keras` loading must keep Keras's safe mode.
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from cspsr_tf import model_io
+from cspsr_tf.model import model_io, runtime
 from tests.model_helpers import tiny_perturbed_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +117,7 @@ def test_model_io_does_not_import_export():
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
             imported.update(f"{node.module}.{alias.name}" for alias in node.names)
-    assert not {name for name in imported if name.startswith("cspsr_tf.export")}
+    assert not {name for name in imported if name.startswith("cspsr_tf.export.savedmodel_export")}
 
 
 def test_select_ops_rebuilds_with_the_same_weights_and_numbers(saved_tiny):
@@ -125,13 +125,13 @@ def test_select_ops_rebuilds_with_the_same_weights_and_numbers(saved_tiny):
     # the same outputs: the choice changes speed, not the numbers.
     model, path = saved_tiny
     loaded, config = model_io.load_model(path)
-    shift_model, shift_config = model_io.select_ops(loaded, config, "shift")
+    shift_model, shift_config = runtime.select_ops(loaded, config, "shift")
     assert shift_config.dynamic_conv_implementation == "shift"
     assert shift_model.get_layer("dmf1").nir_filter.implementation == "shift"
-    fused_model, fused_config = model_io.select_ops(shift_model, shift_config)  # the default
-    assert fused_config.dynamic_conv_implementation == model_io.DEFAULT_OPS == "fused"
+    fused_model, fused_config = runtime.select_ops(shift_model, shift_config)  # the default
+    assert fused_config.dynamic_conv_implementation == runtime.DEFAULT_OPS == "fused"
     assert fused_model.get_layer("dmf1").fusion.implementation == "fused"
-    same, same_config = model_io.select_ops(fused_model, fused_config, "fused")
+    same, same_config = runtime.select_ops(fused_model, fused_config, "fused")
     assert same is fused_model and same_config is fused_config
     rng = np.random.default_rng(1)
     inputs = {"vis_lr": rng.random((1, 9, 11, 3), np.float32),
@@ -145,8 +145,8 @@ def test_select_ops_refuses_unknown_ops_and_models_it_cannot_rebuild(saved_tiny)
     model, path = saved_tiny
     loaded, config = model_io.load_model(path)
     with pytest.raises(ValueError, match="ops must be one of fused, shift, patches"):
-        model_io.select_ops(loaded, config, "magic")
+        runtime.select_ops(loaded, config, "magic")
     with pytest.raises(ValueError, match="no CSPSR config"):
-        model_io.select_ops(loaded, None, "shift")
+        runtime.select_ops(loaded, None, "shift")
     # Without a config and without an explicit choice the model runs as it is.
-    assert model_io.select_ops(loaded, None) == (loaded, None)
+    assert runtime.select_ops(loaded, None) == (loaded, None)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cspsr_tf.data.degradations import apply_degradation
-from cspsr_tf.data.resize import bicubic_downscale
+from cspsr_tf.ops.resize import bicubic_downscale
 from studies import nir_capacity_probe as probe
 
 

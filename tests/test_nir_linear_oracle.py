@@ -109,8 +109,8 @@ def test_network_gains_pair_seeds_average_frames_and_let_the_first_file_win():
 
 
 def test_measure_scores_bicubic_as_the_tables_and_nested_fits_never_lose_on_their_own_frame():
-    from cspsr_tf.data.resize import bicubic_upscale
-    from cspsr_tf.metrics import psnr
+    from cspsr_tf.ops.metrics import psnr
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     rng = np.random.default_rng(4)
     s, h, w = 2, 16, 12

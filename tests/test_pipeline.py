@@ -1,4 +1,4 @@
-"""Tests of cspsr_tf.data.resize and cspsr_tf.data.pipeline on tiny in-memory datasets.
+"""Tests of cspsr_tf.ops.resize and cspsr_tf.data.pipeline on tiny in-memory datasets.
 
 Expected values come from numpy, PIL or hand computation, never from the code under test.
 """
@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cspsr_tf.data import pipeline, resize  # noqa: E402
+from cspsr_tf.data import pipeline  # noqa: E402
+from cspsr_tf.ops import resize  # noqa: E402
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float64)
 

@@ -1,4 +1,4 @@
-"""Tests of cspsr_tf/precision.py: one trained model run in float32, bfloat16 or float16.
+"""Tests of cspsr_tf/model/precision.py: one trained model run in float32, bfloat16 or float16.
 
 The model is the `tiny` preset with every weight re-drawn at random (stddev 0.05,
 `perturb_weights`): a new model's zero-initialised reconstruction convs would make `vis_sr`
@@ -19,18 +19,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf import model_io
-from cspsr_tf.configs import get_config
-from cspsr_tf.data.resize import bicubic_upscale
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
-from cspsr_tf.model import build_cspsr, build_cspsr_with_training_twin, with_geometry
-from cspsr_tf.precision import (
-    PRECISIONS,
-    model_precision,
-    policy_name,
-    select_precision,
-    with_precision,
-)
+from cspsr_tf.model import model_io
+from cspsr_tf.model.build import build_cspsr, build_cspsr_with_training_twin, with_geometry
+from cspsr_tf.model.configs import get_config
+from cspsr_tf.model.precision import PRECISIONS, model_precision, policy_name
+from cspsr_tf.model.runtime import select_precision, with_precision
+from cspsr_tf.ops.resize import bicubic_upscale
+from cspsr_tf.ops.warp import warp_by_disparity
 from tests.model_helpers import perturb_weights
 
 SCALE = 2
@@ -190,13 +185,13 @@ def test_geometry_change_keeps_the_precision_and_files_hold_float32(tiny, pair, 
 
 
 def test_export_in_bfloat16_computes_in_bfloat16_with_float32_signatures(tiny, pair, tmp_path):
-    from cspsr_tf import export
+    from cspsr_tf.export import savedmodel_export
 
     model, config = tiny
     path = str(tmp_path / "tiny.keras")
     model_io.save_model(model, config, path)
-    out = export.export_from_path(path, str(tmp_path / "bf16"), precision="bfloat16")
-    with open(os.path.join(out, export.METADATA_FILE)) as f:
+    out = savedmodel_export.export_from_path(path, str(tmp_path / "bf16"), precision="bfloat16")
+    with open(os.path.join(out, savedmodel_export.METADATA_FILE)) as f:
         assert json.load(f)["precision"] == "bfloat16"
     signatures = tf.saved_model.load(out).signatures
     got = signatures["serving_float"](vis_lr=tf.constant(pair["vis_lr"]), nir_lr=tf.constant(pair["nir_lr"]))
@@ -220,43 +215,43 @@ def test_export_in_bfloat16_computes_in_bfloat16_with_float32_signatures(tiny, p
 
 
 def test_training_precision_settings():
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, stages
 
     def resolved(**kwargs):
-        train = training.resolve_precision(training.TrainConfig(**kwargs))
+        train = run_config.resolve_precision(run_config.TrainConfig(**kwargs))
         return train.precision, train.mixed_precision
 
     assert resolved() == ("float32", False)
     assert resolved(mixed_precision=True) == ("float16", True)  # the older spelling
     assert resolved(precision="float16") == ("float16", True)
     assert resolved(precision="bfloat16") == ("bfloat16", False)
-    with pytest.raises(training.ConfigError, match="disagrees with --precision=bfloat16"):
+    with pytest.raises(run_config.ConfigError, match="disagrees with --precision=bfloat16"):
         resolved(mixed_precision=True, precision="bfloat16")
-    with pytest.raises(training.ConfigError, match="--precision='fp8' is not one of"):
+    with pytest.raises(run_config.ConfigError, match="--precision='fp8' is not one of"):
         resolved(precision="fp8")
     # Loss scaling is for float16 only: bfloat16 has float32's exponent range.
     for precision, scaled in (("float32", False), ("bfloat16", False), ("float16", True)):
-        train = training.resolve_precision(training.TrainConfig(precision=precision))
-        optimizer = training.make_optimizer(train)
+        train = run_config.resolve_precision(run_config.TrainConfig(precision=precision))
+        optimizer = stages.make_optimizer(train)
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == scaled, precision
 
 
 def test_a_run_written_before_the_precision_option_resumes(tmp_path):
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, run_dir
 
     config = get_config("tiny", scale=SCALE)
     for mixed in (False, True):
-        train = training.resolve_precision(
-            training.TrainConfig(model_dir=str(tmp_path / f"run{mixed}"), mixed_precision=mixed)
+        train = run_config.resolve_precision(
+            run_config.TrainConfig(model_dir=str(tmp_path / f"run{mixed}"), mixed_precision=mixed)
         )
         old = {"train": train.to_dict(), "model": config.to_dict()}
         del old["train"]["precision"]
         os.makedirs(train.model_dir)
         with open(os.path.join(train.model_dir, model_io.CONFIG_FILE), "w") as f:
             json.dump(old, f)
-        training.check_model_dir(train, config)  # no difference
-        other = training.resolve_precision(
-            training.TrainConfig(model_dir=train.model_dir, precision="bfloat16")
+        run_dir.check_model_dir(train, config)  # no difference
+        other = run_config.resolve_precision(
+            run_config.TrainConfig(model_dir=train.model_dir, precision="bfloat16")
         )
-        with pytest.raises(training.ConfigError, match="precision: "):
-            training.check_model_dir(other, config)
+        with pytest.raises(run_config.ConfigError, match="precision: "):
+            run_dir.check_model_dir(other, config)

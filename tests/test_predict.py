@@ -12,8 +12,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from cspsr_tf import predict, tiling  # noqa: E402
-from cspsr_tf.model_io import save_model  # noqa: E402
+from cspsr_tf import predict  # noqa: E402
+from cspsr_tf.infer import tiling  # noqa: E402
+from cspsr_tf.model.model_io import save_model  # noqa: E402
 from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
 SCALE = 2
@@ -190,8 +191,8 @@ def test_memory_estimate_of_a_large_frame(saved_model):
 
 def test_memory_estimate_counts_the_whole_frame_cvm_of_a_group_norm_model():
     """A group-norm CVM runs on the whole frame in tiled inference: memory grows with it."""
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     model = build_cspsr(get_config("tiny", scale=SCALE, cvm_normalization="group"))
     kwargs = dict(overlap=8, self_ensemble=False, out_path="sr.png")
@@ -301,7 +302,7 @@ def test_registered_geometry_predicts_with_zero_disparity(saved_model, pair, tmp
     out, disp = str(tmp_path / "sr.png"), str(tmp_path / "disp.npy")
     predict.run(model_path, vis_path, nir_path, out, disparity_out=disp, geometry="aligned")
     # Reference: the same weights in a model built for a registered rig.
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
 
     registered = build_cspsr(config.replace(geometry="aligned"))
     registered.set_weights(model.get_weights())

@@ -46,9 +46,10 @@ def test_every_preset_loads_offline_and_beats_bicubic_on_embedded_frames(name, s
     """Random or untrained weights are bicubic at best (the reconstruction starts at zero);
     the shipped ones must do better on frames they were never trained on."""
     import cspsr_tf
-    from cspsr_tf import metrics, tiling
-    from cspsr_tf.data.resize import bicubic_upscale
-    from cspsr_tf.evaluation import quantize
+    from cspsr_tf.evaluate.evaluation import quantize
+    from cspsr_tf.infer import tiling
+    from cspsr_tf.ops import metrics
+    from cspsr_tf.ops.resize import bicubic_upscale
 
     model = cspsr_tf.from_preset(name)
     gains = []
@@ -78,7 +79,7 @@ def test_a_preset_serves_registered_sensors_with_zero_disparity():
 
 
 def test_unknown_presets_and_missing_models_name_the_presets():
-    from cspsr_tf import model_io
+    from cspsr_tf.model import model_io
 
     with pytest.raises(ValueError, match="shipped presets: cspsr_small_x4"):
         presets.preset_dir("cspsr_huge_x9")

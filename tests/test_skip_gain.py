@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.configs import CSPSRConfig, get_config
-from cspsr_tf.layers.skip_gain import SkipGain
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import CSPSRConfig, get_config
+from cspsr_tf.model.layers.skip_gain import SkipGain
 from tests.layer_test_utils import run_layer_checks
 from tests.test_guided_filter import bicubic_of_guided_filter, random_pair
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
-from cspsr_tf.layers.dmf import DMF
-from cspsr_tf.layers.pixel_shuffle import PixelShuffle
-from cspsr_tf.layers.residual_block import ResidualBlock
+from cspsr_tf.model.layers.bicubic_upsample import BicubicUpsample
+from cspsr_tf.model.layers.dmf import DMF
+from cspsr_tf.model.layers.pixel_shuffle import PixelShuffle
+from cspsr_tf.model.layers.residual_block import ResidualBlock
 from tests.layer_test_utils import run_layer_checks
 
 
@@ -82,7 +82,7 @@ def test_dmf_files_saved_with_one_vis_conv_load_and_the_retired_two_are_refused(
 
 @pytest.mark.parametrize("scale,tolerance", [(2, 1e-5), (3, 1e-3), (4, 1e-5), (8, 1e-5)])
 def test_bicubic_upsample_equals_tf_resize(scale, tolerance):
-    from cspsr_tf.layers.bicubic_upsample import bicubic_upsample
+    from cspsr_tf.model.layers.bicubic_upsample import bicubic_upsample
 
     rng = np.random.default_rng(scale)
     for shape in [(2, 7, 11, 3), (1, 1, 1, 1), (1, 2, 3, 2)]:
@@ -92,7 +92,7 @@ def test_bicubic_upsample_equals_tf_resize(scale, tolerance):
 
 
 def test_bicubic_upsample_compiles_with_xla():
-    from cspsr_tf.layers.bicubic_upsample import bicubic_upsample
+    from cspsr_tf.model.layers.bicubic_upsample import bicubic_upsample
 
     x = tf.constant(np.random.rand(1, 5, 6, 3).astype(np.float32))
     compiled = tf.function(lambda t: bicubic_upsample(t, 4), jit_compile=True)

@@ -1,4 +1,4 @@
-"""Tests of cspsr_tf.tiling: tiled inference against whole-frame inference of the same model."""
+"""Tests of cspsr_tf.infer.tiling: tiled inference against whole-frame inference of the same model."""
 
 import os
 
@@ -10,9 +10,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from skimage import data  # noqa: E402
 
-from cspsr_tf import tiling  # noqa: E402
-from cspsr_tf.configs import get_config  # noqa: E402
-from cspsr_tf.model import build_cspsr  # noqa: E402
+from cspsr_tf.infer import tiling  # noqa: E402
+from cspsr_tf.model.build import build_cspsr  # noqa: E402
+from cspsr_tf.model.configs import get_config  # noqa: E402
 
 SCALE = 2
 # Odd LR size that none of the tile sizes below divides.

@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from cspsr_tf.configs import get_config
-from cspsr_tf.model import build_cspsr_with_training_twin
+from cspsr_tf.model.build import build_cspsr_with_training_twin
+from cspsr_tf.model.configs import get_config
 from tests.conftest import ROOT
 
 TINY = [
@@ -64,7 +64,7 @@ def test_two_steps_end_to_end_write_outputs(synthetic_data_dir, tmp_path):
     validation = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert validation["step"] == 2 and "bicubic/standard/psnr" in validation
     # The checkpoint holds every weight: the training directory loads as the final model.
-    from cspsr_tf import model_io
+    from cspsr_tf.model import model_io
 
     from_checkpoint, config = model_io.load_model(str(model_dir))
     final, _ = model_io.load_model(str(model_dir / "final.keras"))
@@ -136,20 +136,21 @@ MIRRORED_SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
-    from cspsr_tf import training, model_io
+    from cspsr_tf.train import loop, run_dir, stages, run_config
+    from cspsr_tf.model import model_io
     data_dir, out = sys.argv[1], sys.argv[2]
     results = {}
     for name, strategy in [
         ("single", tf.distribute.OneDeviceStrategy("/cpu:0")),
         ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
     ]:
-        train, model = training.build_configs(
+        train, model = run_config.build_configs(
             dict(dataset="nirvis_synthetic", data_dir=data_dir, preset="tiny", steps=1,
                  batch_size=4, patch_size=32, eval_every=0, model_dir=f"{out}/{name}",
                  random_downscale=False, cvm_steps=0),
             dict(scale=2),
         )
-        summary = training.run_training(train, model, strategy=strategy)
+        summary = loop.run_training(train, model, strategy=strategy)
         loaded, _ = model_io.load_model(f"{out}/{name}/final.keras")
         np.savez(f"{out}/{name}.npz", *[w.numpy() for w in loaded.weights])
         results[name] = summary["losses"]
@@ -234,7 +235,7 @@ def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
     assert "CVM initialised from" in result.stderr
 
     # The CVM weights of the SR run are those of the CVM stage (frozen, so unchanged).
-    from cspsr_tf import model_io
+    from cspsr_tf.model import model_io
 
     pre, _ = model_io.load_model(str(cvm_dir / "final.keras"))
     post, _ = model_io.load_model(str(sr_dir / "final.keras"))
@@ -265,7 +266,7 @@ def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(synthetic_data_dir
     recorded = json.loads((run / "cvm_pretrain" / "config.json").read_text())["train"]
     assert recorded["cvm_patch_size"] == smallest // 2 * 2
     assert json.loads((run / "config.json").read_text())["train"]["cvm_patch_size"] is None
-    from cspsr_tf import model_io
+    from cspsr_tf.model import model_io
 
     pre, _ = model_io.load_model(str(run / "cvm_pretrain" / "final.keras"))
     post, _ = model_io.load_model(str(run / "final.keras"))
@@ -299,8 +300,8 @@ def test_bfloat16_two_steps_and_a_disagreeing_mixed_precision(synthetic_data_dir
     assert all(np.isfinite(v) for v in losses.values())
     config = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert config["train"]["precision"] == "bfloat16" and not config["train"]["mixed_precision"]
-    from cspsr_tf import model_io
-    from cspsr_tf.precision import model_precision
+    from cspsr_tf.model import model_io
+    from cspsr_tf.model.precision import model_precision
 
     final, _ = model_io.load_model(str(tmp_path / "bf16" / "final.keras"))
     assert model_precision(final) == "float32"  # files hold float32; precision is chosen at run time
@@ -315,31 +316,31 @@ def test_bfloat16_two_steps_and_a_disagreeing_mixed_precision(synthetic_data_dir
 
 
 def test_cvm_pretraining_schedule_and_cvm_options_are_checked():
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, stages
 
-    train, model = training.build_configs(
+    train, model = run_config.build_configs(
         dict(cvm_lr_schedule="cosine", cvm_steps=40, cvm_learning_rate=1e-3),
         dict(cvm_normalization="none"),
     )
     assert model.cvm_normalization == "none"
-    pretrain = training.cvm_pretraining_config(train)
+    pretrain = run_config.cvm_pretraining_config(train)
     assert (pretrain.stage, pretrain.steps, pretrain.lr_schedule) == ("cvm", 40, "cosine")
-    schedule = training.learning_rate_schedule(pretrain)
+    schedule = stages.learning_rate_schedule(pretrain)
     # Cosine decay from 1e-3 to 1% of it over the 40 pre-training steps.
     np.testing.assert_allclose(float(schedule(0)), 1e-3, rtol=1e-6)
     np.testing.assert_allclose(float(schedule(20)), 1e-3 * (0.01 + 0.99 * 0.5), rtol=1e-5)
     np.testing.assert_allclose(float(schedule(40)), 1e-5, rtol=1e-5)
-    with pytest.raises(training.ConfigError, match="cvm_lr_schedule"):
-        training.validate_configs(*training.build_configs(dict(cvm_lr_schedule="step"), {}))
-    with pytest.raises(training.ConfigError, match="cvm_normalization"):
-        training.build_configs({}, dict(cvm_normalization="layer"))
+    with pytest.raises(run_config.ConfigError, match="cvm_lr_schedule"):
+        run_config.validate_configs(*run_config.build_configs(dict(cvm_lr_schedule="step"), {}))
+    with pytest.raises(run_config.ConfigError, match="cvm_normalization"):
+        run_config.build_configs({}, dict(cvm_normalization="layer"))
 
 
 def test_configs_of_the_retired_batch_norm_cvm_fail_in_one_line():
     # A config.json written before cvm_normalization existed describes a batch-norm CVM, which
     # was retired: loading it names the field; a config without a CVM still loads.
-    from cspsr_tf import training
-    from cspsr_tf.configs import CSPSRConfig, get_config
+    from cspsr_tf.model.configs import CSPSRConfig, get_config
+    from cspsr_tf.train import run_config, run_dir
 
     old = get_config("small").to_dict()
     del old["cvm_normalization"]
@@ -351,12 +352,12 @@ def test_configs_of_the_retired_batch_norm_cvm_fail_in_one_line():
     baseline = get_config("small", "baseline").to_dict()
     del baseline["cvm_normalization"]
     assert CSPSRConfig.from_dict(baseline).cvm_normalization == "group"
-    with pytest.raises(training.ConfigError, match="cvm_normalization"):
-        training.build_configs({}, dict(cvm_normalization="batch"))
+    with pytest.raises(run_config.ConfigError, match="cvm_normalization"):
+        run_config.build_configs({}, dict(cvm_normalization="batch"))
     # An old run's config differs from today's in that field, so resuming it is refused.
-    train, model = training.build_configs({}, {})
+    train, model = run_config.build_configs({}, {})
     old_run = {"train": train.to_dict(), "model": old}
-    differences = training._config_differences(
+    differences = run_dir._config_differences(
         old_run, {"train": train.to_dict(), "model": model.to_dict()})
     assert differences == ["cvm_normalization: None -> 'group'"]
 
@@ -364,20 +365,20 @@ def test_configs_of_the_retired_batch_norm_cvm_fail_in_one_line():
 def test_cvm_stage_recorded_before_the_auto_patch_compares_as_its_sr_patch():
     # A --stage=cvm run recorded cvm_patch_size=None when None meant "the SR patch"; now the
     # stage records the size it resolved, so the old record reads as that patch size.
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, run_dir
 
-    train, model = training.build_configs(dict(stage="cvm", patch_size=96), {})
+    train, model = run_config.build_configs(dict(stage="cvm", patch_size=96), {})
     old = {"train": {**train.to_dict(), "cvm_patch_size": None}, "model": model.to_dict()}
 
     def differences(size):
         new = {"train": {**train.to_dict(), "cvm_patch_size": size}, "model": model.to_dict()}
-        return training._config_differences(old, new)
+        return run_dir._config_differences(old, new)
 
     assert differences(96) == []
     assert differences(192) == ["cvm_patch_size: 96 -> 192"]
     sr_old = {"train": {**old["train"], "stage": "sr"}, "model": model.to_dict()}
     sr_new = {"train": {**train.to_dict(), "stage": "sr"}, "model": model.to_dict()}
-    assert training._config_differences(sr_old, sr_new) == []  # an SR run keeps None
+    assert run_dir._config_differences(sr_old, sr_new) == []  # an SR run keeps None
 
 
 def test_optional_integer_fields_get_integer_flags():
@@ -388,8 +389,8 @@ def test_optional_integer_fields_get_integer_flags():
 
     from absl import flags as absl_flags
 
-    from cspsr_tf import training
-    from cspsr_tf.cli import define_dataclass_flags
+    from cspsr_tf.train import run_config
+    from cspsr_tf.util.cli import define_dataclass_flags
 
     values = absl_flags.FlagValues()
     # The absl module's DEFINE_* functions, bound to a fresh FlagValues.
@@ -397,58 +398,58 @@ def test_optional_integer_fields_get_integer_flags():
         name: functools.partial(getattr(absl_flags, name), flag_values=values)
         for name in ("DEFINE_bool", "DEFINE_integer", "DEFINE_float", "DEFINE_string")
     })
-    define_dataclass_flags(module, training.train_config_fields(), {})
+    define_dataclass_flags(module, run_config.train_config_fields(), {})
     values(["train.py", "--cvm_patch_size=192", "--cvm_init=runs/x", "--synthetic_max_disparity=6.5"])
     assert values.cvm_patch_size == 192 and values.cvm_init == "runs/x"
     assert values.synthetic_max_disparity == 6.5  # float | None: a float flag
     with pytest.raises(absl_flags.IllegalFlagValueError):
         values(["train.py", "--cvm_patch_size=big"])
-    train, model = training.build_configs(dict(cvm_patch_size=values.cvm_patch_size), {})
-    training.validate_configs(train, model)
+    train, model = run_config.build_configs(dict(cvm_patch_size=values.cvm_patch_size), {})
+    run_config.validate_configs(train, model)
 
 
 def test_cvm_recipe_defaults_freeze_and_full_synthetic_range():
     """The SR stage keeps the pre-trained CVM fixed by default, the synthetic disparities of the
     CVM stage span the model's whole search range, and a model without a CVM trains with the
     same defaults."""
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config
 
-    train, model = training.build_configs({}, dict(max_disparity=12.0))
+    train, model = run_config.build_configs({}, dict(max_disparity=12.0))
     assert train.freeze_cvm is True and train.synthetic_max_disparity is None
-    assert training.synthetic_disparity_bound(train, model) == 12.0
-    explicit = training.build_configs(dict(synthetic_max_disparity=5.0), {})[0]
-    assert training.synthetic_disparity_bound(explicit, model) == 5.0
-    baseline_train, baseline = training.build_configs(dict(ablation="baseline"), {})
-    training.validate_configs(baseline_train, baseline)  # freeze_cvm is moot without a CVM
-    with pytest.raises(training.ConfigError, match="--cvm_init needs a model with a CVM"):
-        training.validate_configs(*training.build_configs(dict(ablation="baseline", cvm_init="x"), {}))
-    with pytest.raises(training.ConfigError, match="synthetic_max_disparity"):
-        training.validate_configs(*training.build_configs(dict(synthetic_max_disparity=-1.0), {}))
+    assert run_config.synthetic_disparity_bound(train, model) == 12.0
+    explicit = run_config.build_configs(dict(synthetic_max_disparity=5.0), {})[0]
+    assert run_config.synthetic_disparity_bound(explicit, model) == 5.0
+    baseline_train, baseline = run_config.build_configs(dict(ablation="baseline"), {})
+    run_config.validate_configs(baseline_train, baseline)  # freeze_cvm is moot without a CVM
+    with pytest.raises(run_config.ConfigError, match="--cvm_init needs a model with a CVM"):
+        run_config.validate_configs(*run_config.build_configs(dict(ablation="baseline", cvm_init="x"), {}))
+    with pytest.raises(run_config.ConfigError, match="synthetic_max_disparity"):
+        run_config.validate_configs(*run_config.build_configs(dict(synthetic_max_disparity=-1.0), {}))
 
 
 def test_degradation_is_checked_before_anything_is_written():
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config
 
-    training.validate_configs(*training.build_configs(dict(degradation="low_light:gain=0.1"), {}))
+    run_config.validate_configs(*run_config.build_configs(dict(degradation="low_light:gain=0.1"), {}))
     for bad, message in [("fog", "Unknown degradation 'fog'"),
                          ("low_light:gain=-1", "gain must be > 0"),
                          ("low_light:gain", "expected name:key=value")]:
-        with pytest.raises(training.ConfigError, match=rf"^--degradation={bad}: .*{message}"):
-            training.validate_configs(*training.build_configs(dict(degradation=bad), {}))
+        with pytest.raises(run_config.ConfigError, match=rf"^--degradation={bad}: .*{message}"):
+            run_config.validate_configs(*run_config.build_configs(dict(degradation=bad), {}))
 
 
 def test_a_run_that_ends_below_bicubic_says_so(tmp_path):
-    from cspsr_tf import training
+    from cspsr_tf.train import run_dir
 
-    assert training.last_validation(str(tmp_path)) is None
-    assert training.below_bicubic_message(None) is None
+    assert run_dir.last_validation(str(tmp_path)) is None
+    assert run_dir.below_bicubic_message(None) is None
     records = [{"step": 100, "model/standard/psnr": 30.0, "bicubic/standard/psnr": 29.0},
                {"step": 200, "model/standard/psnr": 38.39, "bicubic/standard/psnr": 39.41}]
-    with open(tmp_path / training.METRICS_FILE, "w") as f:
+    with open(tmp_path / run_dir.METRICS_FILE, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
-    last = training.last_validation(str(tmp_path))
+    last = run_dir.last_validation(str(tmp_path))
     assert last["step"] == 200
-    message = training.below_bicubic_message(last)
+    message = run_dir.below_bicubic_message(last)
     assert "BELOW bicubic" in message and "38.39 dB against 39.41 dB" in message
     assert "step 200" in message and "\n" not in message
-    assert training.below_bicubic_message(records[0]) is None
+    assert run_dir.below_bicubic_message(records[0]) is None

@@ -124,15 +124,15 @@ def test_sigterm_stops_with_exit_3(synthetic_data_dir, tmp_path):
 
 
 def test_config_comparison_ignores_location_and_spelling(tmp_path):
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, run_dir
 
     data = tmp_path / "data"
     data.mkdir()
     run = tmp_path / "run"
-    train, model = training.build_configs(
+    train, model = run_config.build_configs(
         dict(preset="tiny", model_dir=str(run), data_dir=str(data)), dict(scale=2)
     )
-    training.prepare_model_dir(train, model)
+    run_dir.prepare_model_dir(train, model)
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     (moved / "config.json").write_text((run / "config.json").read_text())
@@ -144,24 +144,24 @@ def test_config_comparison_ignores_location_and_spelling(tmp_path):
         dict(learning_rate=1e-5),  # the way out of a diverged run
     ]
     for change in same:
-        training.check_model_dir(train.__class__(**{**train.to_dict(), **change}), model)
+        run_dir.check_model_dir(train.__class__(**{**train.to_dict(), **change}), model)
     other = tmp_path / "other"
     other.mkdir()
-    with pytest.raises(training.ConfigError, match="data_dir"):
-        training.check_model_dir(
+    with pytest.raises(run_config.ConfigError, match="data_dir"):
+        run_dir.check_model_dir(
             train.__class__(**{**train.to_dict(), "data_dir": str(other)}), model
         )
 
 
 def test_a_run_with_the_guided_filter_matches_its_own_config_json(tmp_path):
-    from cspsr_tf import training
+    from cspsr_tf.train import run_config, run_dir
 
-    train, model = training.build_configs(
+    train, model = run_config.build_configs(
         dict(preset="tiny", ablation="full_gf", model_dir=str(tmp_path / "run"),
              data_dir=str(tmp_path)),
         dict(scale=2),
     )
-    training.prepare_model_dir(train, model)
-    training.check_model_dir(train, model)  # the same run: no error
-    with pytest.raises(training.ConfigError, match=r"nir_guided_filter_radius: 2 -> 3"):
-        training.check_model_dir(train, model.replace(nir_guided_filter_radius=3))
+    run_dir.prepare_model_dir(train, model)
+    run_dir.check_model_dir(train, model)  # the same run: no error
+    with pytest.raises(run_config.ConfigError, match=r"nir_guided_filter_radius: 2 -> 3"):
+        run_dir.check_model_dir(train, model.replace(nir_guided_filter_radius=3))

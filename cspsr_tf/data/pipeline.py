@@ -43,8 +43,8 @@ import tensorflow as tf
 from absl import logging
 
 from cspsr_tf.data.degradations import apply_degradation, resolve_degradation
-from cspsr_tf.data.resize import bicubic_downscale
 from cspsr_tf.data.stereo_synthesis import synthesize_stereo
+from cspsr_tf.ops.resize import bicubic_downscale
 
 # Channels of every per-pixel field of a frame; fixes static shapes after cropping.
 _CHANNELS = {"vis": 3, "nir": 1, "disparity": 1, "disparity_valid": 1}
@@ -374,6 +374,67 @@ def _string_or_default(example, key):
     return example[key] if key in example else tf.constant("")
 
 
+def _check_training_arguments(scale, hr_patch_size, batch_size, seed, random_downscale):
+    """(scale, hr_patch_size, random_downscale) checked; a one-line ValueError otherwise."""
+    scale = _check_scale(scale)
+    if isinstance(hr_patch_size, bool) or not isinstance(hr_patch_size, numbers.Integral):
+        raise ValueError(f"hr_patch_size must be an integer. Received: {hr_patch_size!r}")
+    hr_patch_size = int(hr_patch_size)
+    if hr_patch_size < 1 or hr_patch_size % scale:
+        raise ValueError(
+            "hr_patch_size must be a positive multiple of scale. "
+            f"Received: hr_patch_size={hr_patch_size}, scale={scale}"
+        )
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+    if not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
+    if random_downscale is not None:
+        random_downscale = _check_factor_range(random_downscale)
+    return scale, hr_patch_size, random_downscale
+
+
+def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_flip,
+                         degradation, synthetic_stereo_max_disparity):
+    """The per-example map of `make_training_dataset`: (index, example) -> (inputs,
+    targets), its randomness keyed by (seed, running index)."""
+    base_seed = tf.constant([int(seed), _TRAIN_STREAM], tf.int64)
+
+    def process(index, example):
+        element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+        downscale_seed, crop_seed, flip_seed, degrade_seed = tf.unstack(
+            tf.random.experimental.stateless_split(element_seed, num=4)
+        )
+        stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
+        frame = frame_from_example(example)
+        if random_downscale is not None:
+            frame = random_downscale_frame(
+                frame, downscale_seed, random_downscale, min_size=hr_patch_size
+            )
+        frame_id = example["id"] if "id" in example else None
+        frame = random_crop_frame(frame, hr_patch_size, crop_seed, frame_id=frame_id)
+        if vertical_flip:
+            frame = random_vertical_flip_frame(frame, flip_seed)
+        stereo = is_stereo_example(example)
+        if synthetic_stereo_max_disparity:
+            frame, stereo = with_synthetic_stereo(
+                frame, stereo, stereo_seed, float(synthetic_stereo_max_disparity)
+            )
+        inputs, targets = prepare_pair(
+            frame["vis"],
+            frame["nir"],
+            scale,
+            disparity=frame.get("disparity"),
+            disparity_valid=frame.get("disparity_valid"),
+            degradation=degradation,
+            seed=degrade_seed,
+        )
+        targets["stereo"] = stereo
+        return inputs, targets
+
+    return process
+
+
 def make_training_dataset(
     ds,
     *,
@@ -421,21 +482,9 @@ def make_training_dataset(
         ValueError: for a bad argument, or a source without `vis`/`nir`. A frame smaller than
             the patch stops iteration with `tf.errors.InvalidArgumentError` naming its id.
     """
-    scale = _check_scale(scale)
-    if isinstance(hr_patch_size, bool) or not isinstance(hr_patch_size, numbers.Integral):
-        raise ValueError(f"hr_patch_size must be an integer. Received: {hr_patch_size!r}")
-    hr_patch_size = int(hr_patch_size)
-    if hr_patch_size < 1 or hr_patch_size % scale:
-        raise ValueError(
-            "hr_patch_size must be a positive multiple of scale. "
-            f"Received: hr_patch_size={hr_patch_size}, scale={scale}"
-        )
-    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
-    if not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
-    if random_downscale is not None:
-        random_downscale = _check_factor_range(random_downscale)
+    scale, hr_patch_size, random_downscale = _check_training_arguments(
+        scale, hr_patch_size, batch_size, seed, random_downscale
+    )
     degradation_name, degradation_params = resolve_degradation(degradation)
     degradation = {"name": degradation_name, **degradation_params}
     has_disparity = _check_source(ds, min_size=hr_patch_size)
@@ -446,40 +495,10 @@ def make_training_dataset(
         degradation, shuffle_buffer, has_disparity,
     )
 
-    base_seed = tf.constant([int(seed), _TRAIN_STREAM], tf.int64)
-
-    def process(index, example):
-        element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        downscale_seed, crop_seed, flip_seed, degrade_seed = tf.unstack(
-            tf.random.experimental.stateless_split(element_seed, num=4)
-        )
-        stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
-        frame = frame_from_example(example)
-        if random_downscale is not None:
-            frame = random_downscale_frame(
-                frame, downscale_seed, random_downscale, min_size=hr_patch_size
-            )
-        frame_id = example["id"] if "id" in example else None
-        frame = random_crop_frame(frame, hr_patch_size, crop_seed, frame_id=frame_id)
-        if vertical_flip:
-            frame = random_vertical_flip_frame(frame, flip_seed)
-        stereo = is_stereo_example(example)
-        if synthetic_stereo_max_disparity:
-            frame, stereo = with_synthetic_stereo(
-                frame, stereo, stereo_seed, float(synthetic_stereo_max_disparity)
-            )
-        inputs, targets = prepare_pair(
-            frame["vis"],
-            frame["nir"],
-            scale,
-            disparity=frame.get("disparity"),
-            disparity_valid=frame.get("disparity_valid"),
-            degradation=degradation,
-            seed=degrade_seed,
-        )
-        targets["stereo"] = stereo
-        return inputs, targets
-
+    process = _training_example_fn(
+        scale, hr_patch_size, seed, random_downscale, vertical_flip, degradation,
+        synthetic_stereo_max_disparity,
+    )
     if shuffle_buffer:
         # Shuffle whole frames before repeating so every epoch sees a new order.
         ds = ds.shuffle(int(shuffle_buffer), seed=int(seed), reshuffle_each_iteration=True)

@@ -17,7 +17,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf import scratch_dirs
+from cspsr_tf.util import scratch_dirs
 
 DATASETS = ("nirvis_synthetic", "nirvis_folder", "rgb_nir_stereo", "nirscene", "ranus")
 # Builders that read files the user downloaded by hand.

@@ -27,7 +27,7 @@ in `tf.function` and in `Dataset.map`.
 
 import tensorflow as tf
 
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from cspsr_tf.ops.warp import warp_by_disparity
 
 FIXED_POINT_ITERATIONS = 8
 # A left pixel is valid when d_l and d_r warped to the left agree to this many HR pixels.

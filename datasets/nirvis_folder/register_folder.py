@@ -28,9 +28,9 @@ from pathlib import Path
 from absl import app, flags
 from etils import epath
 
-from cspsr_tf import scratch_dirs
-from cspsr_tf.cli import fail
 from cspsr_tf.data import registration
+from cspsr_tf.util import scratch_dirs
+from cspsr_tf.util.cli import fail
 from datasets import _common
 from datasets.nirvis_folder import nirvis_folder_dataset_builder as folder
 

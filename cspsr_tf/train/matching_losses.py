@@ -30,9 +30,9 @@ Examples flagged as registered (`stereo` = 0) contribute only their supervised t
 
 import tensorflow as tf
 
-from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, local_ncc_squared, luminance
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
-from cspsr_tf.losses import masked_mean_per_example
+from cspsr_tf.ops.cross_spectral_similarity import gaussian_blur, local_ncc_squared, luminance
+from cspsr_tf.ops.warp import warp_by_disparity
+from cspsr_tf.train.losses import masked_mean_per_example
 
 STRUCTURE_SIGMAS = (0.0, 1.0, 2.0)
 OCCLUDED_WEIGHT = 0.2
@@ -84,21 +84,6 @@ def consistency_per_example(disp_l, disp_r):
     return masked_mean_per_example(tf.abs(disp_l - disp_r_in_left), inside_l) + masked_mean_per_example(
         tf.abs(disp_r - disp_l_in_right), inside_r
     )
-
-
-def disparity_to_lr(disparity_hr, valid_hr, scale):
-    """HR disparity (HR pixels) and mask -> LR disparity (LR pixels) and mask.
-
-    The disparity is averaged over each scale x scale block and divided by the scale; an LR
-    pixel is valid only when its whole block is.
-    """
-    disparity_hr = tf.cast(disparity_hr, tf.float32)
-    valid_hr = tf.cast(valid_hr, tf.float32)
-    if scale == 1:
-        return disparity_hr, valid_hr
-    disparity = tf.nn.avg_pool2d(disparity_hr, scale, scale, "VALID") / float(scale)
-    valid = -tf.nn.max_pool2d(-valid_hr, scale, scale, "VALID")
-    return disparity, valid
 
 
 def supervised_per_example(disp_l, pyramid, gt, valid):

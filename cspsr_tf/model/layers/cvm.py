@@ -5,10 +5,10 @@ import math
 import keras
 import tensorflow as tf
 
-from cspsr_tf.configs import CVM_NORMALIZATIONS
-from cspsr_tf.layers.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
-from cspsr_tf.layers.replicas import several_replicas
+from cspsr_tf.model.configs import CVM_NORMALIZATIONS
+from cspsr_tf.model.layers.replicas import several_replicas
+from cspsr_tf.ops.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
+from cspsr_tf.ops.warp import warp_by_disparity
 
 GEOMETRIES = ("stereo", "aligned")
 # After each encoder/decoder convolution: `batch` norm, `group` norm (per example: the same in

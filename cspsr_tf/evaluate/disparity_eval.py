@@ -9,7 +9,7 @@ only when its whole block has a known disparity.
 import numpy as np
 import tensorflow as tf
 
-from cspsr_tf.matching_losses import disparity_to_lr
+from cspsr_tf.ops.warp import disparity_to_lr
 
 
 def disparity_errors(predicted, gt, valid):

@@ -3,8 +3,8 @@
 import keras
 import tensorflow as tf
 
-from cspsr_tf.layers.csft import CSFT
-from cspsr_tf.layers.dynamic_conv import DynamicConv
+from cspsr_tf.model.layers.csft import CSFT
+from cspsr_tf.model.layers.dynamic_conv import DynamicConv
 
 
 @keras.saving.register_keras_serializable(package="cspsr_tf")

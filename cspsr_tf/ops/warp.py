@@ -1,9 +1,10 @@
-"""Horizontal warping of an image by a per-pixel disparity (paper Eq. 1)."""
+"""Horizontal warping by a per-pixel disparity (paper Eq. 1) and disparity maps between
+resolutions: pure TensorFlow functions used by the CVM layer, the losses, the synthetic
+stereo data and the evaluation."""
 
-import keras
 import tensorflow as tf
 
-_DIRECTIONS = ("right_to_left", "left_to_right")
+DIRECTIONS = ("right_to_left", "left_to_right")
 
 
 def warp_by_disparity(image, disparity, direction="right_to_left"):
@@ -27,8 +28,8 @@ def warp_by_disparity(image, disparity, direction="right_to_left"):
         (warped [B, H, W, C], valid [B, H, W, 1]) with valid 1.0 where the sample position lies
         inside the frame and 0.0 where it was clamped.
     """
-    if direction not in _DIRECTIONS:
-        raise ValueError(f"direction must be one of {_DIRECTIONS}. Received: direction={direction!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}. Received: direction={direction!r}")
     image = tf.convert_to_tensor(image)
     # Sample positions in float32 even under mixed precision: float16 cannot address
     # columns past 2048 exactly and rounds sub-pixel positions to 0.5 beyond column 512.
@@ -58,51 +59,16 @@ def warp_by_disparity(image, disparity, direction="right_to_left"):
     return warped, tf.expand_dims(tf.cast(valid, image.dtype), -1)
 
 
-@keras.saving.register_keras_serializable(package="cspsr_tf")
-class DisparityWarp(keras.layers.Layer):
-    """Warps an image horizontally by a disparity map (Eq. 1 of the CSPSR paper).
+def disparity_to_lr(disparity_hr, valid_hr, scale):
+    """HR disparity (HR pixels) and mask -> LR disparity (LR pixels) and mask.
 
-    Args:
-        direction: str, `right_to_left` (default; out(i,j) = img(i, j - d(i,j)), moves the
-            right NIR into the left view) or `left_to_right` (out(i,j) = img(i, j + d(i,j))).
-        return_mask: bool, default True; also return a validity mask, 1 where the sample fell
-            inside the frame, 0 where it was clamped at the border.
-
-    Call arguments:
-        inputs: a pair `(image, disparity)`: image [B, H, W, C], disparity [B, H, W, 1] in
-            pixels of the image.
-
-    Example:
-        >>> warp = DisparityWarp()
-        >>> nir_left, valid = warp((nir_right, disp_left))
-
-    References:
-        Wei et al., "Learning Cross-Spectral Prior for Image Super-Resolution", Eq. (1).
+    The disparity is averaged over each scale x scale block and divided by the scale; an LR
+    pixel is valid only when its whole block is.
     """
-
-    def __init__(self, direction="right_to_left", return_mask=True, **kwargs):
-        super().__init__(**kwargs)
-        if direction not in _DIRECTIONS:
-            raise ValueError(
-                f"direction must be one of {_DIRECTIONS}. Received: direction={direction!r}"
-            )
-        self.direction = direction
-        self.return_mask = return_mask
-
-    def call(self, inputs):
-        image, disparity = inputs
-        warped, valid = warp_by_disparity(image, disparity, self.direction)
-        if self.return_mask:
-            return warped, valid
-        return warped
-
-    def compute_output_shape(self, input_shape):
-        image_shape, _ = input_shape
-        if self.return_mask:
-            return tuple(image_shape), tuple(image_shape[:-1]) + (1,)
-        return tuple(image_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"direction": self.direction, "return_mask": self.return_mask})
-        return config
+    disparity_hr = tf.cast(disparity_hr, tf.float32)
+    valid_hr = tf.cast(valid_hr, tf.float32)
+    if scale == 1:
+        return disparity_hr, valid_hr
+    disparity = tf.nn.avg_pool2d(disparity_hr, scale, scale, "VALID") / float(scale)
+    valid = -tf.nn.max_pool2d(-valid_hr, scale, scale, "VALID")
+    return disparity, valid

@@ -396,8 +396,6 @@ def iter_tiled_rows(
         (lr_start, lr_stop, {key: float32 [(lr_stop - lr_start) * factor, w * factor, C]}):
         consecutive bands covering the frame top to bottom, each final.
     """
-    import time
-
     vis = _as_frame(vis_lr, 3, "vis_lr")
     nir = _as_frame(nir_lr, 1, "nir_lr")
     if vis.shape[:2] != nir.shape[:2]:
@@ -429,86 +427,118 @@ def iter_tiled_rows(
     stats = {} if stats is None else stats
     stats.update(tiles=plan.num_tiles, forward_passes=0, model_seconds=0.0,
                  frame_matching=frame_matching)
-    keys = None if keys is None else set(keys)
-    bands, factors, weights = {}, {}, {}
-    passes = (False, True) if self_ensemble else (False,)
-    share = 1.0 / len(passes)
-    runner, matched = model, {}
-    if frame_matching:
-        runner = after_matching_model(model)
-        started = time.perf_counter()
-        matched = {flip: match_frame(cvm, vis, nir, flip) for flip in passes}
-        stats["model_seconds"] += time.perf_counter() - started
+    run = _TiledRun(model, cvm if frame_matching else None, plan, vis, nir, scale, keys,
+                    self_ensemble, batch, stats)
+    for row_index in range(len(plan.rows)):
+        run.run_row(row_index)
+        yield run.hand_over(row_index)
 
-    def nir_tiles(chunk, rows_of):
-        """The NIR input of the tiles of `chunk`: nir_lr, or crops of the matched maps."""
-        source = [(matched[flip] if frame_matching else nir) for _, flip, _ in chunk]
-        tiles = np.stack([
-            _tile_input(frame, rows_of(top), slice(plan.cols[c][2], plan.cols[c][3]), flip)
-            for frame, (c, flip, top) in zip(source, chunk, strict=True)
-        ])
-        if not frame_matching:
-            return tiles
-        return [tiles[..., i : i + 1] for i in range(len(MATCHED_KEYS))]
 
-    for row_index, (y0, y1, cy0, cy1, fy0, fy1) in enumerate(plan.rows):
-        # Forward passes of this row, grouped by input size so equal tiles share a batch.
+class _TiledRun:
+    """The state of one `iter_tiled_rows` call: the plan, the (matched) inputs and, per
+    output, a float32 band of one row of tiles into which the tiles' cores are blended."""
+
+    def __init__(self, model, frame_cvm, plan, vis, nir, scale, keys, self_ensemble, batch,
+                 stats):
+        import time
+
+        self.plan, self.vis, self.nir, self.scale, self.batch = plan, vis, nir, scale, batch
+        self.keys = None if keys is None else set(keys)
+        self.stats = stats
+        self.passes = (False, True) if self_ensemble else (False,)
+        self.share = 1.0 / len(self.passes)
+        self.bands, self.factors, self.weights = {}, {}, {}
+        self.runner, self.matched = model, None
+        if frame_cvm is not None:
+            # The CVM runs once on the whole frame; tiles get crops of its matched maps.
+            self.runner = after_matching_model(model)
+            started = time.perf_counter()
+            self.matched = {flip: match_frame(frame_cvm, vis, nir, flip) for flip in self.passes}
+            stats["model_seconds"] += time.perf_counter() - started
+
+    def _jobs(self, row_index):
+        """The forward passes of a row of tiles, grouped by input size (one batch each)."""
+        _, _, cy0, cy1, fy0, fy1 = self.plan.rows[row_index]
         jobs = {}
-        for col_index, (_, _, cx0, cx1) in enumerate(plan.cols):
-            for flip in passes:
+        for col_index, (_, _, cx0, cx1) in enumerate(self.plan.cols):
+            for flip in self.passes:
                 top, bottom = (fy0, fy1) if flip else (cy0, cy1)
                 jobs.setdefault((bottom - top, cx1 - cx0), []).append((col_index, flip, top))
-        for (in_h, in_w), group in jobs.items():
-            for first in range(0, len(group), batch):
-                chunk = group[first : first + batch]
-                vis_tiles = np.stack([
-                    _tile_input(vis, slice(top, top + in_h), slice(plan.cols[c][2],
-                                plan.cols[c][3]), flip)
-                    for c, flip, top in chunk
-                ])
-                nir_inputs = nir_tiles(chunk, lambda top, in_h=in_h: slice(top, top + in_h))
-                started = time.perf_counter()
-                outputs = _run_model(runner, vis_tiles, nir_inputs, keys)
-                stats["model_seconds"] += time.perf_counter() - started
-                stats["forward_passes"] += len(chunk)
-                for key, value in outputs.items():
-                    factor = value.shape[1] // in_h
-                    if value.shape[1] != in_h * factor or value.shape[2] != in_w * factor:
-                        raise ValueError(
-                            f"Output {key!r} of shape {value.shape} is not an integer "
-                            f"multiple of the tile input {in_h}x{in_w}."
-                        )
-                    if key == "vis_sr" and factor != scale:
-                        raise ValueError(
-                            f"The model's vis_sr is {factor}x the input, not scale={scale}."
-                        )
-                    if key not in bands:
-                        factors[key] = factor
-                        weights[key] = plan.normalised_weights(factor)
-                        bands[key] = np.zeros(
-                            (plan.tile_h * factor, width * factor, value.shape[-1]), np.float32
-                        )
-                    row_weights, col_weights = weights[key]
-                    for index, (col_index, flip, top) in enumerate(chunk):
-                        x0, x1, cx0, _ = plan.cols[col_index]
-                        out = value[index, ::-1] if flip else value[index]
-                        core = out[
-                            (y0 - top) * factor : (y1 - top) * factor,
-                            (x0 - cx0) * factor : (x1 - cx0) * factor,
-                        ]
-                        w = np.outer(row_weights[row_index] * share, col_weights[col_index])
-                        bands[key][:, x0 * factor : x1 * factor] += core * w[..., np.newaxis]
+        return jobs
 
-        # Rows above the next row of tiles get nothing more: hand them over, then move the
-        # band down so it starts at the next row's first LR row.
-        stop = plan.rows[row_index + 1][0] if row_index + 1 < len(plan.rows) else height
-        done = {key: band[: (stop - y0) * factors[key]].copy() for key, band in bands.items()}
-        yield y0, stop, done
-        for key, band in bands.items():
-            shift = (stop - y0) * factors[key]
+    def _inputs(self, chunk, in_h):
+        """The stacked VIS tiles and the NIR input (nir_lr, or crops of the matched maps)."""
+        def columns(c):
+            return slice(self.plan.cols[c][2], self.plan.cols[c][3])
+
+        vis_tiles = np.stack([
+            _tile_input(self.vis, slice(top, top + in_h), columns(c), flip)
+            for c, flip, top in chunk
+        ])
+        sources = [self.nir if self.matched is None else self.matched[flip] for _, flip, _ in chunk]
+        nir_tiles = np.stack([
+            _tile_input(frame, slice(top, top + in_h), columns(c), flip)
+            for frame, (c, flip, top) in zip(sources, chunk, strict=True)
+        ])
+        if self.matched is not None:
+            nir_tiles = [nir_tiles[..., i : i + 1] for i in range(len(MATCHED_KEYS))]
+        return vis_tiles, nir_tiles
+
+    def run_row(self, row_index):
+        import time
+
+        for (in_h, in_w), group in self._jobs(row_index).items():
+            for first in range(0, len(group), self.batch):
+                chunk = group[first : first + self.batch]
+                vis_tiles, nir_inputs = self._inputs(chunk, in_h)
+                started = time.perf_counter()
+                outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys)
+                self.stats["model_seconds"] += time.perf_counter() - started
+                self.stats["forward_passes"] += len(chunk)
+                for key, value in outputs.items():
+                    self._blend(key, value, chunk, row_index, in_h, in_w)
+
+    def _blend(self, key, value, chunk, row_index, in_h, in_w):
+        """Adds the weighted cores of a batch of tiles' `key` output to its band."""
+        factor = value.shape[1] // in_h
+        if value.shape[1] != in_h * factor or value.shape[2] != in_w * factor:
+            raise ValueError(
+                f"Output {key!r} of shape {value.shape} is not an integer "
+                f"multiple of the tile input {in_h}x{in_w}."
+            )
+        if key == "vis_sr" and factor != self.scale:
+            raise ValueError(f"The model's vis_sr is {factor}x the input, not scale={self.scale}.")
+        plan = self.plan
+        if key not in self.bands:
+            self.factors[key] = factor
+            self.weights[key] = plan.normalised_weights(factor)
+            self.bands[key] = np.zeros(
+                (plan.tile_h * factor, plan.width * factor, value.shape[-1]), np.float32
+            )
+        row_weights, col_weights = self.weights[key]
+        y0, y1 = plan.rows[row_index][:2]
+        for index, (col_index, flip, top) in enumerate(chunk):
+            x0, x1, cx0, _ = plan.cols[col_index]
+            out = value[index, ::-1] if flip else value[index]
+            core = out[
+                (y0 - top) * factor : (y1 - top) * factor,
+                (x0 - cx0) * factor : (x1 - cx0) * factor,
+            ]
+            w = np.outer(row_weights[row_index] * self.share, col_weights[col_index])
+            self.bands[key][:, x0 * factor : x1 * factor] += core * w[..., np.newaxis]
+
+    def hand_over(self, row_index):
+        """The finished rows above the next row of tiles; the bands move down past them."""
+        plan = self.plan
+        y0 = plan.rows[row_index][0]
+        stop = plan.rows[row_index + 1][0] if row_index + 1 < len(plan.rows) else plan.height
+        done = {key: band[: (stop - y0) * self.factors[key]].copy()
+                for key, band in self.bands.items()}
+        for key, band in self.bands.items():
+            shift = (stop - y0) * self.factors[key]
             band[: band.shape[0] - shift] = band[shift:]
             band[band.shape[0] - shift :] = 0.0
-
+        return y0, stop, done
 
 def tiled_predict(
     model,

@@ -9,7 +9,7 @@ import os
 import cv2
 import numpy as np
 
-from cspsr_tf import atomic_files
+from cspsr_tf.util import atomic_files
 
 # Perceptually ordered and readable by colour-blind viewers; near = bright.
 DISPARITY_COLORMAP = cv2.COLORMAP_TURBO

@@ -9,17 +9,17 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from cspsr_tf.configs import CSPSRConfig
-from cspsr_tf.model import build_cspsr
+from cspsr_tf.model.build import build_cspsr
+from cspsr_tf.model.configs import CSPSRConfig
 
 # A training directory holds CONFIG_FILE (the run's config, whose "model" entry is a
 # CSPSRConfig dict) and CHECKPOINT_SUBDIR (tf.train.CheckpointManager checkpoints of
 # tf.train.Checkpoint(model=..., optimizer=..., step=...)).
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
-# Written by `cspsr_tf.export` beside a SavedModel's own files (TensorFlow ignores
+# Written by `cspsr_tf.export.savedmodel_export` beside a SavedModel's own files (TensorFlow ignores
 # `assets.extra/`): the scale, signatures and model config of the export. Defined here, where
-# it is read, so that export.py imports this module and not the other way round.
+# it is read, so that savedmodel_export.py imports this module and not the other way round.
 METADATA_FILE = os.path.join("assets.extra", "cspsr_export.json")
 # The inputs and the output every CSPSR model has.
 INPUT_NAMES = ("vis_lr", "nir_lr")
@@ -46,14 +46,14 @@ def weights_by_path(layer):
 
 def _import_layers():
     # Registers every custom layer with Keras before deserialisation (all modules of
-    # cspsr_tf.layers, so that a layer added later cannot be forgotten here).
+    # cspsr_tf.model.layers, so that a layer added later cannot be forgotten here).
     import importlib
     import pkgutil
 
-    import cspsr_tf.layers
+    import cspsr_tf.model.layers
 
-    for module in pkgutil.iter_modules(cspsr_tf.layers.__path__):
-        importlib.import_module(f"cspsr_tf.layers.{module.name}")
+    for module in pkgutil.iter_modules(cspsr_tf.model.layers.__path__):
+        importlib.import_module(f"cspsr_tf.model.layers.{module.name}")
 
 
 def read_model_config(model_dir):
@@ -204,7 +204,7 @@ def load_model(path):
     """Returns `(model, config)` from a `.keras` file, a training directory, a SavedModel or
     the name of a shipped preset (`cspsr_tf.presets`).
 
-    A SavedModel exported by `cspsr_tf.export` comes back as a `SavedModelAdapter`.
+    A SavedModel exported by `cspsr_tf.export.savedmodel_export` comes back as a `SavedModelAdapter`.
 
     For a `.keras` file the config is read from `<file>.config.json` beside it (written by
     `save_model`) when present, else it is None; the model is checked to be a CSPSR model
@@ -246,55 +246,19 @@ def save_model(model, config, path):
 
     Both are written to temporary names and renamed, so an interrupted save never leaves a
     half-written model at `path`. A model that computes in bfloat16 or float16 is saved as
-    its float32 twin (same weights, `precision.with_precision`): the file does not fix the
+    its float32 twin (same weights, `build.rebuild`): the file does not fix the
     precision, which is chosen where the model runs.
     """
     if not path.endswith(".keras"):
         raise ValueError(f"Model path must end in .keras. Received: {path}")
-    from cspsr_tf.precision import model_precision, with_precision
+    from cspsr_tf.model.build import rebuild
+    from cspsr_tf.model.precision import model_precision
 
     if config is not None and model_precision(model) != "float32":
-        model = with_precision(model, config, "float32")
+        model = rebuild(model, config, "float32")
     tmp = path + ".tmp.keras"
     model.save(tmp)
     with open(path + ".config.json.tmp", "w") as f:
         f.write(config.to_json())
     os.replace(path + ".config.json.tmp", path + ".config.json")
     os.replace(tmp, path)
-
-
-# How the DMF modules' element-wise parts run (CSPSRConfig.dynamic_conv_implementation); the
-# command lines run every Keras model with DEFAULT_OPS unless told otherwise, whatever the
-# model was trained with: the choice changes speed, not the numbers.
-OPS = ("fused", "shift", "patches")
-DEFAULT_OPS = "fused"
-
-
-def select_ops(model, config, ops=None):
-    """`(model, config)` with the DMF's element-wise parts run as `ops` (None: DEFAULT_OPS).
-
-    `fused` XLA-compiles the dynamic convolution and CSFT's gates (fastest on CPU and GPU);
-    `shift` runs them as plain TensorFlow ops (for runtimes without XLA, e.g. a TensorFlow
-    Serving built without it); `patches` is the extract_patches reference. A model built with
-    other ops is rebuilt with the same weights and precision.
-
-    Raises:
-        ValueError: an unknown `ops`; `ops` given for an exported SavedModel (its ops are
-            baked into its graph) or for a Keras model without its config.
-    """
-    if ops is not None and ops not in OPS:
-        raise ValueError(f"ops must be one of {', '.join(OPS)}. Received: {ops!r}")
-    if isinstance(model, SavedModelAdapter) or config is None:
-        if ops is not None:
-            what = "an exported SavedModel's ops are baked into its graph: export it again with --ops"
-            if not isinstance(model, SavedModelAdapter):
-                what = "this model has no CSPSR config to rebuild it from (a .keras file needs its .config.json)"
-            raise ValueError(f"cannot run {getattr(model, 'name', 'the model')} with ops={ops}: {what}")
-        return model, config
-    ops = ops or DEFAULT_OPS
-    if config.architecture != "dual" or config.dynamic_conv_implementation == ops:
-        return model, config
-    from cspsr_tf.model import rebuild
-
-    new_config = config.replace(dynamic_conv_implementation=ops)
-    return rebuild(model, new_config), new_config

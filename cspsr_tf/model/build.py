@@ -6,15 +6,15 @@ network body, float32 for the float32 islands (`precision.py` lists them and say
 
 import keras
 
-from cspsr_tf.configs import CSPSRConfig
-from cspsr_tf.layers.bicubic_upsample import BicubicUpsample
-from cspsr_tf.layers.cvm import CrossViewMatching
-from cspsr_tf.layers.dmf import DMF
-from cspsr_tf.layers.guided_filter import NIRGuidedFilter
-from cspsr_tf.layers.pixel_shuffle import PixelShuffle
-from cspsr_tf.layers.residual_block import ResidualBlock
-from cspsr_tf.layers.skip_gain import SkipGain
-from cspsr_tf.precision import check_precision, global_precision, model_precision, policy_name
+from cspsr_tf.model.configs import CSPSRConfig
+from cspsr_tf.model.layers.bicubic_upsample import BicubicUpsample
+from cspsr_tf.model.layers.cvm import CrossViewMatching
+from cspsr_tf.model.layers.dmf import DMF
+from cspsr_tf.model.layers.guided_filter import NIRGuidedFilter
+from cspsr_tf.model.layers.pixel_shuffle import PixelShuffle
+from cspsr_tf.model.layers.residual_block import ResidualBlock
+from cspsr_tf.model.layers.skip_gain import SkipGain
+from cspsr_tf.model.precision import check_precision, global_precision, model_precision, policy_name
 
 INPUT_NAMES = ("vis_lr", "nir_lr")
 

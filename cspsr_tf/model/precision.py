@@ -5,7 +5,7 @@ same float32 variables in every case (Keras mixed policies keep variables in flo
 them to the compute dtype on use), so one trained model runs in any precision.
 
     model, config = model_io.load_model("runs/small_x4/best.keras")
-    fast = with_precision(model, config, "bfloat16")   # same weights, bfloat16 compute
+    fast = runtime.with_precision(model, config, "bfloat16")   # same weights, bfloat16 compute
 
 `float32` is the Keras policy `float32`; `bfloat16` is `mixed_bfloat16` (fast on CPUs with
 AVX512_BF16 / AMX and on TPUs and recent GPUs); `float16` is `mixed_float16` (GPUs; training
@@ -13,7 +13,7 @@ in float16 needs loss scaling, which `training.make_optimizer` adds). The policy
 each layer when the model is built (`model.build_cspsr(config, precision=...)`), so choosing
 a precision never changes Keras's global policy.
 
-What runs in float32 whatever the precision (the float32 islands, set in `model.py`):
+What runs in float32 whatever the precision (the float32 islands, set in `build.py`):
 - inside the cross-view matching module (`cvm`, set in `layers/cvm.py`): the input images
   (the layer does not autocast them), the NCC cost volumes (local moments: E[x^2] - E[x]^2
   cancels badly in bfloat16), the disparity heads, the disparities and the warp of the NIR.
@@ -102,65 +102,3 @@ def model_precision(model):
         if precision in dtypes:
             return precision
     return "float32"
-
-
-def with_precision(model, config, precision):
-    """`model`'s weights in a model of the same config that computes in `precision`.
-
-    The new model is built with `model.build_cspsr(config, precision=...)` (the policy is given
-    to each layer; Keras's global policy is left as it is) and gets `model`'s weights, which
-    stay float32 variables. The float32 islands are listed in this module's docstring.
-
-    Args:
-        model: a CSPSR Keras model (any precision), or an exported SavedModel's adapter.
-        config: the model's `CSPSRConfig`.
-        precision: one of PRECISIONS.
-
-    Returns:
-        A Keras model with the name of `model`; `model` itself when it already computes in
-        `precision` (an adapter only then).
-
-    Raises:
-        ValueError: an unknown precision; a SavedModel exported in another precision (its
-            precision is baked into its graph: export again with `--precision`); a Keras
-            model without its config.
-    """
-    check_precision(precision)
-    current = model_precision(model)
-    if current == precision:
-        return model
-    from cspsr_tf.model_io import SavedModelAdapter
-
-    if isinstance(model, SavedModelAdapter):
-        raise ValueError(
-            f"the SavedModel {model.name} was exported in {current} and its precision is baked "
-            f"into the exported graph, so it cannot run in {precision}; export it again with "
-            f"export/export_savedmodel.py --precision={precision}"
-        )
-    if config is None:
-        raise ValueError(
-            f"running {model.name} in {precision} rebuilds it from its CSPSR config, which "
-            "this model lacks (a .keras file needs its .config.json beside it)"
-        )
-    from cspsr_tf.model import rebuild
-
-    return rebuild(model, config, precision)
-
-
-def select_precision(model, config, precision=None):
-    """The model a command line runs for `--precision` (None: not given).
-
-    None means DEFAULT_PRECISION for a Keras model with its config; an exported SavedModel
-    and a Keras model without config are then run as they are (a SavedModel in the
-    precision it was exported in). A given precision goes through `with_precision` (and its
-    ValueErrors).
-    """
-    if precision is None:
-        if config is None or model_precision(model) == DEFAULT_PRECISION:
-            return model
-        from cspsr_tf.model_io import SavedModelAdapter
-
-        if isinstance(model, SavedModelAdapter):
-            return model
-        precision = DEFAULT_PRECISION
-    return with_precision(model, config, precision)

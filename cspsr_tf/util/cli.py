@@ -75,6 +75,20 @@ def fail(program, message, details=""):
     sys.exit(USAGE_ERROR)
 
 
+def run_main(main, program):
+    """`absl.app.run(main)` with flag errors (a bad value, an unknown flag) as one line
+    `program: error: ...` and exit code 2, like every other usage error."""
+    from absl import app, flags
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            fail(program, str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+    app.run(main, flags_parser=parse)
+
+
 def define_dataclass_flags(flags_module, fields, help_texts, defaults_none=False):
     """One absl flag per dataclass field (bool, int, float, str, optional int, float or str)."""
     for field in fields:
@@ -105,19 +119,3 @@ def flag_values(flags_values, fields, only_set=False):
             continue
         values[field.name] = flags_values[field.name].value
     return values
-
-
-def define_speed_flags(flags_module):
-    """--precision and --ops of the command lines that run a model (predict, evaluate.py)."""
-    from cspsr_tf.precision import PRECISIONS  # no TensorFlow import
-
-    flags_module.DEFINE_string(
-        "precision", None,
-        f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
-        "the precision it was exported in).",
-    )
-    flags_module.DEFINE_enum(
-        "ops", None, ["fused", "shift", "patches"],
-        "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the "
-        "default), shift (plain TensorFlow ops) or patches (reference). Same numbers.",
-    )

@@ -7,7 +7,7 @@ its default CPU delegate). `LiteRTRunner` loads such a file and runs it on numpy
 `time_interpreter` measures its latency.
 
 The flatbuffer has one signature, `serving_default` (`SIGNATURE_KEY`), with the float32
-interface of the SavedModel's `serving_float` (cspsr_tf/export.py): inputs `vis_lr`
+interface of the SavedModel's `serving_float` (cspsr_tf/export/savedmodel_export.py): inputs `vis_lr`
 [1, h, w, 3] and `nir_lr` [1, h, w, 1] in [0, 1]; outputs `vis_sr` [1, h*s, w*s, 3]
 (not clipped) and, for models with a cross-view matching module, `disp_l` and `disp_r`
 [1, h, w, 1] (LR pixels). There is no uint8 signature: callers divide by 255.
@@ -40,7 +40,7 @@ falls back to its deprecated path (no signature) or keeps the weights as resourc
 without an initialiser (VAR_HANDLE / READ_VARIABLE ops): LiteRT then reads uninitialised
 weights, so the output is NaN, and with a CVM the NaN disparity becomes an out-of-range index
 ("gather index out of bounds ... (GATHER) failed to invoke"). Tracking the concrete function's
-tf.Variables on a tf.Module, as cspsr_tf/export.py does for the SavedModel, freezes every
+tf.Variables on a tf.Module, as cspsr_tf/export/savedmodel_export.py does for the SavedModel, freezes every
 weight into the file; `convert_model` checks that no variable op is left.
 """
 
@@ -56,8 +56,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from cspsr_tf import atomic_files, model_io
-from cspsr_tf.export import FLOAT_RANGE_TOLERANCE
+from cspsr_tf.export.savedmodel_export import FLOAT_RANGE_TOLERANCE
+from cspsr_tf.model import model_io
+from cspsr_tf.util import atomic_files
 
 VARIANTS = ("float32", "float16", "dynamic_int8")
 # `lr_size` value for a dynamic input size (see the module docstring).
@@ -201,11 +202,11 @@ def convert_model(model, lr_size, variant="float32"):
             "A SavedModel export cannot be converted to LiteRT; convert the .keras file or "
             "training directory it was exported from"
         )
-    from cspsr_tf.precision import model_precision
+    from cspsr_tf.model.precision import model_precision
 
     if model_precision(model) != "float32":
         raise ValueError(
-            f"Convert the float32 model (precision.with_precision(model, config, 'float32')), "
+            f"Convert the float32 model (runtime.with_precision(model, config, 'float32')), "
             f"not its {model_precision(model)} twin; the variants float16 / dynamic_int8 "
             "choose the LiteRT file's precision"
         )
@@ -341,21 +342,10 @@ def export_from_path(model_path, out_path, lr_size=None, variant="float32", geom
             f"{model_path} is a SavedModel export, which cannot be converted to LiteRT; give the "
             ".keras file or training directory it was exported from"
         )
-    model, config = model_io.load_model(model_path)
-    if isinstance(model, model_io.SavedModelAdapter):  # pragma: no cover (caught above)
-        raise ValueError(f"{model_path} is a SavedModel export: not convertible to LiteRT")
-    if geometry is not None and config is not None:
-        from cspsr_tf.model import with_geometry
+    from cspsr_tf.model import runtime
 
-        model, config = with_geometry(model, config, geometry)
-    elif geometry is not None:
-        raise ValueError(
-            f"{model_path} has no config (.config.json), so its geometry cannot be changed"
-        )
-    if config is not None:
-        from cspsr_tf.precision import with_precision
-
-        model = with_precision(model, config, "float32")  # itself when already float32
+    # float32 always: the variant sets the file's precision, not the Keras model's.
+    model, config = runtime.load_for_running(model_path, geometry, "float32", keep_ops=True)
     scale = model_io.infer_scale(model, config)
     if lr_size is None:
         lr_size = default_lr_size(scale)

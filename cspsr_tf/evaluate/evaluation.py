@@ -38,12 +38,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf import figures, tiling
-from cspsr_tf.data.resize import bicubic_upscale
-from cspsr_tf.disparity_eval import disparity_errors as stats_of_disparity
-from cspsr_tf.metrics import PROTOCOLS, evaluate_pair, to_uint8
-from cspsr_tf.model import with_geometry
-from cspsr_tf.precision import model_precision
+from cspsr_tf.evaluate.disparity_eval import disparity_errors as stats_of_disparity
+from cspsr_tf.infer import tiling
+from cspsr_tf.model.build import with_geometry
+from cspsr_tf.model.precision import model_precision
+from cspsr_tf.ops.metrics import PROTOCOLS, evaluate_pair, to_uint8
+from cspsr_tf.ops.resize import bicubic_upscale
+from cspsr_tf.util import figures
 
 UNGROUPED = "all"
 METHODS = ("bicubic", "model")
@@ -166,7 +167,7 @@ def _json_safe(value):
 
 def _write_text_atomic(path, text):
     # Shared helper: temporary file + rename, keeping the umask's mode (not mkstemp's 0600).
-    from cspsr_tf import atomic_files
+    from cspsr_tf.util import atomic_files
 
     atomic_files.write_text(path, text)
 
@@ -274,7 +275,7 @@ def evaluate_dataset(
     """Evaluates a model frame by frame, beside the bicubic baseline.
 
     Args:
-        model: a CSPSR Keras model, in the precision to evaluate (`precision.with_precision`;
+        model: a CSPSR Keras model, in the precision to evaluate (`runtime.with_precision`;
             recorded in the results).
         config: its `CSPSRConfig`, or None (then only recorded as null; the disparity colour
             scale comes from the model's CVM). With a config, frames whose meta `geometry` is
@@ -300,88 +301,121 @@ def evaluate_dataset(
     """
     if config is not None and int(config.scale) != int(scale):
         raise ValueError(f"scale={scale} differs from the model config's scale={config.scale}")
-    model_name = model_name or model.name
-    max_disparity = config.max_disparity if config is not None else tiling.model_geometry(model)[0]
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-    write_images = out_dir is not None and save_images
-    frame_results = []
-    seen_ids = set()
-    registered_model = None
-    for index, element in enumerate(eval_ds):
+    max_disparity = config.max_disparity if config is not None else tiling.model_geometry(model)[0]
+    image_dir = out_dir if save_images else None
+    models = _ModelsByGeometry(model, config)
+    frame_results, seen_ids = [], set()
+    for index, (inputs, targets, meta) in enumerate(eval_ds):
         if max_frames is not None and index >= max_frames:
             break
-        inputs, targets, meta = element
         vis_lr = np.asarray(inputs["vis_lr"], np.float32)
         nir_lr = np.asarray(inputs["nir_lr"], np.float32)
         if vis_lr.ndim != 4 or vis_lr.shape[0] != 1:
             raise ValueError(f"Expected one frame per element. Received: {vis_lr.shape}")
-        frame_id = _as_text(np.asarray(meta["id"]).reshape(-1)[0]) if "id" in meta else ""
-        frame_id = frame_id or f"frame{index:05d}"
-        if frame_id in seen_ids:
-            frame_id = f"{frame_id}#{index}"
-        seen_ids.add(frame_id)
-
-        geometry = _as_text(np.asarray(meta["geometry"]).reshape(-1)[0]) if "geometry" in meta else ""
-        frame_model = model
-        if geometry == "aligned" and config is not None and config.use_cvm:
-            # A registered pair is not shifted (train.py trains such pairs the same way).
-            if registered_model is None:
-                registered_model, _ = with_geometry(model, config, "aligned")
-            frame_model = registered_model
+        frame_id = _unique_frame_id(meta, index, seen_ids)
         start = time.perf_counter()
         outputs = tiling.predict(
-            frame_model, vis_lr, nir_lr, scale, tile=tile, self_ensemble=self_ensemble,
-            overlap=overlap, context=context,
+            models.for_frame(meta), vis_lr, nir_lr, scale, tile=tile,
+            self_ensemble=self_ensemble, overlap=overlap, context=context,
         )
         seconds = time.perf_counter() - start
-
-        hr = quantize(np.asarray(targets["vis_hr"])[0])
-        sr = quantize(outputs["vis_sr"][0])
-        bicubic = quantize(bicubic_upscale(vis_lr[0], scale).numpy())
-        if sr.shape != hr.shape:
-            raise ValueError(
-                f"Frame {frame_id}: SR output {sr.shape} differs from HR {hr.shape} "
-                f"(LR {vis_lr.shape[1:3]}, scale {scale})"
-            )
-        frame = {
-            "id": frame_id,
-            "group": frame_group(frame_id),
-            "model": evaluate_pair(sr, hr, scale),
-            "bicubic": evaluate_pair(bicubic, hr, scale),
-            "seconds": seconds,
-        }
-        if "disparity_hr" in targets and "disp_l" in outputs:
-            frame["disparity"] = disparity_errors(
-                outputs["disp_l"], targets["disparity_hr"], scale, targets.get("disparity_valid_hr")
-            )
+        frame, images = _score_frame(frame_id, vis_lr, outputs, targets, scale, seconds)
         frame_results.append(frame)
-        logging.info(
-            "%s: model %.2f dB / %.4f, bicubic %.2f dB / %.4f (paper protocol), %.2fs",
-            frame_id, frame["model"]["paper"]["psnr"], frame["model"]["paper"]["ssim"],
-            frame["bicubic"]["paper"]["psnr"], frame["bicubic"]["paper"]["ssim"], seconds,
-        )
-
-        if write_images:
-            stem = file_stem(frame_id)
-            figures.write_image(os.path.join(out_dir, "sr", stem + ".png"), sr)
-            if "disp_l" in outputs:
-                disp = outputs["disp_l"][0, ..., 0]
-                figures.write_image(
-                    os.path.join(out_dir, "disparity", stem + ".png"),
-                    figures.disparity_to_color(disp, max_disparity or None),
-                )
-                if save_disparity_npy:
-                    np.save(os.path.join(out_dir, "disparity", stem + ".npy"), disp)
-            nir_hr = targets.get("nir_hr") if hasattr(targets, "get") else None
-            nir_hr = None if nir_hr is None else quantize(np.asarray(nir_hr)[0])
-            figures.write_image(
-                os.path.join(out_dir, "figures", stem + ".png"),
-                _frame_figure(bicubic, sr, hr, nir_hr, frame),
-            )
-
+        if image_dir is not None:
+            _write_frame_images(image_dir, frame, images, outputs, max_disparity,
+                                save_disparity_npy)
     if not frame_results:
         raise ValueError("The evaluation dataset yielded no frames.")
+    results = _results(frame_results, model, config, scale, tile, self_ensemble,
+                       model_name or model.name)
+    if out_dir is not None:
+        _write_text_atomic(
+            os.path.join(out_dir, "results.json"),
+            json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n",
+        )
+        _write_text_atomic(os.path.join(out_dir, "results.md"), results_markdown(results))
+    return results
+
+
+class _ModelsByGeometry:
+    """The model for a frame: `model`, or its zero-disparity twin (built once) for a frame
+    whose meta `geometry` is `aligned` (train.py trains registered pairs the same way)."""
+
+    def __init__(self, model, config):
+        self.model, self.config, self.registered = model, config, None
+
+    def for_frame(self, meta):
+        geometry = _as_text(np.asarray(meta["geometry"]).reshape(-1)[0]) if "geometry" in meta else ""
+        if geometry != "aligned" or self.config is None or not self.config.use_cvm:
+            return self.model
+        if self.registered is None:
+            self.registered, _ = with_geometry(self.model, self.config, "aligned")
+        return self.registered
+
+
+def _unique_frame_id(meta, index, seen_ids):
+    frame_id = _as_text(np.asarray(meta["id"]).reshape(-1)[0]) if "id" in meta else ""
+    frame_id = frame_id or f"frame{index:05d}"
+    if frame_id in seen_ids:
+        frame_id = f"{frame_id}#{index}"
+    seen_ids.add(frame_id)
+    return frame_id
+
+
+def _score_frame(frame_id, vis_lr, outputs, targets, scale, seconds):
+    """The frame's record (model and bicubic under both protocols, disparity errors) and
+    its uint8 images (bicubic, sr, hr, nir_hr or None)."""
+    hr = quantize(np.asarray(targets["vis_hr"])[0])
+    sr = quantize(outputs["vis_sr"][0])
+    bicubic = quantize(bicubic_upscale(vis_lr[0], scale).numpy())
+    if sr.shape != hr.shape:
+        raise ValueError(
+            f"Frame {frame_id}: SR output {sr.shape} differs from HR {hr.shape} "
+            f"(LR {vis_lr.shape[1:3]}, scale {scale})"
+        )
+    frame = {
+        "id": frame_id,
+        "group": frame_group(frame_id),
+        "model": evaluate_pair(sr, hr, scale),
+        "bicubic": evaluate_pair(bicubic, hr, scale),
+        "seconds": seconds,
+    }
+    if "disparity_hr" in targets and "disp_l" in outputs:
+        frame["disparity"] = disparity_errors(
+            outputs["disp_l"], targets["disparity_hr"], scale, targets.get("disparity_valid_hr")
+        )
+    logging.info(
+        "%s: model %.2f dB / %.4f, bicubic %.2f dB / %.4f (paper protocol), %.2fs",
+        frame_id, frame["model"]["paper"]["psnr"], frame["model"]["paper"]["ssim"],
+        frame["bicubic"]["paper"]["psnr"], frame["bicubic"]["paper"]["ssim"], seconds,
+    )
+    nir_hr = targets.get("nir_hr") if hasattr(targets, "get") else None
+    nir_hr = None if nir_hr is None else quantize(np.asarray(nir_hr)[0])
+    return frame, (bicubic, sr, hr, nir_hr)
+
+
+def _write_frame_images(out_dir, frame, images, outputs, max_disparity, save_disparity_npy):
+    """The SR PNG, the disparity colour map (and .npy) and the comparison figure of a frame."""
+    bicubic, sr, hr, nir_hr = images
+    stem = file_stem(frame["id"])
+    figures.write_image(os.path.join(out_dir, "sr", stem + ".png"), sr)
+    if "disp_l" in outputs:
+        disp = outputs["disp_l"][0, ..., 0]
+        figures.write_image(
+            os.path.join(out_dir, "disparity", stem + ".png"),
+            figures.disparity_to_color(disp, max_disparity or None),
+        )
+        if save_disparity_npy:
+            np.save(os.path.join(out_dir, "disparity", stem + ".npy"), disp)
+    figures.write_image(
+        os.path.join(out_dir, "figures", stem + ".png"),
+        _frame_figure(bicubic, sr, hr, nir_hr, frame),
+    )
+
+
+def _results(frame_results, model, config, scale, tile, self_ensemble, model_name):
     groups = {}
     for frame in frame_results:
         groups.setdefault(frame["group"], []).append(frame)
@@ -402,10 +436,4 @@ def evaluate_dataset(
         "Mean over %d frames: model %s, bicubic %s",
         mean["num_frames"], mean["model"], mean["bicubic"],
     )
-    if out_dir is not None:
-        _write_text_atomic(
-            os.path.join(out_dir, "results.json"),
-            json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n",
-        )
-        _write_text_atomic(os.path.join(out_dir, "results.md"), results_markdown(results))
     return results

@@ -1,6 +1,6 @@
 """Parameters and FLOPs of a CSPSR configuration, as one line of JSON.
 
-    python -m cspsr_tf.model_info --preset paper --scale 4 --lr_size 107x145
+    python -m cspsr_tf.model.model_info --preset paper --scale 4 --lr_size 107x145
 
 FLOPs are counted by TensorFlow's own profiler on the frozen inference graph for one input
 of that LR size: a multiply-add counts as two FLOPs (`gflops`), and `gmacs` is half of it.
@@ -13,7 +13,7 @@ the SR network.
 import json
 import logging
 
-from cspsr_tf.cli import quiet_tensorflow
+from cspsr_tf.util.cli import quiet_tensorflow, run_main
 
 quiet_tensorflow()
 
@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
     # Defined only when run as a program, so importing count_flops defines no flags.
     flags.DEFINE_string("preset", "paper", "Config preset: paper, small or tiny.")
-    flags.DEFINE_string("ablation", "full", "Ablation row of Tables 3-4 (see cspsr_tf.configs.ABLATIONS).")
+    flags.DEFINE_string("ablation", "full", "Ablation row of Tables 3-4 (see cspsr_tf.model.configs.ABLATIONS).")
     flags.DEFINE_integer("scale", 4, "SR factor (2, 3, 4 or 8).")
     flags.DEFINE_string("lr_size", "107x145", "LR input size as HEIGHTxWIDTH for the FLOP count.")
 
@@ -86,8 +86,8 @@ def count_flops(model, lr_size, batch=1):
 
 def model_info(preset="paper", ablation="full", scale=4, lr_size=(107, 145)):
     """A dict with params, sr_params, gflops, sr_gflops and the paper's Table 1 figures."""
-    from cspsr_tf.configs import get_config
-    from cspsr_tf.model import build_cspsr
+    from cspsr_tf.model.build import build_cspsr
+    from cspsr_tf.model.configs import get_config
 
     # `shift` ops: the same arithmetic as the default `fused`, visible to the profiler.
     config = get_config(preset, ablation, scale=scale, dynamic_conv_implementation="shift")
@@ -125,4 +125,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_main(main, "model_info")

@@ -15,7 +15,7 @@ Models with a cross-view matching module also return `disp_l` and `disp_r`, floa
 [B, H, W, 1], the left / right disparities in LR pixels.
 
 The graph computes in the precision of the exported model (`export_from_path(...,
-precision="bfloat16")`, `precision.with_precision`): bfloat16 / float16 inside, with the
+precision="bfloat16")`, `runtime.with_precision`): bfloat16 / float16 inside, with the
 float32 islands of `precision.py`; the signatures' inputs and outputs are float32 / uint8 in
 every precision. The precision is recorded in the metadata file (`"precision"`); it is baked
 into the graph, so changing it means exporting again.
@@ -27,8 +27,9 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf import model_io, scratch_dirs
-from cspsr_tf.precision import model_precision, select_precision
+from cspsr_tf.model import model_io
+from cspsr_tf.model.precision import model_precision
+from cspsr_tf.util import scratch_dirs
 
 # Re-exported: the metadata file and the scale probe live in model_io, which reads them.
 METADATA_FILE = model_io.METADATA_FILE
@@ -203,7 +204,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
 
     Args:
         model: a CSPSR Keras model (built: call it once or load it), in the precision the
-            export should compute in (`precision.with_precision`); recorded in the metadata.
+            export should compute in (`runtime.with_precision`); recorded in the metadata.
         config: its `CSPSRConfig`, or None (then the scale is measured, nothing checked).
         out_dir: the SavedModel directory to create.
         overwrite: bool, default False; replace an existing `out_dir`.
@@ -243,8 +244,8 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
     The target is checked before the (slow) load. `geometry="aligned"` exports the model for
     a registered camera (zero disparity, `model.with_geometry`); None keeps the model's own.
     `precision` (`float32`, `bfloat16`, `float16`; None: float32) is the precision the
-    exported graph computes in (`precision.select_precision`). `ops` (`fused`, `shift`,
-    `patches`; None: fused) is how its DMF element-wise parts run (`model_io.select_ops`):
+    exported graph computes in. `ops` (`fused`, `shift`, `patches`; None: fused) is how its
+    DMF element-wise parts run (both applied by `runtime.load_for_running`):
     `fused` graphs hold XLA-compiled functions, which TensorFlow Serving runs on CPU only when
     started with `--xla_cpu_compilation_enabled=true`; export with `shift` for a server without
     XLA.
@@ -252,20 +253,11 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
     FileExistsError, ValueError (e.g. a corrupt `.keras`, an unknown precision), each naming
     the file.
     """
-    if precision is not None:
-        from cspsr_tf.precision import check_precision
+    from cspsr_tf.model import runtime
 
-        check_precision(precision)
-    if ops is not None and ops not in model_io.OPS:
-        raise ValueError(f"ops must be one of {', '.join(model_io.OPS)}. Received: {ops!r}")
+    runtime.check_run_options(precision, ops)
     check_target(out_dir, overwrite)
-    model, config = model_io.load_model(model_path)
-    if geometry is not None:
-        from cspsr_tf.model import with_geometry
-
-        model, config = with_geometry(model, config, geometry)
-    model = select_precision(model, config, precision)
-    model, config = model_io.select_ops(model, config, ops)
+    model, config = runtime.load_for_running(model_path, geometry, precision, ops)
     return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple)
 
 

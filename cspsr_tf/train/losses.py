@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from cspsr_tf.layers.disparity_warp import warp_by_disparity
+from cspsr_tf.ops.warp import warp_by_disparity
 
 
 def upsample_disparity(disparity, hr_size, scale):

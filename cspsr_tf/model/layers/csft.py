@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from cspsr_tf.layers.replicas import several_replicas
+from cspsr_tf.model.layers.replicas import several_replicas
 
 _IMPLEMENTATIONS = ("plain", "fused")
 

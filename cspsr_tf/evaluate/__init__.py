@@ -1,0 +1,1 @@
+"""Evaluation on TFDS splits: SR metrics against bicubic, disparity errors, figures."""

@@ -1,0 +1,1 @@
+"""Serving formats: SavedModel (TensorFlow Serving) and LiteRT."""

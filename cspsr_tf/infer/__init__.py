@@ -1,0 +1,1 @@
+"""Running a model on frames of any size: tiling and the PNG writer."""

@@ -1,0 +1,38 @@
+"""The choices a command line makes about running a model: its precision and the ops of its
+DMF modules. Free of TensorFlow, so that entry points define their flags (and refuse bad
+ones) before TensorFlow loads; `runtime` applies the choices.
+"""
+
+from cspsr_tf.model.precision import PRECISIONS
+
+# How the DMF modules' element-wise parts run (CSPSRConfig.dynamic_conv_implementation); the
+# command lines run every Keras model with DEFAULT_OPS unless told otherwise, whatever the
+# model was trained with: the choice changes speed, not the numbers.
+OPS = ("fused", "shift", "patches")
+DEFAULT_OPS = "fused"
+
+
+class RunSetupError(ValueError):
+    """A model cannot run as asked (geometry, precision or ops); the message names the flag."""
+
+
+def check_run_options(precision=None, ops=None):
+    """Raises RunSetupError for an unknown precision or ops, before any (slow) load."""
+    if precision is not None and precision not in PRECISIONS:
+        raise RunSetupError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if ops is not None and ops not in OPS:
+        raise RunSetupError(f"--ops={ops!r} is not one of: {', '.join(OPS)}")
+
+
+def define_speed_flags(flags_module):
+    """--precision and --ops of the command lines that run a model (predict, evaluate.py)."""
+    flags_module.DEFINE_string(
+        "precision", None,
+        f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
+        "the precision it was exported in).",
+    )
+    flags_module.DEFINE_enum(
+        "ops", None, list(OPS),
+        "How the DMF modules' element-wise parts run: fused (XLA-compiled, fastest; the "
+        "default), shift (plain TensorFlow ops) or patches (reference). Same numbers.",
+    )

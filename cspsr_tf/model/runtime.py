@@ -1,0 +1,131 @@
+"""What a command line runs: a model file loaded, then set to a rig (geometry), a precision and
+the ops of its DMF modules, in that order (`load_for_running`). predict, evaluate.py and both
+exporters go through here, so they accept the same models and fail with the same messages.
+
+Nothing here changes weights: each step rebuilds the network around the same float32
+variables (`build.rebuild`), or returns the model unchanged when nothing changes.
+"""
+
+from cspsr_tf.model.build import rebuild, with_geometry
+from cspsr_tf.model.model_io import SavedModelAdapter, load_model
+from cspsr_tf.model.precision import DEFAULT_PRECISION, check_precision, model_precision
+from cspsr_tf.model.run_options import DEFAULT_OPS, OPS, RunSetupError, check_run_options
+
+
+def select_ops(model, config, ops=None):
+    """`(model, config)` with the DMF's element-wise parts run as `ops` (None: DEFAULT_OPS).
+
+    `fused` XLA-compiles the dynamic convolution and CSFT's gates (fastest on CPU and GPU);
+    `shift` runs them as plain TensorFlow ops (for runtimes without XLA, e.g. a TensorFlow
+    Serving built without it); `patches` is the extract_patches reference. A model built with
+    other ops is rebuilt with the same weights and precision.
+
+    Raises:
+        ValueError: an unknown `ops`; `ops` given for an exported SavedModel (its ops are
+            baked into its graph) or for a Keras model without its config.
+    """
+    if ops is not None and ops not in OPS:
+        raise ValueError(f"ops must be one of {', '.join(OPS)}. Received: {ops!r}")
+    if isinstance(model, SavedModelAdapter) or config is None:
+        if ops is not None:
+            what = "an exported SavedModel's ops are baked into its graph: export it again with --ops"
+            if not isinstance(model, SavedModelAdapter):
+                what = "this model has no CSPSR config to rebuild it from (a .keras file needs its .config.json)"
+            raise ValueError(f"cannot run {getattr(model, 'name', 'the model')} with ops={ops}: {what}")
+        return model, config
+    ops = ops or DEFAULT_OPS
+    if config.architecture != "dual" or config.dynamic_conv_implementation == ops:
+        return model, config
+    new_config = config.replace(dynamic_conv_implementation=ops)
+    return rebuild(model, new_config), new_config
+
+
+def with_precision(model, config, precision):
+    """`model`'s weights in a model of the same config that computes in `precision`.
+
+    The new model is built with `model.build_cspsr(config, precision=...)` (the policy is given
+    to each layer; Keras's global policy is left as it is) and gets `model`'s weights, which
+    stay float32 variables. The float32 islands are listed in this module's docstring.
+
+    Args:
+        model: a CSPSR Keras model (any precision), or an exported SavedModel's adapter.
+        config: the model's `CSPSRConfig`.
+        precision: one of PRECISIONS.
+
+    Returns:
+        A Keras model with the name of `model`; `model` itself when it already computes in
+        `precision` (an adapter only then).
+
+    Raises:
+        ValueError: an unknown precision; a SavedModel exported in another precision (its
+            precision is baked into its graph: export again with `--precision`); a Keras
+            model without its config.
+    """
+    check_precision(precision)
+    current = model_precision(model)
+    if current == precision:
+        return model
+    if isinstance(model, SavedModelAdapter):
+        raise ValueError(
+            f"the SavedModel {model.name} was exported in {current} and its precision is baked "
+            f"into the exported graph, so it cannot run in {precision}; export it again with "
+            f"export/export_savedmodel.py --precision={precision}"
+        )
+    if config is None:
+        raise ValueError(
+            f"running {model.name} in {precision} rebuilds it from its CSPSR config, which "
+            "this model lacks (a .keras file needs its .config.json beside it)"
+        )
+    return rebuild(model, config, precision)
+
+
+def select_precision(model, config, precision=None):
+    """The model a command line runs for `--precision` (None: not given).
+
+    None means DEFAULT_PRECISION for a Keras model with its config; an exported SavedModel
+    and a Keras model without config are then run as they are (a SavedModel in the
+    precision it was exported in). A given precision goes through `with_precision` (and its
+    ValueErrors).
+    """
+    if precision is None:
+        if config is None or model_precision(model) == DEFAULT_PRECISION:
+            return model
+        if isinstance(model, SavedModelAdapter):
+            return model
+        precision = DEFAULT_PRECISION
+    return with_precision(model, config, precision)
+
+
+def load_for_running(model_path, geometry=None, precision=None, ops=None, keep_ops=False):
+    """load -> geometry -> precision -> ops: `(model, config)` as a command line runs it.
+
+    Args:
+        model_path: a preset name, `.keras` file, training directory or SavedModel export.
+        geometry: None (the model's own), `stereo` or `aligned` (`build.with_geometry`).
+        precision: None (float32; an exported SavedModel: its own) or one of PRECISIONS.
+        ops: None (DEFAULT_OPS; a SavedModel: its own) or one of OPS.
+        keep_ops: leave the ops the model was built with (the LiteRT converter picks its own).
+
+    Raises:
+        What `model_io.load_model` raises (FileNotFoundError, ModelLoadError) for the file,
+        and RunSetupError naming the flag for a geometry, precision or ops it cannot take.
+    """
+    check_run_options(precision, ops)
+    model, config = load_model(model_path)
+    if geometry is not None:
+        if config is None:
+            raise RunSetupError(
+                f"--geometry: {model_path} carries no CSPSR config (an exported SavedModel?); "
+                "export it with --geometry instead"
+            )
+        model, config = with_geometry(model, config, geometry)
+    try:
+        model = select_precision(model, config, precision)
+    except ValueError as error:
+        raise RunSetupError(f"--precision={precision}: {error}") from None
+    if not keep_ops:
+        try:
+            model, config = select_ops(model, config, ops)
+        except ValueError as error:
+            raise RunSetupError(f"--ops={ops}: {error}") from None
+    return model, config
