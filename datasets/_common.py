@@ -27,7 +27,12 @@ without an end-of-image marker after its last scan) or of an unsupported type ra
 both files; a manual directory that does not have the expected layout raises
 `ManualDirLayoutError` whose message prints that layout; a path listed in the manual
 directory (a `pairs.csv` row, a frame list) that leads outside it raises
-`PathOutsideManualDirError` naming the row.
+`PathOutsideManualDirError` naming the row; a malformed line of an annotation file raises
+`AnnotationError` naming the file and the line.
+
+Generation: in process by default; with Apache Beam (`BeamWhenAsked`) only when the build is
+given a Beam runner or pipeline options (`tfds build --beam_pipeline_options=...`), so that
+apache_beam is imported only then.
 
 Provenance: every manual builder has a static `manual_sources(manual_dir)` listing the files
 a build reads (`walk_files` by default); `cspsr_tf.data.sources` fingerprints them to tell
@@ -38,7 +43,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -69,8 +75,13 @@ class PathOutsideManualDirError(ValueError):
     """A path listed in the manual directory leads outside it (e.g. `../../etc/passwd`)."""
 
 
-def common_features(*, with_disparity: bool = False) -> tfds.features.FeaturesDict:
-    """The features every builder yields (plus the disparity ones for synthetic data)."""
+class AnnotationError(ValueError):
+    """A line of an annotation file (e.g. `rgb_nir_stereo` keypoints) is malformed."""
+
+
+def common_features(*, with_disparity: bool = False, extra=None) -> tfds.features.FeaturesDict:
+    """The features every builder yields (plus the disparity ones for synthetic data, plus
+    `extra`, a dict of a builder's own features)."""
     features = {
         "vis": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
         "nir": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
@@ -84,6 +95,7 @@ def common_features(*, with_disparity: bool = False) -> tfds.features.FeaturesDi
         features["disparity_valid"] = tfds.features.Tensor(
             shape=(None, None, 1), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
         )
+    features.update(extra or {})
     return tfds.features.FeaturesDict(features)
 
 
@@ -329,3 +341,72 @@ def check_unique(ids: Sequence[str], what: str) -> None:
         if i in seen:
             raise ValueError(f"Duplicate example id {i!r} in {what}.")
         seen.add(i)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation: in process, or with Apache Beam when asked
+
+
+def beam_requested(download_config) -> bool:
+    """True when a build was given a Beam runner or Beam pipeline options."""
+    return download_config is not None and (
+        download_config.beam_runner is not None or download_config.beam_options is not None
+    )
+
+
+class BeamWhenAsked:
+    """Mixin (listed before `tfds.core.GeneratorBasedBuilder`): Beam only when asked.
+
+    TFDS runs a split through Beam when its generator is a `beam.PTransform`, and otherwise
+    writes it in process. The builders return PTransforms only when the build's
+    `DownloadConfig` names a `beam_runner` or `beam_options` (what `tfds build
+    --beam_pipeline_options=...` sets), so a plain build neither needs nor imports apache_beam.
+    """
+
+    _beam_requested = False
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        # `_split_generators` is not given the DownloadConfig: remember its Beam settings.
+        self._beam_requested = beam_requested(download_config)
+        try:
+            return super()._download_and_prepare(dl_manager, download_config)
+        finally:
+            self._beam_requested = False
+
+    def examples_per_split(
+        self, splits: dict[str, list], make_example: Callable[[object], tuple[str, dict]]
+    ) -> dict:
+        """{split: the (key, example) of `make_example(item)` for each item}, empty splits left
+        out: generators in process, `beam.PTransform`s when Beam was asked for.
+
+        `make_example` must be a module-level function and the items picklable: Beam ships
+        both to its workers.
+        """
+        splits = {name: items for name, items in splits.items() if items}
+        if not self._beam_requested:
+            return {name: (make_example(item) for item in items) for name, items in splits.items()}
+        beam = tfds.core.lazy_imports.apache_beam
+        _pickle_by_value(sys.modules[make_example.__module__], sys.modules[__name__])
+        return {
+            name: beam.Create(items) | "MakeExamples" >> beam.Map(make_example)
+            for name, items in splits.items()
+        }
+
+
+def _pickle_by_value(*modules) -> None:
+    """Makes Beam's (cloud)pickler ship the code of `modules` instead of a reference to them.
+
+    Remote workers (Dataflow, Flink, Spark) have the requirements installed but not this
+    repository; `tfds build datasets/<name>` even imports the builders as top-level modules
+    (`<name>`, `_common`). Pickled by value, the example function and these helpers run there
+    all the same. Beam's `--pickle_library=dill` ignores this (workers then need the code).
+    """
+    try:
+        from apache_beam.internal.cloudpickle import cloudpickle
+    except ImportError:  # An apache_beam without its own copy pickles with the package's.
+        try:
+            import cloudpickle
+        except ImportError:
+            return
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)

@@ -59,6 +59,12 @@ def rgb_nir_stereo(rng) -> None:
     lines = [f"20170221_1357 {k} 12.5 20.0 1.6 1.9" for k in frames["20170221_1357"]]
     (root / "lists").mkdir(parents=True)
     (root / "lists" / "20170221_1357.txt").write_text("\n".join(lines) + "\n")
+    # Keypoints (x y d c, normalised) for one test frame only, as the release has them for
+    # test frames; at 16x12: (row, column, disparity_px, class) = (5, 7, 1, 0), (11, 15, 2, 4),
+    # (2, 0, 0, 7) (x = 0 gives column -1, clipped to 0).
+    keypoints = root / "data" / "20170224_0742" / "Keypoint" / "240742_000010_Keypoint.txt"
+    keypoints.parent.mkdir(parents=True)
+    keypoints.write_text("0.5 0.5 0.0625 0\n1.0 1.0 0.125 4\n0.0 0.25 0 7\n")
 
 
 def nirscene(rng) -> None:

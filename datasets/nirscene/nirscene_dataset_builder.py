@@ -91,7 +91,7 @@ def _scan_category(category_dir) -> list[tuple[str, object, object]]:
     return sorted(pairs, key=lambda item: _common.natural_key(item[0]))
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BeamWhenAsked, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the EPFL RGB-NIR Scene dataset (nirscene1)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -139,9 +139,16 @@ it in the manual directory as follows:
         _common.check_unique(
             [i for items in splits.values() for i, _, _ in items], f"{root} (one key, two files?)"
         )
-        return {split: self._generate_examples(items) for split, items in splits.items() if items}
+        return self.examples_per_split(splits, pair_example)
 
     def _generate_examples(self, items):
-        for example_id, rgb_path, nir_path in items:
-            vis, nir = _common.read_pair(rgb_path, nir_path)
-            yield example_id, _common.example(vis, nir, _common.ALIGNED, example_id)
+        # Abstract in TFDS; `_split_generators` goes through `examples_per_split` instead.
+        for item in items:
+            yield pair_example(item)
+
+
+def pair_example(item) -> tuple[str, dict]:
+    """(id, example) of one (id, rgb_path, nir_path) pair."""
+    example_id, rgb_path, nir_path = item
+    vis, nir = _common.read_pair(rgb_path, nir_path)
+    return example_id, _common.example(vis, nir, _common.ALIGNED, example_id)

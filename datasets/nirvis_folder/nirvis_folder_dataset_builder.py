@@ -100,7 +100,7 @@ def manual_sources(manual_dir) -> list:
     return [csv_path, *(path for row in read_rows(csv_path) for path in row[1:3])]
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BeamWhenAsked, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for user RGB + NIR pairs listed in `pairs.csv`."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -125,9 +125,16 @@ Put your RGB + NIR image pairs and a {CSV_NAME} that lists them in the manual di
         rows = read_rows(csv_path)
         if not rows:
             raise _common.layout_error(manual_dir, LAYOUT, f"{csv_path} lists no pair.")
-        return {"train": self._generate_examples(rows)}
+        return self.examples_per_split({"train": rows}, row_example)
 
     def _generate_examples(self, rows):
-        for key, rgb_path, nir_path, geometry in rows:
-            vis, nir = _common.read_pair(rgb_path, nir_path)
-            yield key, _common.example(vis, nir, geometry, key)
+        # Abstract in TFDS; `_split_generators` goes through `examples_per_split` instead.
+        for row in rows:
+            yield row_example(row)
+
+
+def row_example(row) -> tuple[str, dict]:
+    """(id, example) of one (id, rgb_path, nir_path, geometry) row of pairs.csv."""
+    key, rgb_path, nir_path, geometry = row
+    vis, nir = _common.read_pair(rgb_path, nir_path)
+    return key, _common.example(vis, nir, geometry, key)

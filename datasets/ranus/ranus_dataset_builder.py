@@ -76,7 +76,7 @@ def _scan_subset(subset_dir) -> list[tuple[str, object, object]]:
     return sorted(pairs, key=lambda item: _common.natural_key(item[0]))
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BeamWhenAsked, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for RANUS (RGB and NIR Urban Scene dataset)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -123,9 +123,16 @@ authors, and arrange the RGB and NIR images in the manual directory as follows:
             raise _common.layout_error(
                 manual_dir, LAYOUT, "No RGB/NIR image pair was found in the subset folders."
             )
-        return {split: self._generate_examples(items) for split, items in splits.items() if items}
+        return self.examples_per_split(splits, pair_example)
 
     def _generate_examples(self, items):
-        for example_id, rgb_path, nir_path in items:
-            vis, nir = _common.read_pair(rgb_path, nir_path)
-            yield example_id, _common.example(vis, nir, _common.ALIGNED, example_id)
+        # Abstract in TFDS; `_split_generators` goes through `examples_per_split` instead.
+        for item in items:
+            yield pair_example(item)
+
+
+def pair_example(item) -> tuple[str, dict]:
+    """(id, example) of one (id, rgb_path, nir_path) pair."""
+    example_id, rgb_path, nir_path = item
+    vis, nir = _common.read_pair(rgb_path, nir_path)
+    return example_id, _common.example(vis, nir, _common.ALIGNED, example_id)

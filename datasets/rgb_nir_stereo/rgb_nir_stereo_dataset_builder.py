@@ -1,15 +1,19 @@
 """RGB-NIR stereo dataset (Zhi et al., CVPR 2018): rectified RGB-left / NIR-right video frames.
 
-Manual download. The builder reads the `Resize` images (582x429) of the release; see README.md
-for the layout, the split rule and the licence.
+Manual download. The builder reads the `Resize` images (582x429) of the release and the sparse
+`Keypoint/` disparity annotations of the test frames; see README.md for the layout, the split
+rule, the keypoint convention and the licence.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 try:
     from .. import _common
@@ -21,12 +25,31 @@ TEST_COLLECTIONS = ("20170222_0951", "20170222_1423", "20170223_1639", "20170224
 COLLECTION_RE = re.compile(r"^\d{8}_\d{4}$")
 _VARIANT = "Resize"  # Folders RGBResize/ and NIRResize/; files <key>_RGBResize.png.
 
+# Material classes of the keypoint annotations, indexed by their class id (Zhi et al. 2018,
+# Table 5; the column order of the authors' evaluation, cs-stereo test.py).
+KEYPOINT_CLASSES = (
+    "Common",
+    "Light",
+    "Glass",
+    "Glossy",
+    "Vegetation",
+    "Skin",
+    "Clothing",
+    "Bag",
+)
+# Columns of the `keypoints` feature.
+KEYPOINT_COLUMNS = ("row", "column", "disparity_px", "class")
+# The size the annotations were normalised by (the Resize frames).
+KEYPOINT_WIDTH, KEYPOINT_HEIGHT = 582, 429
+_KEYPOINT_DIR = "Keypoint"  # <collection>/Keypoint/<key>_Keypoint.txt
+
 LAYOUT = """\
   <manual_dir>/                       (or <manual_dir>/rgbnir_stereo/)
     data/                             (optional level: collections may also sit directly here)
       20170222_0951/                  one folder per video ("collection"), named YYYYMMDD_HHMM
         RGBResize/<key>_RGBResize.png    left RGB frame, 582x429
         NIRResize/<key>_NIRResize.png    right NIR frame, 582x429
+        Keypoint/<key>_Keypoint.txt      optional: sparse disparity keypoints, "x y d c"
       20170222_1423/ ...              12 videos in all: 8 train, 4 test
     lists/                            optional: *.txt split lists, one frame per line:
       <any name>.txt                  "collection key rgb_exposure nir_exposure red_gain blue_gain"
@@ -100,6 +123,56 @@ def read_lists(lists_dir) -> dict[str, list[str]]:
     return {c: sorted(keys, key=_common.natural_key) for c, keys in listed.items()}
 
 
+def parse_keypoints(
+    text: str, width: int = KEYPOINT_WIDTH, height: int = KEYPOINT_HEIGHT, source: str = "<text>"
+) -> np.ndarray:
+    """Keypoint lines ``x y d c`` -> float32 (N, 4): (row, column, disparity_px, class).
+
+    The conversion of the authors' evaluation (cs-stereo test.py): column = round(x * width) - 1,
+    row = round(y * height) - 1 (Python's round: halves to even), clipped into the image, and
+    disparity_px = d * width. Blank lines are skipped; any other malformed line raises
+    `AnnotationError` naming `source` and the line.
+    """
+    points = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+
+        def bad(problem: str, line_no=line_no, line=line) -> _common.AnnotationError:
+            return _common.AnnotationError(
+                f"{source}, line {line_no}: {problem}; expected 'x y d c' (x, y in [0, 1], "
+                f"d = disparity / width, c = class 0..{len(KEYPOINT_CLASSES) - 1}), got {line!r}"
+            )
+
+        if len(fields) != 4:
+            raise bad(f"{len(fields)} fields instead of 4")
+        try:
+            x, y, d = (float(f) for f in fields[:3])
+        except ValueError:
+            raise bad("x, y and d must be numbers") from None
+        try:
+            c = int(fields[3])
+        except ValueError:
+            raise bad("the class must be an integer") from None
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):  # also rejects NaN
+            raise bad("x and y must lie in [0, 1]")
+        if not math.isfinite(d):
+            raise bad("d must be finite")
+        if not 0 <= c < len(KEYPOINT_CLASSES):
+            raise bad(f"class {c} outside 0..{len(KEYPOINT_CLASSES) - 1}")
+        column = min(max(round(x * width) - 1, 0), width - 1)
+        row = min(max(round(y * height) - 1, 0), height - 1)
+        points.append((row, column, d * width, c))
+    return np.array(points, dtype=np.float32).reshape(-1, 4)
+
+
+def parse_keypoint_file(path, width: int = KEYPOINT_WIDTH, height: int = KEYPOINT_HEIGHT):
+    """`parse_keypoints` of a `<key>_Keypoint.txt` file (errors name the file)."""
+    path = epath.Path(path)
+    return parse_keypoints(path.read_text(), width, height, source=str(path))
+
+
 def _keys_from_folder(collection_dir) -> list[str]:
     suffix = f"_RGB{_VARIANT}"
     keys = [
@@ -110,13 +183,17 @@ def _keys_from_folder(collection_dir) -> list[str]:
     return sorted(keys, key=_common.natural_key)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BeamWhenAsked, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the RGB-NIR stereo dataset of Zhi et al. (CVPR 2018)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     # The files a build reads (for provenance): everything under the manual directory.
     manual_sources = staticmethod(_common.walk_files)
-    RELEASE_NOTES = {"1.0.0": "Initial release: Resize images, train/test by video."}
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: Resize images, train/test by video.",
+        "1.1.0": "`keypoints`: the sparse disparity keypoints of Keypoint/ (Table 5 classes), "
+        "(row, column, disparity_px, class) per point; empty for frames without a file.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download the RGB-NIR stereo dataset of Zhi et al. (CVPR 2018, "Deep Material-aware
 Cross-spectral Stereo Matching", http://www.cs.cmu.edu/~ILIM/projects/AA/RGBNIRStereo/)
@@ -126,7 +203,9 @@ and place it in the manual directory as follows:
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=_common.common_features(),
+            features=_common.common_features(
+                extra={"keypoints": tfds.features.Tensor(shape=(None, 4), dtype=np.float32)}
+            ),
             supervised_keys=None,
             homepage="http://www.cs.cmu.edu/~ILIM/projects/AA/RGBNIRStereo/",
         )
@@ -166,11 +245,25 @@ and place it in the manual directory as follows:
             raise _common.layout_error(
                 manual_dir, LAYOUT, f"No <key>_RGB{_VARIANT}.png frame was found."
             )
-        return {split: self._generate_examples(items) for split, items in frames.items() if items}
+        return self.examples_per_split(frames, frame_example)
 
     def _generate_examples(self, items):
-        for collection, key, collection_dir in items:
-            rgb_path, nir_path = _frame_paths(collection_dir, key)
-            vis, nir = _common.read_pair(rgb_path, nir_path)
-            example_id = f"{collection}/{key}"
-            yield example_id, _common.example(vis, nir, _common.STEREO, example_id)
+        # Abstract in TFDS; `_split_generators` goes through `examples_per_split` instead.
+        for item in items:
+            yield frame_example(item)
+
+
+def frame_example(item) -> tuple[str, dict]:
+    """(id, example) of one (collection, key, collection_dir) frame."""
+    collection, key, collection_dir = item
+    collection_dir = epath.Path(collection_dir)
+    rgb_path, nir_path = _frame_paths(collection_dir, key)
+    vis, nir = _common.read_pair(rgb_path, nir_path)
+    keypoint_path = collection_dir / _KEYPOINT_DIR / f"{key}_{_KEYPOINT_DIR}.txt"
+    if keypoint_path.is_file():
+        # In pixels of the stored frame (582x429 in the release, as the authors convert).
+        keypoints = parse_keypoint_file(keypoint_path, width=vis.shape[1], height=vis.shape[0])
+    else:
+        keypoints = np.zeros((0, 4), dtype=np.float32)
+    example_id = f"{collection}/{key}"
+    return example_id, _common.example(vis, nir, _common.STEREO, example_id, keypoints=keypoints)

@@ -54,6 +54,82 @@ def test_pixels_are_not_brightened(built):
     assert example["vis"].mean() < 40  # Dark, as the real frames.
 
 
+KEYPOINT_FRAME = "20170224_0742/240742_000010"
+
+
+def test_keypoints_feature(built):
+    examples = {
+        ex["id"]: ex
+        for ex in _testing.load_split(built, "train") + _testing.load_split(built, "test")
+    }
+    # dummy_data/.../Keypoint/240742_000010_Keypoint.txt on the 16x12 frame (hand-computed).
+    np.testing.assert_allclose(
+        examples[KEYPOINT_FRAME]["keypoints"],
+        [[5, 7, 1.0, 0], [11, 15, 2.0, 4], [2, 0, 0.0, 7]],
+    )
+    assert examples[KEYPOINT_FRAME]["keypoints"].dtype == np.float32
+    for example_id, ex in examples.items():
+        if example_id != KEYPOINT_FRAME:  # No keypoint file: no rows.
+            assert ex["keypoints"].shape == (0, 4), example_id
+
+
+def test_parse_keypoints_as_the_authors_convert():
+    # At the release's 582x429: 0.25 * 582 = 145.5 and 0.5 * 429 = 214.5 round half to even
+    # (Python's round, as cs-stereo test.py) to 146 and 214, minus 1; x = y = 0 gives -1,
+    # clipped to 0; x = y = 1 gives the last pixel.
+    text = "0.25 0.5 0.01 2\n\n0 0 0.5 7\n1 1 0 0\n0.1 0.9 0.02 5\n"
+    expected = [
+        [213, 145, 5.82, 2],
+        [0, 0, 291.0, 7],
+        [428, 581, 0.0, 0],
+        [385, 57, 11.64, 5],  # 0.9 * 429 = 386.1, 0.1 * 582 = 58.2
+    ]
+    np.testing.assert_allclose(module.parse_keypoints(text), expected, rtol=1e-6)
+    assert module.parse_keypoints("").shape == (0, 4)
+
+
+def test_parse_keypoint_file(tmp_path):
+    path = tmp_path / "240742_000010_Keypoint.txt"
+    path.write_text("0.5 0.5 0.0625 3\n")
+    np.testing.assert_allclose(
+        module.parse_keypoint_file(path, width=16, height=12), [[5, 7, 1, 3]]
+    )
+    assert module.KEYPOINT_CLASSES[3] == "Glossy" and len(module.KEYPOINT_CLASSES) == 8
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("0.5 0.5 0.01", "3 fields instead of 4"),
+        ("0.5 0.5 0.01 1 9", "5 fields instead of 4"),
+        ("0.5 0.5 0.01 8", "class 8 outside 0..7"),
+        ("0.5 0.5 0.01 -1", "class -1 outside 0..7"),
+        ("0.5 0.5 0.01 1.5", "the class must be an integer"),
+        ("1.2 0.5 0.01 1", "x and y must lie in [0, 1]"),
+        ("0.5 -0.1 0.01 1", "x and y must lie in [0, 1]"),
+        ("nan 0.5 0.01 1", "x and y must lie in [0, 1]"),
+        ("0.5 0.5 inf 1", "d must be finite"),
+        ("a 0.5 0.01 1", "x, y and d must be numbers"),
+    ],
+)
+def test_malformed_keypoint_line(tmp_path, line, problem):
+    path = tmp_path / "k_Keypoint.txt"
+    path.write_text(f"0.5 0.5 0.01 1\n{line}\n")
+    with pytest.raises(_common.AnnotationError) as info:
+        module.parse_keypoint_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}, line 2: {problem};") and "\n" not in message
+
+
+def test_malformed_keypoint_file_stops_the_build(tmp_path):
+    manual = tmp_path / "manual"
+    shutil.copytree(DUMMY, manual)
+    bad = manual / "rgbnir_stereo/data/20170224_0742/Keypoint/240742_000010_Keypoint.txt"
+    bad.write_text("0.5 0.5 0.01 9\n")
+    with pytest.raises(_common.AnnotationError, match="240742_000010_Keypoint.txt, line 1"):
+        _testing.build(module.Builder, tmp_path / "data", manual)
+
+
 def test_missing_or_empty_manual_dir(tmp_path):
     _testing.assert_missing_and_empty_manual_dir_errors(
         module.Builder, tmp_path, ["RGBResize/<key>_RGBResize.png", "_NIRResize.png", "lists/"]
