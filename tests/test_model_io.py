@@ -108,7 +108,7 @@ def test_keras_files_load_in_safe_mode(tmp_path):
 
 def test_model_io_does_not_import_export():
     """export.py imports model_io; the reverse import made a circle (issue 9, item 12)."""
-    with open(os.path.join(ROOT, "cspsr_tf", "model_io.py")) as f:
+    with open(os.path.join(ROOT, "cspsr_tf", "model", "model_io.py")) as f:
         tree = ast.parse(f.read())
     imported = set()
     for node in ast.walk(tree):

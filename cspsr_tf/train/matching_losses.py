@@ -47,7 +47,14 @@ def edge_aware_smoothness_per_example(disparity, image):
     lum = luminance(image)
     dx = tf.abs(d[:, :, 1:] - d[:, :, :-1]) * tf.exp(-10.0 * tf.abs(lum[:, :, 1:] - lum[:, :, :-1]))
     dy = tf.abs(d[:, 1:] - d[:, :-1]) * tf.exp(-10.0 * tf.abs(lum[:, 1:] - lum[:, :-1]))
-    return tf.reduce_mean(dx, axis=[1, 2, 3]) + tf.reduce_mean(dy, axis=[1, 2, 3])
+    return _mean_or_zero(dx) + _mean_or_zero(dy)
+
+
+def _mean_or_zero(values):
+    """Per-example mean of [B, h, w, C]; 0 when empty (a frame 1 px high has no vertical
+    differences: tf.reduce_mean would give NaN)."""
+    count = tf.cast(tf.reduce_prod(tf.shape(values)[1:]), values.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(values, axis=[1, 2, 3]), count)
 
 
 def photometric_per_example(vis, nir, disp_l, disp_r):
