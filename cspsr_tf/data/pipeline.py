@@ -535,7 +535,8 @@ def make_eval_dataset(
     Returns:
         A dataset of `(inputs, targets, meta)` with a batch dimension of 1; meta =
         {"id": string [1], "geometry": string [1]} (empty strings where the source lacks
-        them). Disparities are cropped but not rescaled.
+        them), plus "keypoints" [1, N, 4] where the source has them (`rgb_nir_stereo`).
+        Disparities are cropped but not rescaled.
     """
     scale = _check_scale(scale)
     if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1:
@@ -568,6 +569,8 @@ def make_eval_dataset(
             seed=degrade_seed,
         )
         meta = {"id": _string_or_default(example, "id"), "geometry": geometry}
+        if "keypoints" in example:  # (row, column, disparity, class) rows; the crop keeps them
+            meta["keypoints"] = tf.cast(example["keypoints"], tf.float32)
         return inputs, targets, meta
 
     ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
