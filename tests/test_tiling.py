@@ -72,10 +72,13 @@ def whole(dual_model, frame):
 
 @pytest.mark.parametrize(
     "tile, overlap, frame_matching",
-    [(24, 6, None), ((20, 27), 5, None), (16, 0, True)],
-    ids=["24-overlap6", "20x27-overlap5", "16-no-overlap"],
+    [(24, 6, None), ((20, 27), 5, None), (tiling.MIN_TILE, 0, True)],
+    ids=["24-overlap6", "20x27-overlap5", "32-no-overlap"],
 )
 def test_tiled_matches_whole_frame(dual_model, frame, whole, tile, overlap, frame_matching):
+    """With the derived context (the receptive field, 11 px here) only CSFT's global pool
+    differs, a tile averaging over its own window; below predict's minimum tile that drifts
+    further (measured: 0.0023 dB for 16 x 16 tiles without overlap, 38 px windows)."""
     hr, lr, nir = frame
     stats = {}
     tiled = {}
@@ -122,8 +125,8 @@ def test_group_norm_cvm_needs_the_whole_frame_pass():
     the whole image): per tile its disparities drift from the whole frame's; the whole-frame
     CVM pass, the default, reproduces them."""
     # Larger than the fixture frame, so that a tile's input (core, context and disparity
-    # margin: 88 x 112 LR px) is smaller than the frame.
-    lr = data.astronaut()[100:292:2, 100:356:2].astype(np.float32) / 255
+    # margin, the CVM's stride: 132 x 180 LR px) is smaller than the frame (160 x 200).
+    lr = data.astronaut()[50:370:2, 50:450:2].astype(np.float32) / 255
     nir = np.roll(lr.mean(axis=-1, keepdims=True), -3, axis=1)
     keras.utils.set_random_seed(3)
     model = build_cspsr(get_config("tiny", scale=SCALE, cvm_normalization="group"))
@@ -135,9 +138,11 @@ def test_group_norm_cvm_needs_the_whole_frame_pass():
             np.float32), bias])
     whole = tiling.predict_whole(model, lr, nir)
     assert tiling.default_frame_matching(model) is True
-    framed = tiling.tiled_predict(model, lr, nir, SCALE, tile=40, overlap=6)
-    per_tile = tiling.tiled_predict(model, lr, nir, SCALE, tile=40, overlap=6,
-                                    frame_matching=False)
+    framed = tiling.tiled_predict(model, lr, nir, SCALE, tile=64, overlap=6)
+    stats = {}
+    per_tile = tiling.tiled_predict(model, lr, nir, SCALE, tile=64, overlap=6,
+                                    frame_matching=False, stats=stats)
+    assert stats["input_shape"] == (132, 180)
     np.testing.assert_allclose(framed["disp_l"], whole["disp_l"], atol=1e-5)
     np.testing.assert_allclose(framed["vis_sr"], whole["vis_sr"], atol=2e-3)
     drift = np.abs(per_tile["disp_l"] - whole["disp_l"]).max()
@@ -252,3 +257,183 @@ def test_bad_arguments(dual_model, frame):
     baseline = build_cspsr(get_config("tiny", ablation="baseline", scale=SCALE))
     with pytest.raises(ValueError, match="frame_matching needs a model with a stereo CVM"):
         tiling.tiled_predict(baseline, lr, nir, SCALE, tile=16, frame_matching=True)
+
+
+# --- Receptive field, context and tile shapes (issue 30, items 4-5) -------------------------
+
+
+def _cut_global_pool(model, config):
+    """Zeroes every CSFT's channel-gate kernel, so its global average pool no longer reaches
+    the output: the network is then local, with exactly its convolutions' reach."""
+    if config.architecture != "dual" or not config.use_csft:
+        return model
+    for t in range(config.num_modules):
+        conv = model.get_layer(f"dmf{t + 1}").fusion.channel_conv
+        kernel, bias = conv.get_weights()
+        conv.set_weights([np.zeros_like(kernel), bias])
+    return model
+
+
+def _measured_reach(model, width, height=3, seed=0):
+    """(left, right): how far from an output column the inputs with a non-zero gradient lie,
+    in LR columns (the gradient of every output at that column)."""
+    rng = np.random.default_rng(seed)
+    vis = tf.constant(rng.random((1, height, width, 3), np.float32))
+    nir = tf.constant(rng.random((1, height, width, 1), np.float32))
+    column = width // 2
+    with tf.GradientTape() as tape:
+        tape.watch([vis, nir])
+        outputs = model({"vis_lr": vis, "nir_lr": nir}, training=False)
+        total = sum(tf.reduce_sum(outputs[key][:, :, column * SCALE : (column + 1) * SCALE])
+                    for key in ("vis_sr", "nir_sr") if key in outputs)
+    gradients = [g for g in tape.gradient(total, [vis, nir]) if g is not None]
+    reached = np.nonzero(sum(np.abs(g.numpy()).sum(axis=(0, 1, 3)) for g in gradients))[0]
+    return column - reached.min(), reached.max() - column
+
+
+def _reach_model(preset, ablation, seed=0, **overrides):
+    """A model without CVM (not local) and with CSFT's pool cut, large random weights (so no
+    path's gradient underflows), and plain ops (the gradients of every op)."""
+    from tests.model_helpers import perturb_weights
+
+    config = get_config(preset, ablation, scale=SCALE, channels=4, use_cvm=False,
+                        dynamic_conv_implementation="shift", **overrides)
+    keras.utils.set_random_seed(seed)
+    model = perturb_weights(build_cspsr(config), seed=seed, stddev=0.3)
+    return _cut_global_pool(model, config), config
+
+
+@pytest.mark.parametrize("ablation, overrides", [
+    ("full", {}), ("wo_dyconv", {}), ("wo_csft", {"kernel_size": 5}), ("baseline", {}),
+    ("full_gf", {}),
+], ids=["full", "wo_dyconv", "wo_csft-k5", "baseline", "guided_filter"])
+def test_receptive_field_is_the_reach_of_the_built_model(ablation, overrides):
+    """The formula against the gradient of a built model: the inputs one output column
+    depends on lie exactly `receptive_field` LR columns to either side (tiny depth, where
+    no path underflows; each layer type once)."""
+    model, config = _reach_model("tiny", ablation, **overrides)
+    expected = tiling.receptive_field(config)
+    assert _measured_reach(model, width=4 * expected) == (expected, expected)
+    # A .keras file without its config: the same figure from the model's layers.
+    assert tiling.receptive_field(tiling._config_from_layers(model)) == expected
+
+
+def test_receptive_field_of_the_presets():
+    assert tiling.receptive_field(get_config("paper")) == 50  # 4 + 15 * 3 + 1
+    assert tiling.receptive_field(get_config("small")) == 17
+    assert tiling.receptive_field(get_config("tiny")) == 11
+    assert tiling.receptive_field(get_config("paper", "wo_csft")) == 35
+    paper = get_config("paper")
+    assert tiling.tile_context(None, paper, frame_matching=True) == 50
+    # The CVM tile by tile: its cost volume's reach (5 + 6 + 9 px of Gaussian windows) too.
+    assert tiling.MATCHING_CONTEXT == 20
+    assert tiling.tile_context(None, paper, frame_matching=False) == 70
+    aligned = paper.replace(geometry="aligned")
+    assert tiling.tile_context(None, aligned, frame_matching=False) == 50
+    assert tiling.minimum_tile(50, overlap=8, align=1) == 50
+    assert tiling.minimum_tile(11, overlap=8, align=1) == tiling.MIN_TILE == 32
+    assert tiling.minimum_tile(11, overlap=20, align=4) == 44
+
+
+def test_paper_depth_reach_exceeds_the_old_context_and_stays_within_the_derived_one():
+    """At the paper preset's depth (T = 15) a built model's measured reach is far beyond the
+    fixed context of 24 px that tiles had, and never beyond the derived context. (Deep paths
+    pass many sigmoid gates, so the gradient vanishes a little short of the full 50 px.)"""
+    model, config = _reach_model("paper", "full")
+    assert config.num_modules == 15
+    left, right = _measured_reach(model, width=128)
+    context = tiling.tile_context(model, config, frame_matching=True)
+    assert context == tiling.receptive_field(config) == 50
+    assert tiling.DEFAULT_CONTEXT < min(left, right) <= max(left, right) <= context
+
+
+@pytest.fixture(scope="module")
+def paper_depth():
+    """The paper preset's depth (15 DMF modules, a 4-stage CVM), 4 channels (speed), with
+    realistic small random weights; an astronaut crop 40 x 200 LR."""
+    from tests.model_helpers import perturb_weights
+
+    config = get_config("paper", scale=SCALE, channels=4, cvm_base_channels=4)
+    keras.utils.set_random_seed(7)
+    model = perturb_weights(build_cspsr(config), seed=7, stddev=0.05)
+    hr = data.astronaut()[40 : 40 + 40 * SCALE, 20 : 20 + 200 * SCALE].astype(np.float32) / 255
+    lr = hr.reshape(40, SCALE, 200, SCALE, 3).mean(axis=(1, 3))
+    nir = np.roll(lr.mean(axis=-1, keepdims=True), -3, axis=1)
+    return model, config, hr, lr, nir
+
+
+def _tiled_vis_sr(model, config, lr, nir, stats):
+    bands = tiling.iter_tiled_rows(model, lr, nir, SCALE, keys=["vis_sr"], tile=(40, 48),
+                                   overlap=8, config=config, stats=stats)
+    return np.concatenate([band["vis_sr"] for _, _, band in bands])[np.newaxis]
+
+
+def test_tiled_matches_whole_frame_at_the_paper_depth(paper_depth):
+    """The README's claim at T = 15: tiles cut every 40-48 columns, each with the derived
+    context (50 px), reproduce the whole frame within 0.001 dB; with CSFT's global pool cut
+    (the only non-local part after the CVM) they reproduce it to float rounding."""
+    model, config, hr, lr, nir = paper_depth
+    stats = {}
+    whole = tiling.predict_whole(model, lr, nir)["vis_sr"]
+    tiled = _tiled_vis_sr(model, config, lr, nir, stats)
+    assert stats["context"] == 50 and stats["frame_matching"] is True
+    assert stats["tiles"] == 5 and stats["input_shape"] == (40, 148)
+    psnr_whole = _numpy_psnr(whole[0], hr)
+    assert 20 < psnr_whole < 60
+    assert abs(_numpy_psnr(tiled[0], hr) - psnr_whole) < 0.001
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)
+    _cut_global_pool(model, config)
+    local_whole = tiling.predict_whole(model, lr, nir)["vis_sr"]
+    local_tiled = _tiled_vis_sr(model, config, lr, nir, {})
+    assert np.abs(local_whole - whole).max() > 1e-6  # the cut pool changed the output
+    np.testing.assert_allclose(local_tiled, local_whole, atol=2e-6)
+
+
+def test_tile_plan_windows_have_one_shape_and_hold_their_context():
+    rng = np.random.default_rng(0)
+    checked = 0
+    while checked < 500:
+        height, width = (int(v) for v in rng.integers(1, 300, 2))
+        tile = int(rng.integers(1, 120))
+        overlap = int(rng.integers(0, tile))
+        context, disparity = int(rng.integers(0, 60)), float(rng.integers(0, 30))
+        align = int(rng.choice([1, 2, 4, 8, 16]))
+        plan = tiling.TilePlan(height, width, tile, overlap, context, disparity, align)
+        assert set(plan.input_shapes(self_ensemble=True)) == {(plan.in_h, plan.in_w)}
+        for y0, y1, cy0, cy1, fy0, fy1 in plan.rows:
+            for first, last in ((cy0, cy1), (fy0, fy1)):
+                assert 0 <= first and last <= height
+                assert first <= max(0, y0 - context) and last >= min(height, y1 + context)
+            # Plain windows start on the CVM's grid, flipped ones end on it (from the bottom).
+            assert cy0 % align == 0 and (height - fy1) % align == 0
+        for x0, x1, cx0, cx1 in plan.cols:
+            assert 0 <= cx0 and cx1 <= width and cx0 % align == 0
+            assert cx0 <= max(0, x0 - plan.context_h) and cx1 >= min(width, x1 + plan.context_h)
+        checked += 1
+
+
+@pytest.mark.parametrize("self_ensemble, frame_matching", [(False, None), (True, None),
+                                                           (False, False)],
+                         ids=["plain", "self-ensemble", "cvm-per-tile"])
+def test_every_tile_has_one_input_shape(dual_model, monkeypatch, self_ensemble, frame_matching):
+    """The issue's 101x67 frame: edge tiles used to be smaller, one trace per shape."""
+    rng = np.random.default_rng(3)
+    lr = rng.random((67, 101, 3), np.float32)
+    nir = rng.random((67, 101, 1), np.float32)
+    shapes = []
+    run_model = tiling._run_model
+
+    def recording(model, vis, nir_input, keys=None):
+        shapes.append((vis.shape, tuple(np.shape(x) for x in (
+            nir_input if isinstance(nir_input, list) else [nir_input]))))
+        return run_model(model, vis, nir_input, keys)
+
+    monkeypatch.setattr(tiling, "_run_model", recording)
+    out = tiling.predict(dual_model, lr, nir, SCALE, tile=32, overlap=8, keys=["vis_sr"],
+                         self_ensemble=self_ensemble, frame_matching=frame_matching, batch=3)
+    assert out["vis_sr"].shape == (1, 67 * SCALE, 101 * SCALE, 3)
+    # 3 rows of 4 tiles (per pass), in batches of 3; a short last batch is filled up.
+    passes = 2 if self_ensemble else 1
+    assert len(shapes) == 3 * -(-4 * passes // 3)
+    assert len(set(shapes)) == 1, set(shapes)
+    assert shapes[0][0][0] == 3

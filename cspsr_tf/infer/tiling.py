@@ -19,7 +19,23 @@ where the CVM runs tile by tile):
 * the widened window is clipped to the frame (at the frame border there is nothing more to
   see, exactly as in whole-frame inference), and its top-left corner is moved outwards to a
   multiple of the CVM's stride `2**cvm_depth`, so the encoder's stride-2 sampling grid and its
-  bottom/right padding are the same as for the whole frame.
+  bottom/right padding are the same as for the whole frame;
+* every window of an axis has the same length (`TilePlan.window_size`): a window that the
+  frame border clips is moved inwards instead, so it sees more of the frame on its inner side
+  (more real context never hurts). Every forward pass of a frame then has one input shape
+  (one for the whole-frame CVM pass too), so TensorFlow traces the XLA-compiled parts once,
+  not once per edge-tile shape.
+
+Context (`tile_context`): the receptive field of the network after the CVM
+(`receptive_field`, counted from its kernel sizes: 50 LR px for the paper preset's 15 DMF
+modules, 11 for `tiny`), plus, where the CVM runs tile by tile, the reach of its cost volume
+(`MATCHING_CONTEXT`: NCC window, aggregation and fill, 20 LR px). With the CVM on the whole
+frame (the default) and the context at least the receptive field, a core's pixels see exactly
+what they see in the whole frame, except for the CSFT's global pooling (below).
+
+Tile size: below `minimum_tile` (at least `MIN_TILE`, the context and twice the overlap) the
+context dwarfs the core and tiled inference costs many times a whole-frame pass; `predict`
+refuses such tiles (this module's functions take any size).
 
 Cross-view matching on the whole frame (the default: the CVM is not local, its group norm and
 its NCC^2 floor use statistics of the whole input, so a tile's differ from the frame's): the
@@ -31,11 +47,16 @@ about 1 KB per LR pixel). Frames above `FRAME_MATCHING_MAX_PIXELS` LR pixels run
 tile instead (memory bounded by the tile; each tile's disparities use that tile's statistics).
 
 What tiling cannot reproduce exactly: (a) convolutions near a tile's cut see the cut, not
-the image (the context keeps that out of the core as long as it exceeds the receptive field
-that matters); (b) the CSFT unit's channel weights come from a *global* average pool
-(paper Eq. 2), which a tile computes over itself rather than over the frame. Both effects are
-small for natural images (`tests/test_tiling.py` checks < 0.001 dB PSNR difference against
-whole-frame inference), but tiled numbers are not bit-identical to whole-frame numbers.
+the image (the context keeps that out of the core: the derived context is the receptive
+field, so with the CVM on the whole frame nothing of the cut reaches a core); (b) the CSFT
+unit's channel weights come from a *global* average pool (paper Eq. 2), which a tile computes
+over itself rather than over the frame; (c) where the CVM runs tile by tile (frames above
+`FRAME_MATCHING_MAX_PIXELS`, an exported SavedModel, which cannot be split after its CVM),
+its group norm and NCC floor use the tile's statistics. (b) is small for natural images
+(`tests/test_tiling.py` checks < 0.001 dB PSNR difference against whole-frame inference at
+the `tiny` and at the `paper` preset's depth, and that with CSFT's pool cut off the tiles
+match the whole frame to float rounding), but tiled numbers are not bit-identical to
+whole-frame numbers.
 
 Memory: tiles are processed one row of tiles at a time (`iter_tiled_rows`); per output only
 a band of one tile row is accumulated, the blending weights are normalised 1-D profiles (no
@@ -45,6 +66,7 @@ just the outputs asked for.
 """
 
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -52,9 +74,130 @@ from absl import logging
 
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 8
-# Beyond the CVM's receptive field: its NCC cost volume reads a Gaussian window (radius 5 LR
-# px), is aggregated (radius 6) and filled from confident neighbours (radius 9), 20 px in all.
+# The fixed context of earlier versions, for callers that pass one explicitly; `context=None`
+# (the default of the functions here) derives it from the model (`tile_context`).
 DEFAULT_CONTEXT = 24
+# Smallest tile `predict` accepts whatever the model (`minimum_tile`): below it the context
+# and the per-call overhead dominate.
+MIN_TILE = 32
+
+
+def _gaussian_radius(sigma):
+    return int(3 * sigma + 0.5)  # as `cross_spectral_similarity.gaussian_kernel`
+
+
+def _matching_context():
+    """The reach of the CVM's cost volume (LR px): its NCC window, its aggregation and its
+    confidence-weighted fill are Gaussian blurs in sequence (5 + 6 + 9 = 20 px)."""
+    from cspsr_tf.model.layers import cvm
+    from cspsr_tf.ops import cross_spectral_similarity as css
+
+    return sum(_gaussian_radius(sigma) for sigma in (
+        css.NCC_WINDOW_SIGMA, cvm.COST_AGGREGATION_SIGMA, cvm.FILL_SIGMA))
+
+
+MATCHING_CONTEXT = _matching_context()
+
+
+def receptive_field(config):
+    """LR pixels on each side of an output pixel that the network after the CVM reads.
+
+    Counted from the kernel sizes: a k x k convolution reads (k - 1) / 2 pixels on each side,
+    layers in sequence add their reach, parallel paths take the larger one; the VIS and the
+    NIR branch are followed apart (reach r_vis, r_nir from the LR inputs):
+
+    * NIR-guided filter of radius r (optional, VIS branch input): box means, then box means
+      of the fitted coefficients: 2r;
+    * shallow features (per branch): conv3x3, conv3x3, residual block (two conv3x3): +4;
+    * each DMF module (dual branch): the filtered NIR F'_nir reads, through the dynamic
+      convolution, its per-pixel kernels (a conv3x3 over both branches: max(r_vis, r_nir) + 1)
+      and the NIR features under its k x k taps (r_nir + k // 2); a plain conv3x3 "w/o DyConv":
+      r_nir + 1. CSFT's gate w_s2 is a conv3x3 over F'_nir and F_vis: +1 (its 1x1 fusion "w/o
+      CSFT": +0). Then each branch's conv3x3: +1 (the residual adds nothing wider);
+    * each residual block of a single-branch body: +2;
+    * the reconstruction conv3x3: +1 (the pixel shuffle reads no neighbour); the bicubic skip
+      reads 2 LR pixels of its source (the LR image, or the guided filter's output).
+
+    The paper preset (T = 15, k = 3): 4 + 15 * 3 + 1 = 50; `small` (T = 4): 17; `tiny`
+    (T = 2): 11. `tests/test_tiling.py` measures the reach of built models (the gradient of
+    one output column is non-zero exactly that far) and checks it against this. CSFT's
+    global average pool reads the whole input and is not counted (see the module docstring),
+    nor is the CVM (`tile_context`).
+
+    Args:
+        config: a `CSPSRConfig`, or any object with its fields `architecture`, `num_modules`,
+            `kernel_size`, `use_dynamic_conv`, `use_csft`, `nir_guided_filter_radius`.
+
+    Returns:
+        int, the radius in LR pixels (the widest of the outputs; `vis_sr`'s in practice).
+    """
+    guided = 2 * int(getattr(config, "nir_guided_filter_radius", 0) or 0)
+    modules = int(config.num_modules)
+    if config.architecture == "single":
+        return guided + 4 + 2 * modules + 1
+    r_vis, r_nir = guided + 4, 4
+    for _ in range(modules):
+        if config.use_dynamic_conv:
+            filtered = max(max(r_vis, r_nir) + 1, r_nir + int(config.kernel_size) // 2)
+        else:
+            filtered = r_nir + 1
+        fused = max(filtered, r_vis) + (1 if config.use_csft else 0)
+        r_vis, r_nir = fused + 1, filtered + 1
+    return max(r_vis, r_nir) + 1
+
+
+def _config_from_layers(model):
+    """The fields `receptive_field` reads, from the layers of a Keras CSPSR model that came
+    without its config (a `.keras` file without `.config.json`); None if not recognisable."""
+    import types
+
+    layers = {layer.name: layer for layer in getattr(model, "layers", [])}
+    radius = max((int(getattr(layer, "radius", 0)) for name, layer in layers.items()
+                  if name.startswith("nir_guided_filter")), default=0)
+    dmf = [name for name in layers if re.fullmatch(r"dmf\d+", name)]
+    if dmf:
+        first = layers["dmf1"] if "dmf1" in layers else layers[dmf[0]]
+        return types.SimpleNamespace(
+            architecture="dual", num_modules=len(dmf), kernel_size=first.kernel_size,
+            use_dynamic_conv=first.use_dynamic_conv, use_csft=first.use_csft,
+            nir_guided_filter_radius=radius,
+        )
+    blocks = [name for name in layers if re.fullmatch(r"vis_block\d+", name)]
+    if blocks or "vis_recon_conv" in layers:
+        return types.SimpleNamespace(
+            architecture="single", num_modules=len(blocks), kernel_size=3,
+            use_dynamic_conv=False, use_csft=False, nir_guided_filter_radius=radius,
+        )
+    return None
+
+
+def tile_context(model, config=None, frame_matching=False):
+    """The context (LR px on each side of a core) that tiles of `model` need.
+
+    `receptive_field` of the config (read from the model's layers when `config` is None),
+    plus `MATCHING_CONTEXT` where a stereo CVM runs tile by tile (`frame_matching` False).
+    A model whose structure is unknown (no config, not a Keras CSPSR model) gets
+    `DEFAULT_CONTEXT`, with a warning.
+    """
+    source = config if config is not None else _config_from_layers(model)
+    if source is None:
+        logging.warning("Cannot tell the receptive field of %s; tiles get a context of %d px.",
+                        getattr(model, "name", "the model"), DEFAULT_CONTEXT)
+        return DEFAULT_CONTEXT
+    context = receptive_field(source)
+    if config is not None:
+        stereo = config.use_cvm and config.geometry != "aligned"
+    else:
+        stereo = stereo_cvm(model) is not None
+    if stereo and not frame_matching:
+        context += MATCHING_CONTEXT
+    return context
+
+
+def minimum_tile(context, overlap=0, align=1):
+    """The smallest tile worth running: `MIN_TILE`, at least the context (a tile's input is
+    then at most 9 times its core) and more than twice the overlap (plus the alignment)."""
+    return max(MIN_TILE, int(context), 2 * int(overlap) + int(align))
 
 
 def model_scale(model, config=None):
@@ -151,7 +294,16 @@ def stereo_cvm(model):
         cvm = model.get_layer("cvm")
     except ValueError:
         return None
-    return None if cvm.geometry == "aligned" else cvm
+    # An exported SavedModel's stand-in names only the margins; it is taken for stereo.
+    return None if getattr(cvm, "geometry", "stereo") == "aligned" else cvm
+
+
+def splittable(model):
+    """Whether `model` is a Keras model, whose CVM can run apart from the rest (an exported
+    SavedModel is one graph)."""
+    import keras
+
+    return isinstance(model, keras.Model)
 
 
 # Above this many LR pixels (about 4 GiB for the whole-frame CVM pass), tiles match alone.
@@ -160,10 +312,10 @@ FRAME_MATCHING_MAX_PIXELS = 4_000_000
 
 def default_frame_matching(model, height=None, width=None):
     """Whether tiled inference runs the model's CVM on the whole frame by default: for a
-    stereo CVM that is not local, on frames of at most `FRAME_MATCHING_MAX_PIXELS` LR pixels
-    (any size when height or width is None)."""
+    stereo CVM that is not local, of a Keras model (`splittable`), on frames of at most
+    `FRAME_MATCHING_MAX_PIXELS` LR pixels (any size when height or width is None)."""
     cvm = stereo_cvm(model)
-    if cvm is None or cvm.is_local:
+    if cvm is None or getattr(cvm, "is_local", False) or not splittable(model):
         return False
     return height is None or width is None or height * width <= FRAME_MATCHING_MAX_PIXELS
 
@@ -264,10 +416,14 @@ def _tile_input(frame, rows, cols, flip):
 class TilePlan:
     """Where the tiles of a frame lie: core and input windows, one row of tiles at a time.
 
+    Every input window of an axis has the same length (`window_size`), so every forward pass
+    of a frame, the vertically flipped ones included, has the same input shape.
+
     Attributes:
         height, width: LR frame size.
         tile_h, tile_w: core size (clipped to the frame).
         overlap: LR pixels cross-faded between neighbouring cores.
+        in_h, in_w: the input size of every tile.
         rows: [(y0, y1, cy0, cy1, fy0, fy1)]: core rows, input rows of the plain pass and
             input rows of the vertically flipped pass (self-ensemble), whose *bottom* is
             aligned so that it sees the grid the whole flipped frame would.
@@ -295,20 +451,40 @@ class TilePlan:
         self.context_v = int(context)
         self.context_h = int(context) + int(math.ceil(max_disparity))
         self.align = int(align)
+        self.in_h = self.window_size(self.height, self.tile_h, self.context_v, self.align)
+        self.in_w = self.window_size(self.width, self.tile_w, self.context_h, self.align)
         self.rows = []
         for y0 in window_starts(self.height, self.tile_h, overlap):
             y1 = y0 + self.tile_h
-            cy0 = max(0, y0 - self.context_v) // align * align
-            cy1 = min(self.height, y1 + self.context_v)
-            fy0 = max(0, y0 - self.context_v)
-            fy1 = self.height - (self.height - cy1) // align * align
-            self.rows.append((y0, y1, cy0, cy1, fy0, fy1))
+            cy0 = self._window_start(y0, self.height, self.in_h, self.context_v)
+            # The flipped pass: the same rule in flipped coordinates, mapped back.
+            flipped = self._window_start(self.height - y1, self.height, self.in_h,
+                                         self.context_v)
+            fy1 = self.height - flipped
+            self.rows.append((y0, y1, cy0, cy0 + self.in_h, fy1 - self.in_h, fy1))
         self.cols = []
         for x0 in window_starts(self.width, self.tile_w, overlap):
-            x1 = x0 + self.tile_w
-            cx0 = max(0, x0 - self.context_h) // align * align
-            cx1 = min(self.width, x1 + self.context_h)
-            self.cols.append((x0, x1, cx0, cx1))
+            cx0 = self._window_start(x0, self.width, self.in_w, self.context_h)
+            self.cols.append((x0, x0 + self.tile_w, cx0, cx0 + self.in_w))
+
+    @staticmethod
+    def window_size(length, tile, context, align):
+        """The input length of every window of an axis: the core, its context on both sides
+        and up to `align - 1` for the alignment of its start, or the whole axis if shorter.
+
+        `length - size` is a multiple of `align`, so a window moved inwards to end at the
+        frame's end still starts on the alignment grid.
+        """
+        wanted = tile + 2 * context + align - 1
+        if wanted >= length:
+            return length
+        return length - (length - wanted) // align * align
+
+    def _window_start(self, start, length, size, context):
+        """First input index of the window of the core at `start`: `context` before it,
+        rounded down to the alignment grid, moved inwards where the window would pass the
+        frame's end (it then ends there, as the whole frame does)."""
+        return min(max(0, start - context) // self.align * self.align, length - size)
 
     @property
     def num_tiles(self):
@@ -362,13 +538,14 @@ def iter_tiled_rows(
     keys=None,
     tile=DEFAULT_TILE,
     overlap=DEFAULT_OVERLAP,
-    context=DEFAULT_CONTEXT,
+    context=None,
     max_disparity=None,
     align=None,
     batch=1,
     self_ensemble=False,
     frame_matching=None,
     stats=None,
+    config=None,
 ):
     """Tiled inference that hands over the output one finished band of rows at a time.
 
@@ -377,7 +554,7 @@ def iter_tiled_rows(
     to float one tile at a time, so they may stay uint8 / uint16.
 
     Args:
-        model, scale, tile, overlap, context, max_disparity, align, batch: as for
+        model, scale, tile, overlap, context, max_disparity, align, batch, config: as for
             `tiled_predict`.
         vis_lr: [h, w, 3] or [1, h, w, 3]: float in [0, 1], or uint8 / uint16 (divided by
             the dtype's maximum tile by tile).
@@ -390,7 +567,8 @@ def iter_tiled_rows(
             module docstring).
         stats: optional dict, filled with "tiles", "forward_passes", "model_seconds"
             (wall time inside the model calls, the whole-frame CVM included) and
-            "frame_matching".
+            "frame_matching", "context" and "input_shape" (the one input size of every
+            tile).
 
     Yields:
         (lr_start, lr_stop, {key: float32 [(lr_stop - lr_start) * factor, w * factor, C]}):
@@ -411,6 +589,11 @@ def iter_tiled_rows(
     frame_matching = bool(frame_matching)
     if frame_matching and cvm is None:
         raise ValueError(f"frame_matching needs a model with a stereo CVM; {model.name!r} has none.")
+    if frame_matching and not splittable(model):
+        raise ValueError(f"frame_matching needs a Keras model; {model.name!r} is one graph "
+                         "(an exported SavedModel): its CVM runs tile by tile.")
+    if context is None:
+        context = tile_context(model, config, frame_matching)
     model_disparity, model_stride = tile_geometry(model, frame_matching)
     plan = TilePlan(
         height, width, tile, overlap, context,
@@ -426,7 +609,8 @@ def iter_tiled_rows(
     )
     stats = {} if stats is None else stats
     stats.update(tiles=plan.num_tiles, forward_passes=0, model_seconds=0.0,
-                 frame_matching=frame_matching)
+                 frame_matching=frame_matching, context=plan.context_v,
+                 input_shape=(plan.in_h, plan.in_w))
     run = _TiledRun(model, cvm if frame_matching else None, plan, vis, nir, scale, keys,
                     self_ensemble, batch, stats)
     for row_index in range(len(plan.rows)):
@@ -442,10 +626,13 @@ class _TiledRun:
                  stats):
         import time
 
-        self.plan, self.vis, self.nir, self.scale, self.batch = plan, vis, nir, scale, batch
+        self.plan, self.vis, self.nir, self.scale = plan, vis, nir, scale
         self.keys = None if keys is None else set(keys)
         self.stats = stats
         self.passes = (False, True) if self_ensemble else (False,)
+        # Every row has the same passes; a short last batch is filled up to this size with
+        # repeats of its last tile, so that the batch dimension never changes either.
+        self.batch = min(batch, len(plan.cols) * len(self.passes))
         self.share = 1.0 / len(self.passes)
         self.bands, self.factors, self.weights = {}, {}, {}
         self.runner, self.matched = model, None
@@ -490,7 +677,8 @@ class _TiledRun:
         for (in_h, in_w), group in self._jobs(row_index).items():
             for first in range(0, len(group), self.batch):
                 chunk = group[first : first + self.batch]
-                vis_tiles, nir_inputs = self._inputs(chunk, in_h)
+                filled = chunk + [chunk[-1]] * (self.batch - len(chunk))
+                vis_tiles, nir_inputs = self._inputs(filled, in_h)
                 started = time.perf_counter()
                 outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys)
                 self.stats["model_seconds"] += time.perf_counter() - started
@@ -548,13 +736,15 @@ def tiled_predict(
     *,
     tile=DEFAULT_TILE,
     overlap=DEFAULT_OVERLAP,
-    context=DEFAULT_CONTEXT,
+    context=None,
     max_disparity=None,
     align=None,
     batch=1,
     keys=None,
     self_ensemble=False,
     frame_matching=None,
+    config=None,
+    stats=None,
 ):
     """Runs `model` on overlapping tiles of an LR pair and stitches the outputs.
 
@@ -568,8 +758,9 @@ def tiled_predict(
             frame).
         overlap: int, default 8: LR pixels shared by neighbouring cores and cross-faded.
             Must be smaller than the tile.
-        context: int, default 24: LR pixels of extra input on each side of a core, computed
-            and discarded.
+        context: int or None (default): LR pixels of extra input on each side of a core,
+            computed and discarded; None derives it from the model (`tile_context`: its
+            receptive field, plus the CVM's cost volume where the CVM runs per tile).
         max_disparity: float or None: extra horizontal context, in LR pixels, for the stereo
             warp; None reads it from the model's CVM (0 without a CVM or with frame_matching).
         align: int or None: tile origins are moved outwards to multiples of this; None uses
@@ -579,6 +770,9 @@ def tiled_predict(
         self_ensemble: average every tile with its vertically flipped pass.
         frame_matching: CVM on the whole frame, the rest on tiles (default: True for a
             group-norm CVM; see the module docstring).
+        config: the model's `CSPSRConfig`, for the context (default: read from the model's
+            layers; an exported SavedModel's adapter needs it).
+        stats: optional dict, filled as by `iter_tiled_rows`.
 
     Returns:
         dict of float32 numpy arrays with the same keys and shapes as the model's outputs for
@@ -591,7 +785,7 @@ def tiled_predict(
     for start, stop, bands in iter_tiled_rows(
         model, vis_lr, nir_lr, scale, keys=keys, tile=tile, overlap=overlap, context=context,
         max_disparity=max_disparity, align=align, batch=batch, self_ensemble=self_ensemble,
-        frame_matching=frame_matching,
+        frame_matching=frame_matching, config=config, stats=stats,
     ):
         for key, band in bands.items():
             if key not in stitched:
@@ -649,18 +843,32 @@ def predict(
     }
 
 
-def forward_bytes_per_pixel(model):
+def forward_bytes_per_pixel(model, config=None):
     """Bytes one LR pixel costs in a forward pass (float32), estimated from the graph.
 
     Keras keeps every layer output of a functional model until the call ends, so the sum of
     the layer outputs per LR pixel, measured on a 32x32 probe, is close to the peak (within
     0.8-1.0x of the measured peak for the tiny and small presets); callers add a margin.
+
+    An exported SavedModel has no layers to measure: the figure is that of a Keras model
+    built from its `config` (in its precision). That is conservative: the SavedModel runs as
+    a TensorFlow graph, which frees each intermediate tensor once its last reader is done,
+    where the Keras model keeps them all. Without a config: None (no estimate).
     """
     import keras
 
     cached = getattr(model, "_cspsr_bytes_per_pixel", None)
     if cached is not None:
         return cached
+    if not isinstance(model, keras.Model):
+        if config is None:
+            return None
+        from cspsr_tf.model.build import build_cspsr
+
+        stand_in = build_cspsr(config, precision=getattr(model, "precision", None) or "float32")
+        total = forward_bytes_per_pixel(stand_in)
+        model._cspsr_bytes_per_pixel = total
+        return total
     tensors = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):

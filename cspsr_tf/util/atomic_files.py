@@ -11,6 +11,8 @@ import os
 import tempfile
 
 TEMP_PREFIX = ".tmp-"
+# How a staged file's descriptor becomes a file object (tests put a full disk behind it).
+_fdopen = os.fdopen
 
 
 def _umask():
@@ -35,8 +37,10 @@ def new_file_mode():
 class StagedFiles:
     """Several files written under temporary names and renamed together by `commit`.
 
-    Leaving the `with` block without `commit` (an error, an interrupt) removes every
-    temporary file, so no target is ever half-written or left out of step with the others.
+    Leaving the `with` block without `commit` (an error, an interrupt, a full disk) removes
+    every temporary file, so no target is ever half-written or left out of step with the
+    others. (A SIGTERM kills a Python process without unwinding unless a handler turns it
+    into an exception, as `cspsr_tf.predict` does.)
 
         with StagedFiles() as staged:
             f = staged.open("out/sr.png")
@@ -56,7 +60,7 @@ class StagedFiles:
         )
         try:
             os.fchmod(handle, new_file_mode())
-            file = os.fdopen(handle, "wb")
+            file = _fdopen(handle, "wb")
         except BaseException:
             os.close(handle)
             os.remove(tmp)
@@ -65,18 +69,42 @@ class StagedFiles:
         return file
 
     def commit(self):
-        """Closes every staged file and renames it over its target."""
-        for _, _, file in self._staged:
-            file.close()
+        """Closes every staged file and renames it over its target.
+
+        Raises:
+            OSError: closing (the last buffered bytes reach the disk: a full disk fails here)
+                or renaming failed; its `filename` is the target's path. The temporary files
+                are still staged, so leaving the `with` block removes them.
+        """
+        for _, path, file in self._staged:
+            try:
+                file.close()
+            except OSError as error:
+                error.filename = path
+                raise
         for tmp, path, _ in self._staged:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as error:
+                error.filename = path
+                raise
         self._staged = []
 
     def discard(self):
+        """Closes and removes every temporary file; never raises for a file that cannot be
+        flushed (a full disk) or is already gone, so that every one of them is removed."""
         for tmp, _, file in self._staged:
-            file.close()
-            if os.path.exists(tmp):
+            try:
+                # A full disk fails the flush again; the file descriptor is closed anyway.
+                file.close()
+            except OSError:
+                pass
+            try:
                 os.remove(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # e.g. the folder was made read-only meanwhile: nothing more to do
         self._staged = []
 
     def __enter__(self):
