@@ -646,12 +646,6 @@ def _stage_outputs(bands, out_path, disparity_out, dtype, lr_size, scale, max_di
             staged.commit()
 
 
-def _is_savedmodel(model_path):
-    from cspsr_tf.presets import resolve
-
-    return os.path.isfile(os.path.join(resolve(model_path), "saved_model.pb"))
-
-
 def load(model_path, geometry=None, precision=None, ops=None):
     """`(model, config)` as predict runs them (`runtime.load_for_running`).
 
@@ -669,21 +663,12 @@ def load(model_path, geometry=None, precision=None, ops=None):
 
     from cspsr_tf.model import runtime
 
-    savedmodel = _is_savedmodel(model_path)
     try:
-        model, config = runtime.load_for_running(
-            model_path, None if savedmodel else geometry, precision, ops)
+        return runtime.load_for_running(model_path, geometry, precision, ops)
     except runtime.RunSetupError as error:
         raise InputError(str(error)) from None
     except (OSError, ValueError, TypeError) as error:
         raise InputError(f"--model {model_path}: cannot load ({error})") from None
-    if savedmodel and geometry is not None and config.use_cvm and config.geometry != geometry:
-        raise InputError(
-            f"--geometry={geometry}: {model_path} is a SavedModel exported for {config.geometry} "
-            "pairs, and its rig is baked into its graph (it cannot be rebuilt); export it again "
-            f"with export/export_savedmodel.py --geometry={geometry}"
-        )
-    return model, config
 
 
 def _read_pair(vis_path, nir_path, out_path, names=("--vis", "--nir")):

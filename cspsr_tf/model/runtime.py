@@ -113,12 +113,7 @@ def load_for_running(model_path, geometry=None, precision=None, ops=None, keep_o
     check_run_options(precision, ops)
     model, config = load_model(model_path)
     if geometry is not None:
-        if config is None:
-            raise RunSetupError(
-                f"--geometry: {model_path} carries no CSPSR config (an exported SavedModel?); "
-                "export it with --geometry instead"
-            )
-        model, config = with_geometry(model, config, geometry)
+        model, config = _with_geometry(model, config, geometry, model_path)
     try:
         model = select_precision(model, config, precision)
     except ValueError as error:
@@ -129,3 +124,20 @@ def load_for_running(model_path, geometry=None, precision=None, ops=None, keep_o
         except ValueError as error:
             raise RunSetupError(f"--ops={ops}: {error}") from None
     return model, config
+
+
+def _with_geometry(model, config, geometry, model_path):
+    if config is None:
+        raise RunSetupError(
+            f"--geometry: {model_path} carries no CSPSR config, so its rig cannot be changed"
+        )
+    if isinstance(model, SavedModelAdapter):
+        # Its config comes along, but its rig is baked into the exported graph.
+        if config.use_cvm and config.geometry != geometry:
+            raise RunSetupError(
+                f"--geometry={geometry}: {model_path} is a SavedModel exported for "
+                f"{config.geometry} pairs, and its rig is baked into its graph (it cannot be "
+                f"rebuilt); export it again with export/export_savedmodel.py --geometry={geometry}"
+            )
+        return model, config
+    return with_geometry(model, config, geometry)
