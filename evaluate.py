@@ -45,6 +45,32 @@ flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: non
 define_speed_flags(flags)
 
 
+def check_arguments(out_dir, tile=None, tile_overlap=8, max_frames=None):
+    """Raises ValueError (one line, naming the flag) for settings that would fail later.
+
+    Checked before the model and the data load and before any folder is made.
+    """
+    from cspsr_tf.data.sources import blocking_file
+
+    if tile is not None and tile < 1:
+        raise ValueError(f"--tile must be >= 1 (LR pixels), got {tile}")
+    if tile_overlap < 0:
+        raise ValueError(f"--tile_overlap must be >= 0, got {tile_overlap}")
+    if tile is not None and tile_overlap >= tile:
+        raise ValueError(f"--tile_overlap={tile_overlap} must be smaller than --tile={tile}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max_frames must be >= 1, got {max_frames}")
+    blocker = blocking_file(out_dir)
+    if blocker:
+        raise ValueError(f"--out_dir={out_dir}: {blocker} is a file, not a folder")
+
+
+def split_label(dataset, split):
+    """The sub-folder of --out_dir for a (dataset, split): `nirvis_synthetic_test`,
+    `nirscene_train_-4` for `train[:4]`."""
+    return f"{dataset}_{split}".replace("[", "_").replace("]", "").replace(":", "-")
+
+
 def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=None, tile=None,
              tile_overlap=8, self_ensemble=False, max_frames=None, save_images=True,
              degradation="none", precision=None, ops=None):
@@ -53,20 +79,26 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     `precision`: None (float32; an exported SavedModel: its own), `float32`, `bfloat16` or
     `float16`. `ops`: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or
     `patches` (both applied by `runtime.load_for_running`).
+
+    Bad settings raise ValueError (a `DataError` for the data) before anything is written; a
+    failure during the evaluation removes the folders this call made (`out_dir` itself when it
+    made it), so only complete results are left.
     """
     from cspsr_tf.data import pipeline, sources
-    from cspsr_tf.evaluate import evaluation
     from cspsr_tf.infer import tiling
     from cspsr_tf.model import runtime
-    from cspsr_tf.model.precision import model_precision
 
     runtime.check_run_options(precision, ops)
-
+    check_arguments(out_dir, tile, tile_overlap, max_frames)
     for name in datasets:
         if name not in sources.DATASETS:
             raise sources.DataError(
                 f"unknown dataset {name!r}; choose one of {', '.join(sources.DATASETS)}"
             )
+    for label in (split_label(name, split) for name in datasets for split in splits):
+        blocker = sources.blocking_file(os.path.join(out_dir, label))
+        if blocker:
+            raise ValueError(f"--out_dir={out_dir}: {blocker} is a file, not a folder")
     model, config = runtime.load_for_running(model_path, precision=precision, ops=ops)
     scale = tiling.model_scale(model, config)
     # Every (dataset, split) is opened before any is evaluated, so that a bad one (an unknown
@@ -78,15 +110,40 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
             eval_ds = pipeline.make_eval_dataset(
                 raw, scale=scale, degradation=None if degradation == "none" else degradation
             )
-            label = f"{name}_{split}".replace("[", "_").replace("]", "").replace(":", "-")
-            jobs.append((label, eval_ds))
+            jobs.append((split_label(name, split), eval_ds))
+    parents = []  # the folders above out_dir that do not exist yet, nearest first
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.lexists(parent):
+        parents.append(parent)
+        parent = os.path.dirname(parent)
+    made = [path for path in [os.path.join(out_dir, label) for label, _ in jobs] + [out_dir]
+            if not os.path.lexists(path)]
+    try:
+        return _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, tile=tile,
+                              overlap=tile_overlap, self_ensemble=self_ensemble,
+                              save_images=save_images, max_frames=max_frames)
+    except BaseException:
+        import contextlib
+        import shutil
+
+        for path in made:  # out_dir last: it holds the others
+            shutil.rmtree(path, ignore_errors=True)
+        for path in parents:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty
+        raise
+
+
+def _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, **options):
+    """Evaluates each (label, dataset) into `out_dir/label`; writes `out_dir/summary.md`."""
+    from cspsr_tf.evaluate import evaluation
+    from cspsr_tf.model.precision import model_precision
+
     all_results = {}
     for label, eval_ds in jobs:
         results = evaluation.evaluate_dataset(
-            model, config, eval_ds, scale=scale, tile=tile, overlap=tile_overlap,
-            self_ensemble=self_ensemble, out_dir=os.path.join(out_dir, label),
-            save_images=save_images, max_frames=max_frames,
-            model_name=os.path.basename(os.path.normpath(model_path)),
+            model, config, eval_ds, scale=scale, out_dir=os.path.join(out_dir, label),
+            model_name=os.path.basename(os.path.normpath(model_path)), **options,
         )
         all_results[label] = results
         mean = results["mean"]
@@ -110,7 +167,9 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     quiet_dataset_progress()
-    from cspsr_tf.data.sources import DataError
+    from cspsr_tf.data.sources import DataError, quiet_tfds_notices
+
+    quiet_tfds_notices()
 
     if not FLAGS.model:
         fail("evaluate.py", "--model is required (a .keras file or a training directory)")
@@ -129,7 +188,9 @@ def main(argv):
             FLAGS.manual_dir, FLAGS.tile, FLAGS.tile_overlap, FLAGS.self_ensemble,
             FLAGS.max_frames, FLAGS.save_images, FLAGS.degradation, FLAGS.precision, FLAGS.ops,
         )
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, OSError, ValueError) as error:
+        # OSError: FileNotFoundError (the model), and what writing the results may meet (a
+        # full disk, no permission); one line like every other error.
         fail("evaluate.py", str(error), getattr(error, "details", ""))
     print(json.dumps({label: r["mean"] for label, r in results.items()}, indent=1))
     print(f"Tables and images in {FLAGS.out_dir} (summary.md)")

@@ -32,7 +32,7 @@ quiet_tensorflow()
 
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.data.sources import DataError  # noqa: E402
+from cspsr_tf.data.sources import DataError, quiet_tfds_notices  # noqa: E402
 from cspsr_tf.train import loop, run_config, run_dir  # noqa: E402
 
 TRAIN_HELP = {
@@ -114,6 +114,7 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     quiet_dataset_progress()
+    quiet_tfds_notices()
     if FLAGS.mixed_precision and FLAGS["precision"].present and FLAGS.precision != "float16":
         fail("train.py", f"--mixed_precision (float16) disagrees with --precision={FLAGS.precision}; "
              "use --precision alone")

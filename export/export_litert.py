@@ -1,7 +1,7 @@
 """Exports a trained CSPSR model as a LiteRT (TensorFlow Lite) flatbuffer.
 
     .venv/bin/python export/export_litert.py \\
-        --model runs/tiny_x2/model.keras --out cspsr_x2.tflite \\
+        --model runs/tiny_x2/best.keras --out cspsr_x2.tflite \\
         [--variant float32|float16|dynamic_int8] [--lr_size HxW|dynamic] \\
         [--geometry stereo|aligned] [--overwrite]
 
@@ -17,7 +17,8 @@ The input size is FIXED at --lr_size: LiteRT cannot resize a fixed-size file
 (resized at run time), with or without the CVM. See cspsr_tf/export/litert_export.py.
 
 Exit status: 0 on success; 2 with one line on stderr when the model is missing, unreadable or
-does not convert, or the target exists without --overwrite (nothing is written then).
+does not convert, the target exists without --overwrite, or a file stands where a folder of
+--out must go (nothing is written then; the target is checked before the conversion).
 """
 
 import os
@@ -28,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, Python puts export/ (not the repository root) on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main  # noqa: E402
 
@@ -59,12 +60,17 @@ flags.mark_flags_as_required(["model", "out"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     # The cheap refusals come before TensorFlow starts (seconds); export_from_path checks
     # them again.
     if os.path.lexists(FLAGS.out) and not FLAGS.overwrite:
         fail(PROGRAM, "Export target already exists (use overwrite to replace it): "
              f"{os.path.abspath(FLAGS.out)}")
+    above = os.path.dirname(os.path.abspath(FLAGS.out))
+    while not os.path.lexists(above):  # the nearest existing folder above --out
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):  # (litert_export.check_target says the same, after TF starts)
+        fail(PROGRAM, f"--out {FLAGS.out}: {above} is a file, not a folder")
     from cspsr_tf import presets
 
     model = presets.resolve(FLAGS.model)
@@ -85,6 +91,8 @@ def main(argv):
             FLAGS.model, FLAGS.out, lr_size=lr_size, variant=FLAGS.variant,
             geometry=FLAGS.geometry, overwrite=FLAGS.overwrite,
         )
+    except litert_export.TargetBlockedError as error:  # "<out>: <file> is a file, not a folder"
+        fail(PROGRAM, f"--out {error}")
     except (OSError, ValueError, tf.errors.OpError) as error:
         # FileNotFoundError / FileExistsError are OSErrors; a corrupt .keras, a SavedModel or
         # a failed conversion are ValueErrors.

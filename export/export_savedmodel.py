@@ -1,7 +1,7 @@
 """Exports a trained CSPSR model as a TensorFlow SavedModel for serving.
 
     .venv/bin/python export/export_savedmodel.py \\
-        --model runs/tiny_x2/model.keras --out exported/cspsr_x2/1 [--overwrite]
+        --model runs/tiny_x2/best.keras --out exported/cspsr_x2/1 [--overwrite]
 
 `--model` is a `.keras` file (with its `.config.json` sidecar when present) or a training
 directory (config.json + checkpoints/). The SavedModel has the signatures `serving_default`
@@ -14,7 +14,8 @@ element-wise parts run: `fused` graphs hold XLA-compiled functions (fastest; Ten
 on CPU needs `--xla_cpu_compilation_enabled=true`), `shift` graphs only plain TensorFlow ops.
 
 Exit status: 0 on success; 2 with one line on stderr (naming the file) when the model is
-missing or unreadable, or the target exists without --overwrite.
+missing or unreadable, the target exists without --overwrite, or a file stands where a folder
+of --out must go (checked before the model loads).
 """
 
 import os
@@ -30,7 +31,7 @@ from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_ma
 quiet_tensorflow()
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from cspsr_tf.export import savedmodel_export  # noqa: E402
 from cspsr_tf.model.precision import PRECISIONS  # noqa: E402
@@ -65,7 +66,7 @@ flags.mark_flags_as_required(["model", "out"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        fail("export_savedmodel", f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
     if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
         fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
@@ -74,6 +75,8 @@ def main(argv):
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,
             geometry=FLAGS.geometry, precision=FLAGS.precision, ops=FLAGS.ops,
         )
+    except savedmodel_export.TargetBlockedError as error:  # "<out>: <file> is a file, not a folder"
+        fail("export_savedmodel", f"--out {error}")
     except (OSError, ValueError, tf.errors.OpError) as error:
         # FileNotFoundError / FileExistsError are OSErrors; a corrupt .keras is a ValueError.
         fail("export_savedmodel", " ".join(str(error).split()))

@@ -33,10 +33,14 @@ from benchmarks import bench_util  # noqa: E402
 from datasets import _common  # noqa: E402
 from datasets.nirvis_folder.nirvis_folder_dataset_builder import CSV_NAME, read_rows  # noqa: E402
 
-flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Folder with pairs.csv (the real pairs).")
-flags.DEFINE_string("out_dir", os.path.join(bench_util.REPO_ROOT, "runs", "oracle_guide_samples"),
-                    "Folder written (replaced if it exists).")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    # Only when run as a script: tests import this module beside others with flags of these names.
+    flags.DEFINE_string("manual_dir", bench_util.SAMPLES_DIR, "Folder with pairs.csv (the real pairs).")
+    flags.DEFINE_string("out_dir", os.path.join(bench_util.REPO_ROOT, "runs", "oracle_guide_samples"),
+                        "Folder written (replaced if it exists).")
 
 # ITU-R BT.601 luma weights of R, G, B, applied in float64. (`cspsr_tf.data.registration.grey`
 # computes the same in float32, which rounds 1,414 pixels of the 185 guides to the next level:
@@ -95,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -109,6 +109,39 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
         assert not out.exists(), (args, sorted(str(p) for p in out.rglob("*")))
 
 
+def test_evaluate_bad_output_settings_exit_2_and_make_no_folder(
+    synthetic_data_dir, tiny_model_path, tmp_path
+):
+    # Issue 30: --out_dir under a file was a NotADirectoryError traceback (exit 1); a bad --tile
+    # or --max_frames left an empty <out_dir>/nirvis_synthetic_test/ behind.
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    out = tmp_path / "o"
+    cases = [
+        (a_file / "results", f"--out_dir={a_file / 'results'}: {a_file} is a file, not a folder",
+         []),
+        (out, "--tile must be >= 1 (LR pixels), got 0", ["--tile=0"]),
+        (out, "--max_frames must be >= 1, got 0", ["--max_frames=0"]),
+    ]
+    for out_dir, message, args in cases:
+        result = run_evaluate([f"--model={tiny_model_path}", f"--data_dir={synthetic_data_dir}",
+                               f"--out_dir={out_dir}", *args])
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines() == [f"evaluate.py: error: {message}"], args
+        assert sorted(os.listdir(tmp_path)) == ["a_file"], args
+    assert a_file.read_text() == "keep"
+
+
+def test_evaluate_dataset_checks_max_frames_before_making_out_dir(tiny_model_path, tmp_path):
+    from cspsr_tf.evaluate import evaluation
+
+    model, config = model_io.load_model(tiny_model_path)
+    with pytest.raises(ValueError, match="max_frames must be >= 1"):
+        evaluation.evaluate_dataset(model, config, [], scale=2, out_dir=str(tmp_path / "x"),
+                                    max_frames=0)
+    assert os.listdir(tmp_path) == []
+
+
 def test_evaluate_an_exported_savedmodel_gives_the_keras_numbers(
     synthetic_data_dir, tiny_model_path, tmp_path
 ):

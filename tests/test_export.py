@@ -455,3 +455,89 @@ def test_export_for_a_registered_camera_serves_zero_disparity(tiny, tmp_path):
     np.testing.assert_array_equal(got["disp_l"].numpy(), 0.0)
     stereo = model({"vis_lr": vis, "nir_lr": nir}, training=False)["disp_l"].numpy()
     assert np.abs(stereo).max() > 0.1  # the same weights shift the NIR in the stereo model
+
+
+# Issue 30: a file where a folder of --out must go, folder modes under the umask, the docs' curl.
+
+
+def test_out_under_a_file_is_refused_before_the_model_loads(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    out = blocker / "cspsr" / "1"
+    # The model does not exist: the target check comes first, with its own message.
+    with pytest.raises(savedmodel_export.TargetBlockedError) as info:
+        savedmodel_export.export_from_path(str(tmp_path / "missing.keras"), str(out))
+    assert str(info.value) == f"{out}: {blocker} is a file, not a folder"
+    assert blocker.read_text() == "keep" and os.listdir(tmp_path) == ["a_file"]
+
+
+def test_cli_out_under_a_file_exits_2_in_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    out = blocker / "1"
+    result = _run([sys.executable, SCRIPT, "--model", str(tmp_path / "m.keras"), "--out", str(out)],
+                  cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"export_savedmodel: error: --out {out}: {blocker} is a file, not a folder"
+    ]
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027])
+def test_export_folders_follow_the_umask(upsampler, tmp_path, umask):
+    # TensorFlow makes variables/ and assets/ 0755 minus the umask: under umask 002 they were
+    # 0755 while the folders this project makes were 0775.
+    old = os.umask(umask)
+    try:
+        out = savedmodel_export.export_savedmodel(upsampler, None, str(tmp_path / "m" / "1"))
+    finally:
+        os.umask(old)
+    folders, files = [], []
+    for folder, subfolders, names in os.walk(out):
+        folders += [os.path.join(folder, name) for name in subfolders]
+        files += [os.path.join(folder, name) for name in names]
+    assert {os.path.basename(path) for path in folders} >= {"variables", "assets", "assets.extra"}
+    for path in [out, *folders]:
+        assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask, path
+    for path in files:
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def _curl_bodies(path):
+    """The JSON bodies of the `curl ... -d '...'` examples of a Markdown file."""
+    with open(path) as f:
+        text = f.read()
+    return [json.loads(body) for body in re.findall(r"curl [^`]*? -d '(\{.*?\})'", text, re.S)]
+
+
+@pytest.mark.parametrize("doc", ["docs/serving.md", "export/SERVING.md"])
+def test_the_documented_curl_body_runs_through_its_signature(loaded, doc):
+    bodies = _curl_bodies(os.path.join(ROOT, doc))
+    assert len(bodies) == 1
+    body = bodies[0]
+    signature = loaded.signatures[body["signature_name"]]
+    specs = signature.structured_input_signature[1]
+    assert sorted(body["inputs"]) == sorted(specs) == ["nir_lr", "vis_lr"]
+    inputs = {name: tf.constant(value, specs[name].dtype) for name, value in body["inputs"].items()}
+    outputs = signature(**inputs)
+    height, width = inputs["vis_lr"].shape[1:3]
+    assert outputs["vis_sr"].shape == (1, height * SCALE, width * SCALE, 3)
+    assert outputs["disp_l"].shape == (1, height, width, 1)
+    assert np.all(np.isfinite(outputs["vis_sr"].numpy()))
+
+
+def test_the_serving_docs_start_the_server_with_xla_and_export_x4_as_x4():
+    # The default --ops=fused export needs XLA:CPU in TensorFlow Serving; an x4 model is not
+    # exported to a folder named x2; the README names files that training writes.
+    for doc in ("docs/serving.md", "export/SERVING.md"):
+        with open(os.path.join(ROOT, doc)) as f:
+            text = f.read()
+        docker = re.search(r"docker run .*?tensorflow/serving[^\n]*", text, re.S).group(0)
+        assert "--xla_cpu_compilation_enabled=true" in docker, doc
+        for model, out in re.findall(r"--model (\S+) --out (\S+)", text):
+            assert re.search(r"_x(\d)", model).group(1) == re.search(r"_x(\d)", out).group(1), (
+                doc, model, out)
+    with open(os.path.join(ROOT, "export", "README.md")) as f:
+        readme = f.read()
+    models = re.findall(r"--model (\S+)", readme)
+    assert models and all(os.path.basename(m) in ("best.keras", "final.keras") for m in models)

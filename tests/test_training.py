@@ -119,6 +119,24 @@ def test_bad_inputs_exit_2_with_one_line(synthetic_data_dir, tmp_path):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         last = result.stderr.strip().splitlines()[-1]
         assert message in last, (args, last)
+    # The failed build of nirvis_folder left no empty TFDS skeleton in its --data_dir.
+    assert not (tmp_path / "d").exists()
+
+    # One line and nothing else (issue 30): a file as --model_dir (was FileExistsError after
+    # loading the data), a model-config value only the layers checked (was a ValueError from
+    # the layer, after loading the data).
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    cases = [
+        ([f"--model_dir={a_file}"], f"--model_dir={a_file}: {a_file} is a file, not a folder"),
+        ([f"--model_dir={tmp_path / 'f'}", "--kernel_normalization=foo"],
+         "--kernel_normalization='foo' is not one of: softmax, none"),
+    ]
+    for args, message in cases:
+        result = run_train([*base, *args], timeout=120)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines() == [f"train.py: error: {message}"], args
+    assert a_file.read_text() == "keep" and not (tmp_path / "f").exists()
 
     # A model_dir holding a run with another config.
     model_dir = tmp_path / "run"
@@ -453,3 +471,90 @@ def test_a_run_that_ends_below_bicubic_says_so(tmp_path):
     assert "BELOW bicubic" in message and "38.39 dB against 39.41 dB" in message
     assert "step 200" in message and "\n" not in message
     assert run_dir.below_bicubic_message(records[0]) is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dynamic_conv_implementation="xla"),
+     "--dynamic_conv_implementation='xla' is not one of: fused, shift, patches"),
+    (dict(kernel_normalization="foo"), "--kernel_normalization='foo' is not one of: softmax, none"),
+    (dict(scale=5), "--scale=5 is not one of: 2, 3, 4, 8"),
+    (dict(geometry="left"), "--geometry='left' is not one of: stereo, aligned"),
+    (dict(channels=0), "--channels must be >= 1, got 0"),
+    (dict(max_disparity=1.5), "--max_disparity must be >= 2, got 1.5"),
+    (dict(kernel_size=4), "--kernel_size must be odd, got 4"),
+    (dict(skip_source="guided_filter"), "model config of --preset=small --ablation=full: "
+     "skip_source='guided_filter' needs nir_guided_filter_radius"),
+])
+def test_model_config_values_are_checked_naming_the_flag(overrides, message):
+    # Checked in build_configs, before anything loads; dynamic_conv_implementation,
+    # kernel_normalization and max_disparity used to fail only when the layers were built.
+    from cspsr_tf.train import run_config
+
+    with pytest.raises(run_config.ConfigError) as info:
+        run_config.build_configs({}, overrides)
+    assert str(info.value) == message
+
+
+def test_output_folders_that_are_files_are_refused_up_front(tmp_path):
+    from cspsr_tf.train import run_config
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for name in ("model_dir", "data_dir"):
+        train, model = run_config.build_configs({name: str(a_file / "sub")}, {})
+        with pytest.raises(run_config.ConfigError) as info:
+            run_config.validate_configs(train, model)
+        assert str(info.value) == f"--{name}={a_file / 'sub'}: {a_file} is a file, not a folder"
+
+
+# A short run as a user sees it (issue 30): few lines, the progress and the last line kept; its
+# folders follow the umask (TensorFlow made checkpoints/ and tensorboard/ 0755 whatever it was).
+SHORT_RUN_MAX_LINES = 30
+UMASK = 0o002  # group-writable: TensorFlow's 0755 differs from 0777 minus this umask
+
+
+@pytest.fixture(scope="module")
+def short_run(synthetic_data_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("short") / "run"
+    args = [*[a for a in TINY if not a.startswith("--cvm_steps")], f"--data_dir={synthetic_data_dir}",
+            f"--model_dir={model_dir}", "--steps=4", "--cvm_steps=2", "--eval_every=2",
+            "--log_every=2", "--save_every=2"]
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=lambda: os.umask(UMASK),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_a_short_run_prints_few_lines(short_run):
+    model_dir, result = short_run
+    lines = result.stderr.strip().splitlines()
+    # Before: over 150, the whole config dumped twice (SR run and CVM pre-training, 69 lines
+    # each) and TFDS's FeatureConnector.dtype notice several times.
+    assert len(lines) < SHORT_RUN_MAX_LINES, "\n".join(lines)
+    assert not any('"train": {' in line or "FeatureConnector.dtype" in line for line in lines)
+    text = result.stderr
+    assert f"config in {model_dir / 'config.json'}" in text  # the config is named, not dumped
+    assert "step 2/2: total=" in text  # the CVM pre-training's progress
+    assert "step 2/4: total=" in text and "step 4/4: total=" in text
+    assert re.search(r"step 4 validation: PSNR [\d.]+ dB \(bicubic [\d.]+\)", text)
+    assert result.stdout.strip().splitlines()[-1].startswith(
+        f"Trained to step 4; outputs in {model_dir}")
+
+
+def test_a_runs_folders_and_files_follow_the_umask(short_run):
+    model_dir, _ = short_run
+    folders, files = [str(model_dir)], []
+    for folder, subfolders, names in os.walk(model_dir):
+        folders += [os.path.join(folder, name) for name in subfolders]
+        files += [os.path.join(folder, name) for name in names]
+    names = {os.path.relpath(path, model_dir) for path in folders}
+    assert names >= {"checkpoints", "tensorboard", "cvm_pretrain", "cvm_pretrain/checkpoints",
+                     "cvm_pretrain/cvm"}
+    for path in folders:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o777 & ~UMASK), path
+    assert any(path.endswith(".keras") for path in files)
+    for path in files:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~UMASK), path

@@ -9,10 +9,12 @@ succeeds), so another folder is never silently replaced by the data of the first
 Without `manual_dir`, the prepared data is used as it is.
 """
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -39,6 +41,76 @@ class DataError(ValueError):
         self.details = details
 
 
+def quiet_tfds_notices():
+    """Drops TFDS's notice that `FeatureConnector.dtype` is deprecated from the absl log.
+
+    TFDS 4.9 logs it about its own code (tensor_feature.decode_example) each time a split is
+    read, several times a run: nothing a user of this project can act on.
+    """
+    import logging as std_logging
+
+    from absl import logging as absl_logging
+
+    class _DropDtypeNotice(std_logging.Filter):
+        def filter(self, record):
+            return "FeatureConnector.dtype` is deprecated" not in record.getMessage()
+
+    absl_logging.get_absl_handler().addFilter(_DropDtypeNotice())
+
+
+def blocking_file(path):
+    """The file (or other non-folder) at `path` or above it that keeps a folder from being made
+    at `path`, or None when `path` is a folder or can be made.
+
+    The command lines check their output folders (--model_dir, --data_dir, --out_dir, --out)
+    with it before any slow work, to refuse in one line what os.makedirs would refuse with
+    `[Errno 17] File exists` or `[Errno 20] Not a directory`.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    while True:
+        if os.path.lexists(path):
+            return None if os.path.isdir(path) else path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+@contextlib.contextmanager
+def _removed_on_failure(data_dir, name):
+    """Removes what a failed preparation of dataset `name` created in `data_dir`, and only that.
+
+    A failed TFDS build (e.g. an empty or broken --manual_dir) leaves `<data_dir>/<name>/`,
+    `<data_dir>/downloads/extracted/` and `data_dir` itself behind, empty. Afterwards: the
+    dataset's folder goes if this build made it (else the entries this build added to it),
+    and the folders this build made on the way (downloads/, downloads/extracted/, data_dir and
+    its parents) go if they are empty.
+    """
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    own = os.path.join(data_dir, name)
+    made = []  # folders that may not exist yet, deepest first
+    for path in (os.path.join(data_dir, "downloads", "extracted"), os.path.join(data_dir, "downloads")):
+        made.append(path)
+    path = data_dir
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    made = [path for path in made if not os.path.isdir(path)]
+    entries = set(os.listdir(own)) if os.path.isdir(own) else None
+    try:
+        yield
+    except BaseException:
+        if entries is None:
+            shutil.rmtree(own, ignore_errors=True)
+        elif os.path.isdir(own):
+            for entry in set(os.listdir(own)) - entries:
+                shutil.rmtree(os.path.join(own, entry), ignore_errors=True)
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only when empty
+        raise
+
+
 def get_builder(name, data_dir=None, manual_dir=None):
     """The prepared TFDS builder `name` (prepared now if needed; offline).
 
@@ -52,9 +124,13 @@ def get_builder(name, data_dir=None, manual_dir=None):
     # Importing the builder's package registers it with TFDS.
     importlib.import_module(f"datasets.{name}")
     data_dir = data_dir or DEFAULT_DATA_DIR
+    blocker = blocking_file(data_dir)
+    if blocker:
+        raise DataError(f"--data_dir={data_dir}: {blocker} is a file, not a folder")
     builder = tfds.builder(name, data_dir=data_dir)
     if name not in MANUAL_DATASETS:
-        _prepare(builder, None)
+        with _removed_on_failure(data_dir, name):
+            _prepare(builder, None)
         return builder
     if manual_dir is None:
         if not _is_prepared(builder):
@@ -65,8 +141,9 @@ def get_builder(name, data_dir=None, manual_dir=None):
         return builder
     fingerprint = _with_data_errors(name, manual_fingerprint, builder, manual_dir)
     if not _is_prepared(builder):
-        _prepare(builder, manual_dir)
-        _write_source_record(builder, manual_dir, fingerprint)
+        with _removed_on_failure(data_dir, name):
+            _prepare(builder, manual_dir)
+            _write_source_record(builder, manual_dir, fingerprint)
         return builder
     recorded = _read_source_record(builder)
     if recorded.get("fingerprint") == fingerprint:

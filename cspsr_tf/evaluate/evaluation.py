@@ -301,6 +301,8 @@ def evaluate_dataset(
     """
     if config is not None and int(config.scale) != int(scale):
         raise ValueError(f"scale={scale} differs from the model config's scale={config.scale}")
+    if max_frames is not None and max_frames < 1:  # checked before out_dir is made
+        raise ValueError(f"max_frames must be >= 1. Received: max_frames={max_frames}")
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
     max_disparity = config.max_disparity if config is not None else tiling.model_geometry(model)[0]

@@ -21,12 +21,24 @@ included), with and without a stereo CVM (whose nearest x2 upsampling is written
 depth_to_space so that the converter keeps track of its channels). Fixed is the default
 because it lets the converter fold the shape arithmetic; XNNPACK then plans its buffers once.
 
-Variants: `float32`; `float16` (weights stored as float16, about half the file, computed in
-float32); `dynamic_int8` (dynamic-range quantisation: int8 weights, convolutions computed with
-activations quantised on the fly, about a quarter of the file; the converter leaves weights of
-fewer than 1024 values in float32). Measured on the paper preset at x4, LR 107x145, random
-weights, against the Keras model: `vis_sr` differs by at most 4e-7 (float32), 1.9e-3 (float16,
-PSNR 84 dB) and 1.8e-3 (dynamic_int8, PSNR 67 dB); the files are 14.7, 7.5 and 4.0 MB.
+Variants: `float32`; `float16` (the learned weights of the convolutions stored as float16,
+about half the file, computed in float32: `float16_weights`); `dynamic_int8` (dynamic-range
+quantisation: int8 weights, convolutions computed with activations quantised on the fly, about
+a quarter of the file; the converter leaves weights of fewer than 1024 values in float32).
+Measured on the paper preset at x4, LR 107x145, random weights, against the Keras model:
+`vis_sr` differs by at most 4e-7 (float32) and 1.8e-3 (dynamic_int8, PSNR 67 dB); the files
+are 14.7 and 4.0 MB.
+
+Why `float16` is not the converter's float16 mode (`supported_types=[tf.float16]`): that mode
+rounds EVERY float constant to float16, not only the weights, among them the Gaussian window
+taps of the CVM's local NCC and cost aggregation (its depthwise convolutions; keeping just
+those in float32 removes the error). The windows' means then drift, which in flat,
+low-contrast areas moves the best matching candidate: on the shipped cspsr_small_x4 model
+(a 32x48 LR crop of a nirvis_synthetic test frame) its `disp_l` was up to 1.41 LR px off the
+Keras model's (2.0% of pixels off by more than 1 px), 0.68 px on the tiny preset on a smooth
+image (perturbed weights), and `vis_sr` up to 2.5e-4 off. `float16_weights` rounds only what the convolutions
+learned; on the same inputs `disp_l` is within 0.002 LR px and `vis_sr` within 5e-5, for a
+file of the same size (1.47 against 1.49 MB; float32: 2.76 MB).
 
 The disparities go through an argmax over candidate disparities (the CVM's cost volume): where
 two candidates tie, as in occluded border columns, rounding decides, so `disp_l` / `disp_r`
@@ -56,7 +68,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from cspsr_tf.export.savedmodel_export import FLOAT_RANGE_TOLERANCE
+from cspsr_tf.export.savedmodel_export import (  # noqa: F401  (TargetBlockedError: raised here)
+    FLOAT_RANGE_TOLERANCE,
+    TargetBlockedError,
+    check_parent,
+)
 from cspsr_tf.model import model_io
 from cspsr_tf.util import atomic_files
 
@@ -240,10 +256,10 @@ def convert_model(model, lr_size, variant="float32"):
     holder.graph_variables = list({id(v): v for v in concrete.variables}.values())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif variant == "dynamic_int8":
+    # float16 is converted as float32, then its learned weights are stored in float16
+    # (`float16_weights`; the converter's own float16 mode rounds every constant: see the
+    # module docstring).
+    if variant == "dynamic_int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # The converter prints its diagnostics (pages of MLIR on a failure) from C++ to stderr;
     # they are summarised in the error instead.
@@ -259,8 +275,91 @@ def convert_model(model, lr_size, variant="float32"):
             f"LiteRT conversion failed{hint if dynamic else ''}: "
             f"{_converter_message(error, ''.join(log))}"
         ) from None
+    if variant == "float16":
+        tflite_model = float16_weights(tflite_model)
     _check_converted(tflite_model, keys)
     return tflite_model
+
+
+# Ops whose constant inputs are learned weights (filters and biases); the float16 variant
+# stores those in float16. DEPTHWISE_CONV_2D is not among them: in CSPSR its filters are the
+# fixed Gaussian windows of the CVM's local NCC, which must stay float32.
+FLOAT16_WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def float16_weights(tflite_model):
+    """A float32 flatbuffer (bytes) with its learned weights stored in float16.
+
+    Every float32 constant read only by `FLOAT16_WEIGHT_OPS` (their filters and biases)
+    becomes a float16 constant and a DEQUANTIZE op that turns it back into float32 when the
+    interpreter prepares the model: the pattern of TensorFlow's float16 quantisation, which
+    LiteRT and XNNPACK run in float32. All other constants (the CVM's NCC windows, the
+    candidate disparities, the bicubic taps, folded normalisations) and all arithmetic stay
+    float32. Returns the new flatbuffer, bytes.
+    """
+    import collections
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [names.get(flatbuffer_utils.get_builtin_code_from_operator_code(c))
+             for c in model.operatorCodes]
+    dequantize = _operator_code(model, schema, codes, "DEQUANTIZE", version=3)  # v3: float16
+    buffer_users = collections.Counter(
+        tensor.buffer for subgraph in model.subgraphs for tensor in subgraph.tensors
+    )
+    for subgraph in model.subgraphs:
+        readers = collections.defaultdict(set)  # tensor -> the ops that read it
+        produced = set(subgraph.inputs or [])
+        for op in subgraph.operators:
+            produced.update(op.outputs or [])
+            for index in op.inputs or []:
+                readers[index].add(codes[op.opcodeIndex])
+        dequantize_ops = []
+        for index, tensor in enumerate(list(subgraph.tensors)):
+            data = model.buffers[tensor.buffer].data
+            if (index in produced or not readers[index]
+                    or not readers[index] <= set(FLOAT16_WEIGHT_OPS)
+                    or tensor.type != schema.TensorType.FLOAT32 or data is None or not len(data)):
+                continue
+            half = schema.TensorT()
+            half.shape = list(tensor.shape or [])
+            half.type = schema.TensorType.FLOAT16
+            half.name = (tensor.name or b"") + b"/float16"
+            stored = schema.BufferT()
+            values = np.frombuffer(bytes(data), "<f4").astype("<f2")
+            stored.data = np.frombuffer(values.tobytes(), np.uint8)
+            model.buffers.append(stored)
+            half.buffer = len(model.buffers) - 1
+            subgraph.tensors.append(half)
+            buffer_users[tensor.buffer] -= 1
+            if not buffer_users[tensor.buffer]:  # (buffers may be shared by equal constants)
+                model.buffers[tensor.buffer].data = None
+            tensor.buffer = 0  # the float32 tensor is now computed: DEQUANTIZE(half)
+            op = schema.OperatorT()
+            op.opcodeIndex = dequantize
+            op.inputs, op.outputs = [len(subgraph.tensors) - 1], [index]
+            dequantize_ops.append(op)
+        subgraph.operators = dequantize_ops + list(subgraph.operators)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _operator_code(model, schema, codes, name, version):
+    """The index of builtin op `name` in the model's operator codes (appended if missing)."""
+    if name in codes:
+        index = codes.index(name)
+        model.operatorCodes[index].version = max(model.operatorCodes[index].version, version)
+        return index
+    code = schema.OperatorCodeT()
+    builtin = getattr(schema.BuiltinOperator, name)
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)  # the int8 field of old readers
+    code.version = version
+    model.operatorCodes.append(code)
+    codes.append(name)
+    return len(model.operatorCodes) - 1
 
 
 def _check_converted(tflite_model, keys):
@@ -283,7 +382,9 @@ def _check_converted(tflite_model, keys):
 
 
 def check_target(out_path, overwrite=False):
-    """Raises FileExistsError if `out_path` exists and `overwrite` is False."""
+    """Raises FileExistsError if `out_path` exists and `overwrite` is False, IsADirectoryError
+    if it is a folder, `savedmodel_export.TargetBlockedError` (a NotADirectoryError) if a file
+    stands where a folder above it must go."""
     if os.path.lexists(out_path) and not overwrite:
         raise FileExistsError(
             "Export target already exists (use overwrite to replace it): "
@@ -291,6 +392,7 @@ def check_target(out_path, overwrite=False):
         )
     if os.path.isdir(out_path):
         raise IsADirectoryError(f"Export target is a directory: {os.path.abspath(out_path)}")
+    check_parent(out_path)  # TargetBlockedError: a file where a folder above out_path must go
 
 
 def export_litert(model, out_path, lr_size, variant="float32", overwrite=False):
@@ -406,9 +508,12 @@ class LiteRTRunner:
         if min(size) < 1:
             raise ValueError("vis_lr and nir_lr must be at least 1x1 pixels")
         if self.lr_size is not None and tuple(size) != self.lr_size:
+            # Checked here: LiteRT cannot resize a fixed-size file, and its own error comes
+            # from inside XNNPACK ("failed to reshape runtime") without the sizes.
             raise ValueError(
                 f"{os.path.basename(self.model_path)} was converted for a fixed LR size of "
-                f"{self.lr_size[0]}x{self.lr_size[1]}; received {size[0]}x{size[1]}"
+                f"{self.lr_size[0]}x{self.lr_size[1]}; received {size[0]}x{size[1]} (crop the "
+                f"input, or export again with --lr_size {size[0]}x{size[1]} or --lr_size dynamic)"
             )
         for value in arrays.values():
             if value.min() < -FLOAT_RANGE_TOLERANCE or value.max() > 1.0 + FLOAT_RANGE_TOLERANCE:

@@ -27,6 +27,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from cspsr_tf.data import sources
 from cspsr_tf.model import model_io
 from cspsr_tf.model.precision import model_precision
 from cspsr_tf.util import scratch_dirs
@@ -186,12 +187,32 @@ class CSPSRServingModule(tf.Module):
 
 
 def check_target(out_dir, overwrite=False):
-    """Raises FileExistsError if `out_dir` exists and `overwrite` is False (a cheap early check)."""
+    """A cheap early check of the export target, before the (slow) load and export.
+
+    Raises:
+        FileExistsError: `out_dir` exists and `overwrite` is False.
+        TargetBlockedError (a NotADirectoryError): a file stands where a folder above
+            `out_dir` must go; the message is `<out_dir>: <that file> is a file, not a folder`
+            (the command line puts `--out ` before it).
+    """
     if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(
             "Export target already exists (use overwrite to replace it): "
             f"{os.path.abspath(out_dir)}"
         )
+    check_parent(out_dir)
+
+
+class TargetBlockedError(NotADirectoryError):
+    """A file stands where a folder above the export target must go; `str(error)` is
+    `<target>: <that file> is a file, not a folder`."""
+
+
+def check_parent(path):
+    """Raises TargetBlockedError when a file stands where a folder above `path` must go."""
+    blocker = sources.blocking_file(os.path.dirname(os.path.abspath(path)))
+    if blocker:
+        raise TargetBlockedError(f"{path}: {blocker} is a file, not a folder")
 
 
 def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
@@ -232,6 +253,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         os.chmod(tmp_dir, 0o777 & ~_current_umask())
         tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
         _write_metadata(tmp_dir, module, config, scale, multiple)
+        _give_folders_the_umask_mode(tmp_dir)
         scratch_dirs.move_into_place(tmp_dir, out_dir, overwrite)
     logging.info("Exported SavedModel (x%d, %s) to %s", scale, sorted(module.signatures()), out_dir)
     return out_dir
@@ -264,6 +286,21 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
 def _scratch_prefix(name):
     """Prefix of the hidden temporary directories of an export to `<parent>/<name>`."""
     return f".{name}.tmp-"
+
+
+def _give_folders_the_umask_mode(root):
+    """Sets every folder under `root` to 0777 minus the umask, the mode of os.makedirs.
+
+    TensorFlow makes `variables/` and `assets/` with mode 0755 minus the umask: under a
+    group-writable umask (002) they would stay 0755 while the rest of the export follows it.
+    (Its files already get 0666 minus the umask.)
+    """
+    mode = 0o777 & ~_current_umask()
+    for folder, subfolders, _ in os.walk(root):
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
 
 
 def _current_umask():

@@ -204,8 +204,11 @@ def run_training(train, model_config, strategy=None):
     raw_train = sources.load_split(train.dataset, train.train_split, train.data_dir, train.manual_dir)
     val_frames = load_validation_frames(train, model_config) if chief else []
     created = not os.path.isdir(train.model_dir)
-    full_config = prepare_model_dir(train, model_config, chief=chief)
-    logging.info("Config:\n%s", json.dumps(full_config, indent=2, sort_keys=True))
+    prepare_model_dir(train, model_config, chief=chief)
+    # The whole config is in config.json; the console names the file (a dump of it was 70 lines
+    # per run, twice with the CVM pre-training).
+    logging.info("%s stage (%s preset, x%d): config in %s", train.stage.upper(), train.preset,
+                 model_config.scale, os.path.join(train.model_dir, model_io.CONFIG_FILE))
     try:
         pretraining = pretrain_cvm(train, model_config, strategy)
         if pretraining is not None and pretraining["stopped"] == "sigterm":
@@ -254,14 +257,18 @@ def _train(train, model_config, strategy, chief, raw_train, val_frames, cvm_sour
     iterator = iter(strategy.experimental_distribute_dataset(
         make_training_dataset(train, model_config, raw_train, start)
     ))
-    writer = (
-        tf.summary.create_file_writer(os.path.join(train.model_dir, "tensorboard"))
-        if chief
-        else tf.summary.create_noop_writer()
-    )
+    writer = tf.summary.create_noop_writer()
+    if chief:
+        os.makedirs(os.path.join(train.model_dir, "tensorboard"), exist_ok=True)  # see checkpoints/
+        writer = tf.summary.create_file_writer(os.path.join(train.model_dir, "tensorboard"))
     validate_at = None
     if val_frames and train.stage == "sr":
-        predict = tf.function(lambda x: state.model(x, training=False), reduce_retracing=True)
+        # A named function, not a lambda: AutoGraph cannot always find a lambda's source and
+        # then logs a 10-line warning.
+        def forward(inputs):
+            return state.model(inputs, training=False)
+
+        predict = tf.function(forward, reduce_retracing=True)
 
         def validate_at(step):
             _run_validation(
@@ -308,9 +315,11 @@ def build_run_state(train, model_config, strategy, write_dir):
         step=step,
         best_psnr=best_psnr,
     )
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(write_dir, model_io.CHECKPOINT_SUBDIR), max_to_keep=3
-    )
+    checkpoints = os.path.join(write_dir, model_io.CHECKPOINT_SUBDIR)
+    # Made here, not by TensorFlow, whose folders are 0755 whatever the umask (a group-writable
+    # umask such as 002 would not carry over to them).
+    os.makedirs(checkpoints, exist_ok=True)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=3)
     state = _RunState(model, optimizer, step, best_psnr, checkpoint, manager)
     return state, loss_fn, variables
 

@@ -8,8 +8,20 @@ from absl import logging
 
 from cspsr_tf.data import sources
 from cspsr_tf.data.degradations import resolve_degradation
-from cspsr_tf.model.configs import ABLATIONS, PRESETS, CSPSRConfig
+from cspsr_tf.model.configs import (
+    ABLATIONS,
+    ARCHITECTURES,
+    CVM_NORMALIZATIONS,
+    GEOMETRIES,
+    PRESETS,
+    SINGLE_BRANCH_INPUTS,
+    SKIP_SOURCES,
+    SUPPORTED_SCALES,
+    CSPSRConfig,
+)
+from cspsr_tf.model.layers.dynamic_conv import _NORMALIZATIONS as KERNEL_NORMALIZATIONS
 from cspsr_tf.model.precision import PRECISIONS
+from cspsr_tf.model.run_options import OPS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -121,9 +133,44 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# The model flags with a fixed set of values, and the least value of the numeric ones, checked
+# (naming the flag) before the model config is made. CSPSRConfig checks most of them too, in
+# its own words; dynamic_conv_implementation, kernel_normalization and max_disparity were only
+# checked by the layers, when the model was built (a traceback, after the data had loaded).
+# The kernel normalisations are the dynamic convolution layer's own list.
+MODEL_CHOICES = {
+    "scale": SUPPORTED_SCALES,
+    "architecture": ARCHITECTURES,
+    "single_branch_input": SINGLE_BRANCH_INPUTS,
+    "skip_source": SKIP_SOURCES,
+    "dynamic_conv_implementation": OPS,
+    "kernel_normalization": KERNEL_NORMALIZATIONS,
+    "cvm_normalization": CVM_NORMALIZATIONS,
+    "geometry": GEOMETRIES,
+}
+MODEL_MINIMUMS = {
+    "channels": 1, "num_modules": 1, "kernel_size": 1, "cvm_base_channels": 1, "cvm_depth": 1,
+    "nir_guided_filter_radius": 0, "max_disparity": 2.0, "lambda_cssc": 0.0,
+}
+
+
 def check_choice(flag, value, choices):
     if value not in choices:
-        raise ConfigError(f"--{flag}={value!r} is not one of: {', '.join(choices)}")
+        raise ConfigError(f"--{flag}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def check_model_values(values):
+    """Raises ConfigError naming the flag for a model-config value out of its range.
+
+    `values`: {field: value} of CSPSRConfig fields (the flags given, or a whole config).
+    """
+    for name, value in values.items():
+        if name in MODEL_CHOICES:
+            check_choice(name, value, MODEL_CHOICES[name])
+        elif name in MODEL_MINIMUMS and value < MODEL_MINIMUMS[name]:
+            raise ConfigError(f"--{name} must be >= {MODEL_MINIMUMS[name]:g}, got {value:g}")
+    if values.get("kernel_size", 1) % 2 == 0:
+        raise ConfigError(f"--kernel_size must be odd, got {values['kernel_size']}")
 
 
 def resolve_precision(train):
@@ -163,7 +210,13 @@ def synthetic_disparity_bound(train, model):
 
 def validate_configs(train, model):
     """Raises ConfigError with one clear line for any bad combination."""
+    check_model_values(model.to_dict())
     check_choice("dataset", train.dataset, sources.DATASETS)
+    for name in ("model_dir", "data_dir"):
+        value = getattr(train, name)
+        blocker = value and sources.blocking_file(value)
+        if blocker:
+            raise ConfigError(f"--{name}={value}: {blocker} is a file, not a folder")
     check_choice("preset", train.preset, PRESETS)
     check_choice("ablation", train.ablation, ABLATIONS)
     check_choice("stage", train.stage, STAGES)
@@ -259,10 +312,12 @@ def build_configs(train_overrides, model_overrides):
     train = resolve_precision(TrainConfig(**train_overrides))
     check_choice("preset", train.preset, PRESETS)
     check_choice("ablation", train.ablation, ABLATIONS)
+    check_model_values(model_overrides)
     try:
         model = PRESETS[train.preset].replace(**{**ABLATIONS[train.ablation], **model_overrides})
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    except ValueError as error:  # a combination, e.g. skip_source=guided_filter without a radius
+        raise ConfigError(f"model config of --preset={train.preset} --ablation={train.ablation}: "
+                          f"{error}") from None
     return train, model
 
 

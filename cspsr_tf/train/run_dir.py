@@ -91,7 +91,12 @@ def prepare_model_dir(train, model, chief=True):
     check_model_dir(train, model)
     full = {"train": train.to_dict(), "model": model.to_dict()}
     if chief:
-        os.makedirs(train.model_dir, exist_ok=True)
+        try:
+            os.makedirs(train.model_dir, exist_ok=True)
+        except OSError as error:  # e.g. no permission; a file on the way is refused earlier
+            raise ConfigError(
+                f"--model_dir={train.model_dir}: {error.strerror or error}"
+            ) from None
         path = os.path.join(train.model_dir, model_io.CONFIG_FILE)
         atomic_write_text(path, json.dumps(full, indent=2, sort_keys=True))
     return full
