@@ -7,8 +7,9 @@
 --split take comma-separated lists; each (dataset, split) gets a sub-folder of --out_dir with
 results.json, results.md, SR images, disparity maps and comparison figures, and
 --out_dir/summary.md gathers the overall tables. --precision=bfloat16 (or float16) evaluates
-the model computing in that precision (cspsr_tf/model/precision.py). Bad settings print one line and
-exit 2.
+the model computing in that precision (cspsr_tf/model/precision.py). --downstream=disparity
+adds the paper's Table 5 for each split (docs/reproducing_the_paper.md). Bad settings print one
+line and exit 2.
 """
 
 from cspsr_tf.util.cli import (
@@ -42,6 +43,8 @@ flags.DEFINE_bool("self_ensemble", False, "Average with the vertically flipped p
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per split.")
 flags.DEFINE_bool("save_images", True, "Write SR images, disparity maps and comparison figures.")
 flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure; parameters after a colon, e.g. low_light:gain=0.1.")
+flags.DEFINE_enum("downstream", "none", ["none", "disparity"], "Also score a downstream task: disparity = the paper's Table 5, the disparity of bicubic / the model's SR / HR against the HR NIR by a fixed matcher, RMSE per material on keypoints (rgb_nir_stereo), EPE on dense ground truth (nirvis_synthetic).")
+flags.DEFINE_integer("downstream_max_disparity", None, "Disparity range of that matcher, HR px (default: the model's max_disparity x scale; 64 without a CVM).")
 define_speed_flags(flags)
 
 
@@ -73,8 +76,13 @@ def split_label(dataset, split):
 
 def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=None, tile=None,
              tile_overlap=8, self_ensemble=False, max_frames=None, save_images=True,
-             degradation="none", precision=None, ops=None):
+             degradation="none", precision=None, ops=None, downstream="none",
+             downstream_max_disparity=None):
     """Evaluates one model on every (dataset, split); returns {name: results}.
+
+    `downstream="disparity"` also writes the paper's Table 5 for each split
+    (`<label>/downstream_disparity.{json,md}`, `evaluate.downstream_disparity`), in
+    `results[label]["downstream_disparity"]`.
 
     `precision`: None (float32; an exported SavedModel: its own), `float32`, `bfloat16` or
     `float16`. `ops`: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or
@@ -90,6 +98,10 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
 
     runtime.check_run_options(precision, ops)
     check_arguments(out_dir, tile, tile_overlap, max_frames)
+    if downstream not in ("none", "disparity"):
+        raise ValueError(f"--downstream={downstream!r} is not one of: none, disparity")
+    if downstream_max_disparity is not None and downstream_max_disparity < 1:
+        raise ValueError(f"--downstream_max_disparity must be >= 1, got {downstream_max_disparity}")
     for name in datasets:
         if name not in sources.DATASETS:
             raise sources.DataError(
@@ -119,9 +131,13 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     made = [path for path in [os.path.join(out_dir, label) for label, _ in jobs] + [out_dir]
             if not os.path.lexists(path)]
     try:
-        return _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, tile=tile,
-                              overlap=tile_overlap, self_ensemble=self_ensemble,
-                              save_images=save_images, max_frames=max_frames)
+        results = _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, tile=tile,
+                                 overlap=tile_overlap, self_ensemble=self_ensemble,
+                                 save_images=save_images, max_frames=max_frames)
+        if downstream == "disparity":
+            _downstream_jobs(jobs, results, model, config, scale, out_dir, tile, max_frames,
+                             downstream_max_disparity)
+        return results
     except BaseException:
         import contextlib
         import shutil
@@ -161,6 +177,28 @@ def _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, **options):
     return all_results
 
 
+def _downstream_jobs(jobs, results, model, config, scale, out_dir, tile, max_frames, max_disparity):
+    """The paper's Table 5 for each (label, dataset), beside its SR results and in summary.md."""
+    from cspsr_tf.evaluate import downstream_disparity
+    from cspsr_tf.util import atomic_files
+
+    if max_disparity is None:
+        use_cvm = config is not None and config.use_cvm
+        max_disparity = int(round(config.max_disparity * scale)) if use_cvm else 64
+    lines = []
+    for label, eval_ds in jobs:
+        table = downstream_disparity.evaluate_downstream(
+            model, eval_ds, scale, max_disparity, tile=tile, max_frames=max_frames)
+        results[label]["downstream_disparity"] = table
+        markdown = downstream_disparity.downstream_markdown(table, label)
+        atomic_files.write_text(os.path.join(out_dir, label, "downstream_disparity.json"),
+                                json.dumps(table, indent=2) + "\n")
+        atomic_files.write_text(os.path.join(out_dir, label, "downstream_disparity.md"), markdown)
+        lines.append(markdown)
+    with open(os.path.join(out_dir, "summary.md"), "a") as f:
+        f.write("\n" + "\n".join(lines))
+
+
 def main(argv):
     if len(argv) > 1:
         fail("evaluate.py", f"unexpected arguments: {' '.join(argv[1:])}")
@@ -187,12 +225,16 @@ def main(argv):
             [s for s in FLAGS.split.split(",") if s], FLAGS.out_dir, FLAGS.data_dir,
             FLAGS.manual_dir, FLAGS.tile, FLAGS.tile_overlap, FLAGS.self_ensemble,
             FLAGS.max_frames, FLAGS.save_images, FLAGS.degradation, FLAGS.precision, FLAGS.ops,
+            FLAGS.downstream, FLAGS.downstream_max_disparity,
         )
     except (DataError, OSError, ValueError) as error:
         # OSError: FileNotFoundError (the model), and what writing the results may meet (a
         # full disk, no permission); one line like every other error.
         fail("evaluate.py", str(error), getattr(error, "details", ""))
     print(json.dumps({label: r["mean"] for label, r in results.items()}, indent=1))
+    for label, r in results.items():
+        if "downstream_disparity" in r:
+            print(f"Downstream disparity of {label}: {FLAGS.out_dir}/{label}/downstream_disparity.md")
     print(f"Tables and images in {FLAGS.out_dir} (summary.md)")
 
 

@@ -82,3 +82,27 @@ def test_on_nirvis_synthetic_hr_matches_better_than_bicubic(synthetic_data_dir):
     assert dense["HR"]["epe"] < dense["Bicubic"]["epe"]
     markdown = dd.downstream_markdown(results, "nirvis_synthetic test")
     assert "| HR |" in markdown and "| Bicubic |" in markdown
+
+
+def test_evaluate_cli_writes_the_downstream_table(synthetic_data_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluate.py"), "--model=cspsr_small_x4",
+         "--dataset=nirvis_synthetic", "--split=test", f"--data_dir={synthetic_data_dir}",
+         "--max_frames=2", "--nosave_images", "--downstream=disparity", f"--out_dir={out}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = json.loads((out / "nirvis_synthetic_test" / "downstream_disparity.json").read_text())
+    assert table["max_disparity"] == 48 and table["frames"] == 2  # the preset's 12 LR px x 4
+    assert set(table["dense"]) == {"Bicubic", "model", "HR"}
+    assert table["dense"]["HR"]["epe"] < table["dense"]["Bicubic"]["epe"]
+    assert "Downstream disparity" in (out / "summary.md").read_text()
