@@ -27,8 +27,7 @@ import os  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.model.precision import PRECISIONS  # noqa: E402
-from cspsr_tf.model.run_options import define_speed_flags  # noqa: E402
+from cspsr_tf.model.run_options import RUN_PRECISIONS, define_speed_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
@@ -211,8 +210,8 @@ def main(argv):
 
     if not FLAGS.model:
         fail("evaluate.py", "--model is required (a .keras file or a training directory)")
-    if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
-        fail("evaluate.py", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if FLAGS.precision is not None and FLAGS.precision not in RUN_PRECISIONS:
+        fail("evaluate.py", f"--precision={FLAGS.precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     from cspsr_tf.data.degradations import resolve_degradation
 
     try:

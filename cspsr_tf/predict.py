@@ -69,8 +69,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.model.precision import PRECISIONS  # noqa: E402  (no TensorFlow import)
-from cspsr_tf.model.run_options import define_speed_flags  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.run_options import RUN_PRECISIONS, define_speed_flags  # noqa: E402  (no TensorFlow import)
 from cspsr_tf.util.cli import run_main  # noqa: E402
 
 # TensorFlow and the model code are imported only once the inputs have been checked, so a
@@ -655,8 +654,8 @@ def load(model_path, geometry=None, precision=None, ops=None):
     Raises:
         InputError: one line, for a model that cannot be found, loaded or set up.
     """
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in RUN_PRECISIONS:
+        raise InputError(f"--precision={precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     from cspsr_tf.util.cli import quiet_tensorflow
 
     quiet_tensorflow()  # no CUDA / oneDNN start-up lines around our one-line errors
@@ -745,8 +744,8 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             the disk; nothing is written then.
         Interrupted: within `stop_on_signals`, at a SIGTERM / SIGINT; nothing is written.
     """
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in RUN_PRECISIONS:
+        raise InputError(f"--precision={precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     _check_outputs(out_path, disparity_out, tile, overlap, overwrite)
     vis, nir = _read_pair(vis_path, nir_path, out_path)
     model, config = load(model_path, geometry, precision, ops)
@@ -880,8 +879,8 @@ def run_pairs(model_path, csv_path, out_dir, *, tile=None, overlap=8, self_ensem
         InputError: a problem with the arguments, the CSV or the model (before any pair).
         Interrupted: within `stop_on_signals`; its `done` counts the pairs written.
     """
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in RUN_PRECISIONS:
+        raise InputError(f"--precision={precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     _check_tile_flags(tile, overlap)
     _check_out_dir(out_dir)
     rows = read_pairs(csv_path, out_dir)

@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from cspsr_tf.export import savedmodel_export  # noqa: E402
-from cspsr_tf.model.precision import PRECISIONS  # noqa: E402
+from cspsr_tf.model.run_options import RUN_PRECISIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras file or a training directory.")
@@ -52,7 +52,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string(
     "precision", None,
-    f"Precision the exported graph computes in: {', '.join(PRECISIONS)} (default float32); "
+    f"Precision the exported graph computes in: {', '.join(RUN_PRECISIONS)} (default float32); "
     "inputs and outputs stay float32 / uint8.",
 )
 flags.DEFINE_enum(
@@ -68,8 +68,8 @@ def main(argv):
     if len(argv) > 1:
         fail("export_savedmodel", f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
-    if FLAGS.precision is not None and FLAGS.precision not in PRECISIONS:
-        fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if FLAGS.precision is not None and FLAGS.precision not in RUN_PRECISIONS:
+        fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     try:
         out_dir = savedmodel_export.export_from_path(
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,

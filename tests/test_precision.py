@@ -170,6 +170,21 @@ def test_same_precision_is_the_model_itself_and_errors_are_clear(tiny, tmp_path)
     assert select_precision(adapter, config, None) is adapter  # its own precision by default
 
 
+def test_auto_precision_follows_the_hardware(tiny):
+    from cspsr_tf.model.runtime import auto_precision
+
+    assert auto_precision({"avx2", "avx512_bf16"}, [])[0] == "bfloat16"
+    assert auto_precision({"amx_bf16"}, [])[0] == "bfloat16"
+    assert auto_precision({"avx2", "avx512f"}, []) == ("float32", "CPU without AVX512_BF16 or AMX")
+    assert auto_precision(set(), [(8, 0)])[0] == "bfloat16"
+    assert auto_precision({"avx512_bf16"}, [(7, 5)])[0] == "float32"  # the GPU runs it
+    model, config = tiny
+    assert model_precision(select_precision(model, config, "auto")) == auto_precision()[0]
+    adapter = object.__new__(model_io.SavedModelAdapter)
+    adapter.name, adapter.precision = "exported", "float32"
+    assert select_precision(adapter, config, "auto") is adapter  # baked in
+
+
 def test_geometry_change_keeps_the_precision_and_files_hold_float32(tiny, pair, tmp_path):
     model, config = tiny
     low = with_precision(model, config, "bfloat16")

@@ -5,6 +5,9 @@ ones) before TensorFlow loads; `runtime` applies the choices.
 
 from cspsr_tf.model.precision import PRECISIONS
 
+# `auto`: bfloat16 where the hardware computes it natively, float32 elsewhere (runtime.py).
+RUN_PRECISIONS = (*PRECISIONS, "auto")
+
 # How the DMF modules' element-wise parts run (CSPSRConfig.dynamic_conv_implementation); the
 # command lines run every Keras model with DEFAULT_OPS unless told otherwise, whatever the
 # model was trained with: the choice changes speed, not the numbers.
@@ -18,8 +21,8 @@ class RunSetupError(ValueError):
 
 def check_run_options(precision=None, ops=None):
     """Raises RunSetupError for an unknown precision or ops, before any (slow) load."""
-    if precision is not None and precision not in PRECISIONS:
-        raise RunSetupError(f"--precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in RUN_PRECISIONS:
+        raise RunSetupError(f"--precision={precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     if ops is not None and ops not in OPS:
         raise RunSetupError(f"--ops={ops!r} is not one of: {', '.join(OPS)}")
 
@@ -28,8 +31,9 @@ def define_speed_flags(flags_module):
     """--precision and --ops of the command lines that run a model (predict, evaluate.py)."""
     flags_module.DEFINE_string(
         "precision", None,
-        f"Compute precision: {', '.join(PRECISIONS)}. Default: float32 (an exported SavedModel: "
-        "the precision it was exported in).",
+        f"Compute precision: {', '.join(RUN_PRECISIONS)}. auto: bfloat16 on a CPU with "
+        "AVX512_BF16 or AMX or a GPU of compute capability >= 8.0, else float32 (the choice is "
+        "logged). Default: float32 (an exported SavedModel: the precision it was exported in).",
     )
     flags_module.DEFINE_enum(
         "ops", None, list(OPS),

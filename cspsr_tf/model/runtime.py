@@ -6,6 +6,8 @@ Nothing here changes weights: each step rebuilds the network around the same flo
 variables (`build.rebuild`), or returns the model unchanged when nothing changes.
 """
 
+from absl import logging
+
 from cspsr_tf.model.build import rebuild, with_geometry
 from cspsr_tf.model.model_io import SavedModelAdapter, load_model
 from cspsr_tf.model.precision import DEFAULT_PRECISION, check_precision, model_precision
@@ -87,6 +89,11 @@ def select_precision(model, config, precision=None):
     precision it was exported in). A given precision goes through `with_precision` (and its
     ValueErrors).
     """
+    if precision == "auto":
+        if isinstance(model, SavedModelAdapter) or config is None:
+            return model  # its precision is baked in / it cannot be rebuilt
+        precision, why = auto_precision()
+        logging.info("--precision=auto: %s (%s)", precision, why)
     if precision is None:
         if config is None or model_precision(model) == DEFAULT_PRECISION:
             return model
@@ -94,6 +101,49 @@ def select_precision(model, config, precision=None):
             return model
         precision = DEFAULT_PRECISION
     return with_precision(model, config, precision)
+
+
+def auto_precision(cpu_flags=None, gpu_capabilities=None):
+    """(precision, reason) for `--precision=auto`: bfloat16 where the hardware computes it
+    natively (a GPU of compute capability >= 8.0, or a CPU with AVX512_BF16 or AMX), else
+    float32 (emulated bfloat16 is slower than float32).
+
+    Args (for tests; read from the machine when None): cpu_flags, the set of /proc/cpuinfo
+    flags; gpu_capabilities, a list of (major, minor) of the visible GPUs.
+    """
+    if gpu_capabilities is None:
+        gpu_capabilities = _gpu_capabilities()
+    if gpu_capabilities:
+        if all(major >= 8 for major, _ in gpu_capabilities):
+            return "bfloat16", "GPU of compute capability >= 8.0"
+        return "float32", "GPU without native bfloat16"
+    if cpu_flags is None:
+        cpu_flags = _cpu_flags()
+    native = sorted(cpu_flags & {"avx512_bf16", "amx_bf16"})
+    if native:
+        return "bfloat16", f"CPU with {', '.join(native)}"
+    return "float32", "CPU without AVX512_BF16 or AMX"
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _gpu_capabilities():
+    import tensorflow as tf
+
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        capabilities.append(tuple(capability) if capability else (0, 0))
+    return capabilities
 
 
 def load_for_running(model_path, geometry=None, precision=None, ops=None, keep_ops=False):
