@@ -23,7 +23,7 @@ def test_smoke_run_writes_every_table_in_the_papers_layout(tmp_path):
     assert row["dataset"] == "rgb_nir_stereo" and row["scale"] == 4
     assert row["cspsr"]["paper"]["psnr"] > 0 and row["bicubic"]["paper"]["psnr"] > 0
     assert tables["1"]["cost"]["params"] > 0
-    assert set(tables["4"]["rows"]) == {"baseline", "full"}
+    assert set(tables["4"]["rows"]) == {"full"}
     # The dummy test video has one keypoint file: Table 5 scores it for all three rows.
     assert set(tables["5"]["keypoints"]) == {"Bicubic", "Our", "HR"}
     assert all(t["points"] > 0 for t in tables["5"]["keypoints"].values())

@@ -263,45 +263,6 @@ def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(synthetic_data_dir, tmp_path):
-    # --cvm_steps runs a --stage=cvm run in <model_dir>/cvm_pretrain first and starts the SR
-    # stage from its CVM (kept fixed here, so the final CVM must equal the pre-trained one).
-    run = tmp_path / "run"
-    args = [*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0", "--save_every=2",
-            "--steps=2", "--cvm_steps=3", "--freeze_cvm", f"--model_dir={run}"]
-    result = run_train(args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = summary_of(result.stderr)
-    assert summary["step"] == 2 and summary["cvm_pretraining"]["step"] == 3
-    assert (run / "cvm_pretrain" / "cvm" / "cvm.index").exists()
-    # No --cvm_patch_size: the pre-training used the largest multiple of the scale (2) that
-    # every training frame holds (below the 192 px cap here), recorded resolved.
-    from cspsr_tf.data import sources
-
-    frames = sources.load_split("nirvis_synthetic", "train", synthetic_data_dir)
-    smallest = min(min(ex[key].shape[:2]) for ex in frames for key in ("vis", "nir"))
-    assert smallest < 192
-    recorded = json.loads((run / "cvm_pretrain" / "config.json").read_text())["train"]
-    assert recorded["cvm_patch_size"] == smallest // 2 * 2
-    assert json.loads((run / "config.json").read_text())["train"]["cvm_patch_size"] is None
-    from cspsr_tf.model import model_io
-
-    pre, _ = model_io.load_model(str(run / "cvm_pretrain" / "final.keras"))
-    post, _ = model_io.load_model(str(run / "final.keras"))
-    keras.utils.set_random_seed(0)  # as train.py does before building (--seed=0)
-    fresh = build_cspsr_with_training_twin(get_config("tiny", scale=2))[0].get_layer("cvm")
-    moved = False
-    for a, b, c in zip(pre.get_layer("cvm").weights, post.get_layer("cvm").weights, fresh.weights,
-                       strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-        moved = moved or not np.array_equal(a.numpy(), c.numpy())
-    assert moved  # the pre-training trained the CVM from its seeded initial weights
-    # Running the same command again resumes past both phases.
-    again = run_train(args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Pre-training the CVM" not in again.stderr
-
-
 def test_mixed_precision_two_steps(synthetic_data_dir, tmp_path):
     result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0",
                         "--steps=2", "--mixed_precision", f"--model_dir={tmp_path / 'mp'}"])
@@ -525,11 +486,11 @@ def short_run(synthetic_data_dir, tmp_path_factory):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=lambda: os.umask(UMASK),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return model_dir, result
+    return model_dir, result, args
 
 
 def test_a_short_run_prints_few_lines(short_run):
-    model_dir, result = short_run
+    model_dir, result, _ = short_run
     lines = result.stderr.strip().splitlines()
     # Before: over 150, the whole config dumped twice (SR run and CVM pre-training, 69 lines
     # each) and TFDS's FeatureConnector.dtype notice several times.
@@ -545,7 +506,7 @@ def test_a_short_run_prints_few_lines(short_run):
 
 
 def test_a_runs_folders_and_files_follow_the_umask(short_run):
-    model_dir, _ = short_run
+    model_dir, _, _ = short_run
     folders, files = [str(model_dir)], []
     for folder, subfolders, names in os.walk(model_dir):
         folders += [os.path.join(folder, name) for name in subfolders]
@@ -558,3 +519,44 @@ def test_a_runs_folders_and_files_follow_the_umask(short_run):
     assert any(path.endswith(".keras") for path in files)
     for path in files:
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~UMASK), path
+
+
+def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(short_run, synthetic_data_dir):
+    # --cvm_steps runs a --stage=cvm run in <model_dir>/cvm_pretrain first and starts the SR
+    # stage from its CVM (kept fixed by default, so the final CVM must equal the pre-trained
+    # one). The run is the module's short run (4 SR steps after 2 CVM steps).
+    run, result, args = short_run
+    summary = summary_of(result.stderr)
+    assert summary["step"] == 4 and summary["cvm_pretraining"]["step"] == 2
+    assert (run / "cvm_pretrain" / "cvm" / "cvm.index").exists()
+    # No --cvm_patch_size: the pre-training used the largest multiple of the scale (2) that
+    # every training frame holds (below the 192 px cap here), recorded resolved.
+    from cspsr_tf.data import sources
+
+    frames = sources.load_split("nirvis_synthetic", "train", synthetic_data_dir)
+    smallest = min(min(ex[key].shape[:2]) for ex in frames for key in ("vis", "nir"))
+    assert smallest < 192
+    recorded = json.loads((run / "cvm_pretrain" / "config.json").read_text())["train"]
+    assert recorded["cvm_patch_size"] == smallest // 2 * 2
+    assert json.loads((run / "config.json").read_text())["train"]["cvm_patch_size"] is None
+    from cspsr_tf.model import model_io
+
+    pre, _ = model_io.load_model(str(run / "cvm_pretrain" / "final.keras"))
+    post, _ = model_io.load_model(str(run / "final.keras"))
+    keras.utils.set_random_seed(0)  # as train.py does before building (--seed=0)
+    fresh = build_cspsr_with_training_twin(get_config("tiny", scale=2))[0].get_layer("cvm")
+    moved = False
+    for a, b, c in zip(pre.get_layer("cvm").weights, post.get_layer("cvm").weights, fresh.weights,
+                       strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        moved = moved or not np.array_equal(a.numpy(), c.numpy())
+    assert moved  # the pre-training trained the CVM from its seeded initial weights
+    # Running the same command again resumes past both phases (same umask: the run's file
+    # modes are checked by another test).
+    again = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=lambda: os.umask(UMASK),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Pre-training the CVM" not in again.stderr
