@@ -96,7 +96,7 @@ def test_evaluate_bad_inputs_exit_2(synthetic_data_dir, tiny_model_path, tmp_pat
         # A bad split after a good one: checked before anything is evaluated or written.
         ([f"--model={tiny_model_path}", "--split=test,validation"], "no split"),
         ([f"--model={tiny_model_path}", "--precision=float64"],
-         "--precision='float64' is not one of: float32, bfloat16, float16"),
+         "--precision='float64' is not one of: float32, bfloat16, float16, auto"),
         ([f"--model={tiny_model_path}", "--degradation=low_light:gain=-1"],
          "--degradation=low_light:gain=-1: low_light: gain must be > 0"),
     ]

@@ -373,7 +373,7 @@ def test_cli_precision_bfloat16_is_recorded_and_an_unknown_one_exits_2(tiny, tmp
                 "--precision", "fp8"], cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "export_savedmodel: error: --precision='fp8' is not one of: float32, bfloat16, float16"
+        "export_savedmodel: error: --precision='fp8' is not one of: float32, bfloat16, float16, auto"
     ]
     out = tmp_path / "bf16"
     result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),

@@ -343,7 +343,7 @@ def test_cli_precision_bfloat16_and_an_unknown_precision(saved_model, pair, tmp_
                "--out", str(tmp_path / "bad.png"), "--precision", "float64")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "predict: error: --precision='float64' is not one of: float32, bfloat16, float16"
+        "predict: error: --precision='float64' is not one of: float32, bfloat16, float16, auto"
     ]
     out, disp = str(tmp_path / "sr.png"), str(tmp_path / "disp.npy")
     proc = _cli("--model", model_path, "--vis", vis_path, "--nir", nir_path, "--out", out,

@@ -79,7 +79,7 @@ def test_two_steps_end_to_end_write_outputs(synthetic_data_dir, tmp_path):
 def test_resume_after_sigkill(synthetic_data_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}",
-            "--steps=150", "--save_every=5", "--eval_every=0"]
+            "--steps=30", "--save_every=5", "--eval_every=0"]
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -93,12 +93,12 @@ def test_resume_after_sigkill(synthetic_data_dir, tmp_path):
     process.wait()
     assert state.exists(), "no checkpoint was written before the deadline"
     reached = int(re.search(r"ckpt-(\d+)", state.read_text()).group(1))
-    assert 5 <= reached < 150
+    assert 5 <= reached < 30
 
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {reached}" in result.stderr  # "Resumed from ... at step N"
-    assert summary_of(result.stderr)["step"] == 150
+    assert summary_of(result.stderr)["step"] == 30
 
 
 def test_bad_inputs_exit_2_with_one_line(synthetic_data_dir, tmp_path):
