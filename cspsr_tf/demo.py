@@ -143,7 +143,9 @@ def main(argv):
         fail("demo", f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    from cspsr_tf.data.sources import DataError
+    from cspsr_tf.data.sources import DataError, quiet_tfds_notices
+
+    quiet_tfds_notices()
     from cspsr_tf.evaluate import evaluation
     from cspsr_tf.train.run_config import ConfigError
 
