@@ -124,7 +124,8 @@ def rmse_by_class(squared_errors):
         table[name] = math.sqrt(sum(values) / len(values)) if values else None
     present = [v for v in table.values() if v is not None]
     table["mean"] = sum(present) / len(present) if present else None
-    table["mean_paper"] = sum(table[c] or 0.0 for c in PAPER_CLASSES) / len(KEYPOINT_CLASSES)
+    table["mean_paper"] = (sum(table[c] or 0.0 for c in PAPER_CLASSES) / len(KEYPOINT_CLASSES)
+                           if present else None)
     table["points"] = sum(len(v) for v in squared_errors.values())
     return table
 
@@ -210,8 +211,8 @@ def evaluate_downstream(model, eval_ds, scale, max_disparity, *, tile=None, max_
     return {
         "max_disparity": int(max_disparity),
         "frames": frames,
-        "keypoints": {label: rmse_by_class(squared[label]) for label in labels
-                      if any(squared[label].values())},
+        # Every row, also where the dataset has no keypoints (its cells then stay empty).
+        "keypoints": {label: rmse_by_class(squared[label]) for label in labels},
         "dense": {label: _pooled_dense(items) for label, items in dense.items() if items},
     }
 
@@ -233,8 +234,10 @@ def downstream_markdown(results, title):
     parts = [f"## Downstream disparity: {title}", "",
              f"Fixed NCC^2 matcher at HR, 0..{results['max_disparity']} px, {results['frames']} "
              "frames (cspsr_tf/evaluate/downstream_disparity.py says how and why). RMSE in HR px.", ""]
-    if results["keypoints"]:
-        parts.append(table5_markdown(results["keypoints"], "RMSE per material on the keypoints"))
+    parts.append(table5_markdown(results["keypoints"], "RMSE per material on the keypoints"))
+    if not any(row["points"] for row in results["keypoints"].values()):
+        parts.append("This dataset has no material keypoints (those of rgb_nir_stereo): the cells "
+                     "above stay empty.\n")
     if results["dense"]:
         parts += ["### Against dense ground truth", "", "| Method | EPE | RMSE | valid pixels |",
                   "|---|---:|---:|---:|"]
@@ -243,6 +246,4 @@ def downstream_markdown(results, title):
             rmse = "-" if row["rmse"] is None else f"{row['rmse']:.3f}"
             parts.append(f"| {label} | {epe} | {rmse} | {row['valid_pixels']} |")
         parts.append("")
-    if not results["keypoints"] and not results["dense"]:
-        parts.append("This dataset has neither keypoints nor dense ground truth: nothing to score.\n")
     return "\n".join(parts)
