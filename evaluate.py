@@ -6,10 +6,10 @@
 --model takes a `.keras` file or a training directory (its latest checkpoint). --dataset and
 --split take comma-separated lists; each (dataset, split) gets a sub-folder of --out_dir with
 results.json, results.md, SR images, disparity maps and comparison figures, and
---out_dir/summary.md gathers the overall tables. --precision=bfloat16 (or float16) evaluates
-the model computing in that precision (cspsr_tf/model/precision.py). --downstream=disparity
-adds the paper's Table 5 for each split (docs/reproducing_the_paper.md). Bad settings print one
-line and exit 2.
+--out_dir/summary.md gathers the overall tables. --precision (default auto: bfloat16 on hardware
+that computes it natively, float32 elsewhere; cspsr_tf/model/runtime.py) sets what the model
+computes in. --downstream=disparity adds the paper's Table 5 for each split
+(docs/reproducing_the_paper.md). Bad settings print one line and exit 2.
 """
 
 from cspsr_tf.util.cli import (

@@ -12,9 +12,10 @@ The inputs are the low-resolution images, of any size (the same for both). VIS: 
 visible one, rectified, as in training. The output is `scale` times larger: 8-bit for an
 8-bit VIS input, 16-bit (PNG / TIFF) for a 16-bit one. `--disparity_out` writes the left
 disparity map (LR pixels) as a colour PNG, or as raw float32 with `.npy` / `.tif`.
-`--precision bfloat16` computes in bfloat16 (faster on CPUs with AVX512_BF16 / AMX; the
-disparity stays float32, see cspsr_tf/model/precision.py); the default is float32 (an exported
-SavedModel: the precision it was exported in).
+`--precision` defaults to auto: bfloat16 on a CPU with AVX512_BF16 / AMX or a GPU of compute
+capability >= 8.0, float32 elsewhere, the choice logged (the disparity stays float32, see
+cspsr_tf/model/precision.py); `--precision float32` forces float32; an exported SavedModel
+runs in the precision it was exported in.
 
 `--model` takes a preset name, a `.keras` file, a training directory or a SavedModel exported
 by export/export_savedmodel.py. A SavedModel's rig, precision and ops are baked into its graph:

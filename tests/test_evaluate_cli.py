@@ -16,6 +16,9 @@ from tests.model_helpers import tiny_perturbed_model
 
 
 def run_evaluate(args):
+    # float32 unless a test asks otherwise (the default, auto, is bfloat16 on some CPUs).
+    if not any(arg.startswith("--precision") for arg in args):
+        args = [*args, "--precision=float32"]
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -92,6 +92,10 @@ def _leftovers(folder):
 
 def _cli(*args, umask=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # float32 unless a test asks otherwise: the outputs are compared with float32 references
+    # (the command line's default, auto, is bfloat16 on CPUs with AVX512_BF16).
+    if not any(str(arg).startswith("--precision") for arg in args):
+        args = (*args, "--precision=float32")
     return subprocess.run(
         [sys.executable, "-m", "cspsr_tf.predict", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
@@ -128,6 +132,27 @@ def test_cli_super_resolves_a_pair(saved_model, pair, tmp_path):
     assert np.abs(sr[..., ::-1].astype(int) - expected).max() <= 1
     assert cv2.imread(disp).shape == (HEIGHT, WIDTH, 3)
     assert not [n for n in os.listdir(tmp_path / "out") if n.startswith(".tmp")]
+
+
+def test_cli_default_precision_is_auto_and_logged(saved_model, pair, tmp_path):
+    from cspsr_tf.model.runtime import auto_precision
+
+    _, _, model_path = saved_model
+    _, _, vis_path, nir_path = pair
+    out = str(tmp_path / "sr.png")
+    proc = subprocess.run(  # no --precision: the command line's default
+        [sys.executable, "-m", "cspsr_tf.predict", "--model", model_path, "--vis", vis_path,
+         "--nir", nir_path, "--out", out],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+        text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    precision, why = auto_precision()
+    assert f"--precision=auto: {precision} ({why})" in proc.stderr
+    assert f"in {precision}" in proc.stderr  # the run's own log line names what it ran in
+    expected, _ = _model_outputs(saved_model[0], *pair[:2])
+    sr = cv2.imread(out, cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
+    assert np.abs(sr - expected).max() <= (1 if precision == "float32" else 8)
 
 
 def test_cli_tiled_output_is_streamed_and_exact(local_model, saved_model, big_pair, tmp_path):

@@ -88,7 +88,7 @@ def test_cli_writes_the_good_pairs_and_lists_the_bad_ones(model_file, folder, tm
     out_dir = tmp_path / "sr"
     proc = subprocess.run(
         [sys.executable, "-m", "cspsr_tf.predict", f"--model={model_path}",
-         f"--pairs={csv_path}", f"--out_dir={out_dir}"],
+         f"--pairs={csv_path}", f"--out_dir={out_dir}", "--precision=float32"],
         cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
         text=True, timeout=300,
     )

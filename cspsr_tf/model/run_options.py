@@ -27,13 +27,20 @@ def check_run_options(precision=None, ops=None):
         raise RunSetupError(f"--ops={ops!r} is not one of: {', '.join(OPS)}")
 
 
+# What predict and evaluate.py run a Keras model in when --precision is not given. (The
+# SavedModel export keeps float32 by default: its precision is baked into the graph and should
+# suit the machine that serves it, not the one that exports it.)
+DEFAULT_RUN_PRECISION = "auto"
+
+
 def define_speed_flags(flags_module):
     """--precision and --ops of the command lines that run a model (predict, evaluate.py)."""
     flags_module.DEFINE_string(
-        "precision", None,
-        f"Compute precision: {', '.join(RUN_PRECISIONS)}. auto: bfloat16 on a CPU with "
-        "AVX512_BF16 or AMX or a GPU of compute capability >= 8.0, else float32 (the choice is "
-        "logged). Default: float32 (an exported SavedModel: the precision it was exported in).",
+        "precision", DEFAULT_RUN_PRECISION,
+        f"Compute precision: {', '.join(RUN_PRECISIONS)}. auto (the default): bfloat16 on a CPU "
+        "with AVX512_BF16 or AMX or a GPU of compute capability >= 8.0, else float32 (the choice "
+        "is logged; within 0.01 dB of float32). An exported SavedModel always runs in the "
+        "precision it was exported in.",
     )
     flags_module.DEFINE_enum(
         "ops", None, list(OPS),
