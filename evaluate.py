@@ -182,8 +182,7 @@ def _downstream_jobs(jobs, results, model, config, scale, out_dir, tile, max_fra
     from cspsr_tf.util import atomic_files
 
     if max_disparity is None:
-        use_cvm = config is not None and config.use_cvm
-        max_disparity = int(round(config.max_disparity * scale)) if use_cvm else 64
+        max_disparity = downstream_disparity.default_max_disparity(config, scale)
     lines = []
     for label, eval_ds in jobs:
         table = downstream_disparity.evaluate_downstream(

@@ -157,9 +157,9 @@ class Runner:
                                  self.manual_dir("rgb_nir_stereo"))
         raw = raw.filter(lambda example: _starts_with(example["id"], video + "/"))
         eval_ds = pipeline.make_eval_dataset(raw, scale=scale)
-        max_disparity = int(round(config.max_disparity * scale)) if config.use_cvm else 64
         return downstream_disparity.evaluate_downstream(
-            model, eval_ds, scale, max_disparity, max_frames=self.max_frames, model_label="Our",
+            model, eval_ds, scale, downstream_disparity.default_max_disparity(config, scale),
+            max_frames=self.max_frames, model_label="Our",
         )
 
 

@@ -655,8 +655,6 @@ def load(model_path, geometry=None, precision=None, ops=None):
     Raises:
         InputError: one line, for a model that cannot be found, loaded or set up.
     """
-    if precision is not None and precision not in RUN_PRECISIONS:
-        raise InputError(f"--precision={precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
     from cspsr_tf.util.cli import quiet_tensorflow
 
     quiet_tensorflow()  # no CUDA / oneDNN start-up lines around our one-line errors

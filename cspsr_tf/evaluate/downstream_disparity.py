@@ -132,13 +132,14 @@ def rmse_by_class(squared_errors):
 
 def dense_errors(disparity, truth, valid):
     """EPE and RMSE (pixels) of `disparity` [H, W] over the valid pixels of `truth`."""
-    truth = np.asarray(truth, np.float64).reshape(disparity.shape)
-    valid = np.asarray(valid).reshape(disparity.shape) > 0.5
-    if not valid.any():
-        return {"epe": None, "rmse": None, "valid_pixels": 0}
-    error = np.abs(disparity.astype(np.float64) - truth)[valid]
-    return {"epe": float(error.mean()), "rmse": float(np.sqrt(np.mean(error**2))),
-            "valid_pixels": int(valid.sum())}
+    return _pooled_dense([(disparity, truth, valid)])
+
+
+def default_max_disparity(config, scale):
+    """The matcher's range in HR px: the model's CVM range at HR, 64 without a CVM."""
+    if config is not None and config.use_cvm:
+        return int(round(config.max_disparity * scale))
+    return 64
 
 
 def table5_markdown(rows, title):
@@ -219,10 +220,13 @@ def evaluate_downstream(model, eval_ds, scale, max_disparity, *, tile=None, max_
 
 def _pooled_dense(items):
     """Dense EPE / RMSE pooled over every valid pixel of every frame."""
-    errors = np.concatenate([
-        np.abs(d.astype(np.float64) - t.reshape(d.shape))[v.reshape(d.shape) > 0.5]
-        for d, t, v in items
-    ])
+    errors = []
+    for disparity, truth, valid in items:
+        disparity = np.asarray(disparity, np.float64)
+        truth = np.asarray(truth, np.float64).reshape(disparity.shape)
+        valid = np.asarray(valid).reshape(disparity.shape) > 0.5
+        errors.append(np.abs(disparity - truth)[valid])
+    errors = np.concatenate(errors)
     if errors.size == 0:
         return {"epe": None, "rmse": None, "valid_pixels": 0}
     return {"epe": float(errors.mean()), "rmse": float(np.sqrt(np.mean(errors**2))),
