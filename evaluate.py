@@ -9,7 +9,9 @@ results.json, results.md, SR images, disparity maps and comparison figures, and
 --out_dir/summary.md gathers the overall tables. --precision (default auto: bfloat16 on hardware
 that computes it natively, float32 elsewhere; cspsr_tf/model/runtime.py) sets what the model
 computes in. --downstream=disparity adds the paper's Table 5 for each split
-(docs/reproducing_the_paper.md). Bad settings print one line and exit 2.
+(docs/reproducing_the_paper.md). --nir_side=left evaluates a rig whose NIR camera is left of
+the VIS camera (each frame mirrored, run, and mirrored back). Bad settings print one line and
+exit 2.
 """
 
 from cspsr_tf.util.cli import (
@@ -27,7 +29,7 @@ import os  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.model.run_options import RUN_PRECISIONS, define_speed_flags  # noqa: E402
+from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS, define_speed_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
@@ -44,6 +46,7 @@ flags.DEFINE_bool("save_images", True, "Write SR images, disparity maps and comp
 flags.DEFINE_string("degradation", "none", "Degradation of the LR VIS input: none, noise, low_light, over_exposure; parameters after a colon, e.g. low_light:gain=0.1.")
 flags.DEFINE_enum("downstream", "none", ["none", "disparity"], "Also score a downstream task: disparity = the paper's Table 5, the disparity of bicubic / the model's SR / HR against the HR NIR by a fixed matcher, RMSE per material on keypoints (rgb_nir_stereo), EPE on dense ground truth (nirvis_synthetic).")
 flags.DEFINE_integer("downstream_max_disparity", None, "Disparity range of that matcher, HR px (default: the model's max_disparity x scale; 64 without a CVM).")
+flags.DEFINE_enum("nir_side", None, list(NIR_SIDES), NIR_SIDE_HELP + " Default: the model's own (right; a SavedModel exported with --nir_side: that side).")
 define_speed_flags(flags)
 
 
@@ -76,7 +79,7 @@ def split_label(dataset, split):
 def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=None, tile=None,
              tile_overlap=8, self_ensemble=False, max_frames=None, save_images=True,
              degradation="none", precision=None, ops=None, downstream="none",
-             downstream_max_disparity=None):
+             downstream_max_disparity=None, nir_side=None):
     """Evaluates one model on every (dataset, split); returns {name: results}.
 
     `downstream="disparity"` also writes the paper's Table 5 for each split
@@ -85,7 +88,9 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
 
     `precision`: None (float32; an exported SavedModel: its own), `float32`, `bfloat16` or
     `float16`. `ops`: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or
-    `patches` (both applied by `runtime.load_for_running`).
+    `patches` (both applied by `runtime.load_for_running`). `nir_side`: None (the model's own
+    rig), `right` or `left` (`runtime.needs_mirroring`: each frame is mirrored in, the outputs
+    mirrored back; not with `downstream`, whose datasets are NIR-right rigs).
 
     Bad settings raise ValueError (a `DataError` for the data) before anything is written; a
     failure during the evaluation removes the folders this call made (`out_dir` itself when it
@@ -99,6 +104,11 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     check_arguments(out_dir, tile, tile_overlap, max_frames)
     if downstream not in ("none", "disparity"):
         raise ValueError(f"--downstream={downstream!r} is not one of: none, disparity")
+    if nir_side is not None and nir_side not in NIR_SIDES:
+        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    if nir_side == "left" and downstream != "none":
+        raise ValueError("--downstream scores NIR-right rigs only (the rig of rgb_nir_stereo and "
+                         "nirvis_synthetic); leave out --nir_side=left")
     if downstream_max_disparity is not None and downstream_max_disparity < 1:
         raise ValueError(f"--downstream_max_disparity must be >= 1, got {downstream_max_disparity}")
     for name in datasets:
@@ -111,6 +121,7 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
         if blocker:
             raise ValueError(f"--out_dir={out_dir}: {blocker} is a file, not a folder")
     model, config = runtime.load_for_running(model_path, precision=precision, ops=ops)
+    run_side = "left" if runtime.needs_mirroring(model, nir_side) else "right"
     scale = tiling.model_scale(model, config)
     # Every (dataset, split) is opened before any is evaluated, so that a bad one (an unknown
     # split, an empty or broken dataset) fails before anything is written.
@@ -132,7 +143,8 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     try:
         results = _evaluate_jobs(jobs, model, config, scale, model_path, out_dir, tile=tile,
                                  overlap=tile_overlap, self_ensemble=self_ensemble,
-                                 save_images=save_images, max_frames=max_frames)
+                                 save_images=save_images, max_frames=max_frames,
+                                 nir_side=run_side)
         if downstream == "disparity":
             _downstream_jobs(jobs, results, model, config, scale, out_dir, tile, max_frames,
                              downstream_max_disparity)
@@ -223,7 +235,7 @@ def main(argv):
             [s for s in FLAGS.split.split(",") if s], FLAGS.out_dir, FLAGS.data_dir,
             FLAGS.manual_dir, FLAGS.tile, FLAGS.tile_overlap, FLAGS.self_ensemble,
             FLAGS.max_frames, FLAGS.save_images, FLAGS.degradation, FLAGS.precision, FLAGS.ops,
-            FLAGS.downstream, FLAGS.downstream_max_disparity,
+            FLAGS.downstream, FLAGS.downstream_max_disparity, FLAGS.nir_side,
         )
     except (DataError, OSError, ValueError) as error:
         # OSError: FileNotFoundError (the model), and what writing the results may meet (a

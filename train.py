@@ -54,6 +54,7 @@ TRAIN_HELP = {
     "adam_beta2": "Adam beta_2 (paper: 0.999).",
     "random_downscale": "Randomly downscale HR frames by 0.5-1x before cropping (paper's augmentation).",
     "vertical_flip": "Random vertical flips of both views (the only geometry-safe flip for a stereo pair).",
+    "nir_side": "Side of the training rig's NIR camera, seen from behind the cameras: right (the models' rig) or left (every pair is mirrored left-right, so the model trains as for a NIR-right rig; run it with --nir_side=left).",
     "degradation": "Extra degradation of the LR VIS input: none (paper), noise, low_light, over_exposure; parameters after a colon, e.g. low_light:gain=0.1 (cspsr_tf/data/degradations.py).",
     "seed": "Random seed of the initialisation and of the data stream.",
     "model_dir": "Training directory: config.json, checkpoints, best.keras, final.keras, TensorBoard logs.",
@@ -138,6 +139,8 @@ def main(argv):
         done = f"Stopped at step {step} of {target} (--max_minutes reached); outputs in {where}"
     else:
         done = f"Trained to step {step}; outputs in {where}"
+    if train_config.nir_side == "left":  # the weights are a NIR-right model's (mirrored data)
+        done += " (the model takes mirrored pairs: run predict / evaluate.py / the exports with --nir_side=left)"
     warning = run_dir.below_bicubic_message(run_dir.last_validation(where))
     # The last line says what a user must know: a model worse than bicubic is not done.
     print(f"{done}. Warning: {warning}" if warning else done)

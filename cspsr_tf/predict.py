@@ -9,7 +9,9 @@ The inputs are the low-resolution images, of any size (the same for both). VIS: 
 16-bit RGB PNG / TIFF / JPEG (an alpha channel is dropped with a warning). NIR: 8- or
 16-bit, one channel, or three equal channels (one is taken), or three different channels
 (converted to grey with a warning). The NIR must come from the camera to the *right* of the
-visible one, rectified, as in training. The output is `scale` times larger: 8-bit for an
+visible one, rectified, as in training; for a rig with the NIR camera on the left, pass
+`--nir_side=left` (both views are mirrored left-right, run, and the outputs mirrored back; the
+disparity keeps its positive value, the NIR pixel of VIS column x then being at x + d). The output is `scale` times larger: 8-bit for an
 8-bit VIS input, 16-bit (PNG / TIFF) for a 16-bit one. `--disparity_out` writes the left
 disparity map (LR pixels) as a colour PNG, or as raw float32 with `.npy` / `.tif`.
 `--precision` defaults to auto: bfloat16 on a CPU with AVX512_BF16 / AMX or a GPU of compute
@@ -70,7 +72,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.model.run_options import RUN_PRECISIONS, define_speed_flags  # noqa: E402  (no TensorFlow import)
+from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS, define_speed_flags  # noqa: E402  (no TensorFlow import)
 from cspsr_tf.util.cli import run_main  # noqa: E402
 
 # TensorFlow and the model code are imported only once the inputs have been checked, so a
@@ -105,6 +107,8 @@ flags.DEFINE_enum(
     "Camera rig of the pair: stereo (NIR camera to the right; the CVM aligns it) or aligned (a "
     "registered pair: zero disparity). Default: the model's own (stereo unless trained otherwise).",
 )
+flags.DEFINE_enum("nir_side", None, list(NIR_SIDES), NIR_SIDE_HELP + " Default: the model's own "
+                  "(right; a SavedModel exported with --nir_side: that side).")
 define_speed_flags(flags)
 
 FLAGS = flags.FLAGS
@@ -269,7 +273,8 @@ def _to_float(image, name):
     return image.astype(np.float32) / _DTYPE_MAX[image.dtype]
 
 
-def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ensemble=False):
+def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ensemble=False,
+                 nir_side="right"):
     """Super-resolves one LR pair held in memory.
 
     Args:
@@ -281,6 +286,8 @@ def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ense
             size here, only the command line refuses tiles below `tiling.minimum_tile`).
         overlap: tile overlap in LR pixels, with `tile`.
         self_ensemble: average with the vertically flipped pass.
+        nir_side: `right` (the model's rig) or `left` (the pair is run mirrored; the
+            outputs come back in the pair's own orientation).
 
     Returns:
         dict: "sr" [h*s, w*s, 3] in the dtype of `vis_rgb` (uint8 for uint8 input; rounded
@@ -294,7 +301,7 @@ def predict_pair(model, config, vis_rgb, nir, tile=None, *, overlap=8, self_ense
     outputs = tiling.predict(
         model, _to_float(vis_rgb, "vis_rgb"), _to_float(nir, "nir")[..., np.newaxis], scale,
         tile=tile, self_ensemble=self_ensemble, overlap=overlap, keys=("vis_sr", "disp_l"),
-        config=config,
+        config=config, nir_side=nir_side,
     )
     sr = np.clip(outputs["vis_sr"][0], 0.0, 1.0)
     return {
@@ -685,10 +692,19 @@ def _read_pair(vis_path, nir_path, out_path, names=("--vis", "--nir")):
 
 
 def _run_loaded(model, config, model_path, vis, nir, out_path, *, disparity_out, tile,
-                overlap, self_ensemble, stats):
-    """Super-resolves a pair read into memory with a loaded model and writes the outputs."""
+                overlap, self_ensemble, stats, nir_side=None):
+    """Super-resolves a pair read into memory with a loaded model and writes the outputs
+    (mirrored in and out for a rig the model does not take as it is, `nir_side`)."""
     from cspsr_tf.infer import tiling
+    from cspsr_tf.model import runtime
     from cspsr_tf.model.precision import model_precision
+
+    try:
+        mirror = runtime.needs_mirroring(model, nir_side)
+    except runtime.RunSetupError as error:
+        raise InputError(str(error)) from None
+    if mirror:
+        vis, nir = tiling.mirror_views(vis), tiling.mirror_views(nir)
 
     max_disparity, _ = tiling.model_geometry(model)
     if disparity_out is not None and not max_disparity:
@@ -711,6 +727,9 @@ def _run_loaded(model, config, model_path, vis, nir, out_path, *, disparity_out,
             model, vis, nir[..., np.newaxis], scale, keys=keys, tile=tile, overlap=overlap,
             self_ensemble=self_ensemble, stats=stats, config=config,
         )
+    if mirror:
+        bands = ((top, bottom, {key: tiling.mirror_views(value) for key, value in band.items()})
+                 for top, bottom, band in bands)
     _write_outputs(bands, out_path, disparity_out, vis.dtype, (height, width), scale,
                    max_disparity, tile)
     stats.update(scale=scale, output_size=(width * scale, height * scale))
@@ -720,7 +739,7 @@ def _run_loaded(model, config, model_path, vis, nir, out_path, *, disparity_out,
 
 def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=None,
         overlap=8, self_ensemble=False, overwrite=False, stats=None, geometry=None,
-        precision=None, ops=None):
+        precision=None, ops=None, nir_side=None):
     """Reads a pair of files, super-resolves it and writes the results.
 
     With `tile`, memory stays bounded by one row of tiles: each finished band of rows goes
@@ -737,6 +756,8 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
             or `float16` (`runtime.load_for_running`).
         ops: None (`fused`; an exported SavedModel: its own), `fused`, `shift` or `patches`
             (`runtime.load_for_running`).
+        nir_side: None (the model's own rig: right, or the side a SavedModel was exported
+            for), `right` or `left` (the pair is mirrored in and the outputs mirrored back).
 
     Raises:
         InputError: for any problem with the arguments, the files, the memory needed or
@@ -750,7 +771,8 @@ def run(model_path, vis_path, nir_path, out_path, *, disparity_out=None, tile=No
     model, config = load(model_path, geometry, precision, ops)
     return _run_loaded(model, config, model_path, vis, nir, out_path,
                        disparity_out=disparity_out, tile=tile, overlap=overlap,
-                       self_ensemble=self_ensemble, stats={} if stats is None else stats)
+                       self_ensemble=self_ensemble, stats={} if stats is None else stats,
+                       nir_side=nir_side)
 
 
 # --- Many pairs (--pairs) ------------------------------------------------------------------
@@ -861,13 +883,13 @@ def _print_progress(line):
 
 
 def run_pairs(model_path, csv_path, out_dir, *, tile=None, overlap=8, self_ensemble=False,
-              overwrite=False, geometry=None, precision=None, ops=None,
+              overwrite=False, geometry=None, precision=None, ops=None, nir_side=None,
               progress=_print_progress):
     """Super-resolves every pair of a pairs.csv into `out_dir`, with one model load.
 
     Args:
-        tile, overlap, self_ensemble, overwrite, geometry, precision, ops: as for `run`;
-            `geometry` overrides the CSV's column.
+        tile, overlap, self_ensemble, overwrite, geometry, precision, ops, nir_side: as
+            for `run`; `geometry` overrides the CSV's column.
         progress: called with one line per pair (default: printed on stdout).
 
     Returns:
@@ -890,7 +912,8 @@ def run_pairs(model_path, csv_path, out_dir, *, tile=None, overlap=8, self_ensem
         for index, row in enumerate(rows, start=1):
             _pairs_step(f"[{index}/{len(rows)}] {row.name}", model_path,
                         models[geometry or row.geometry], row, summary, progress, tile=tile,
-                        overlap=overlap, self_ensemble=self_ensemble, overwrite=overwrite)
+                        overlap=overlap, self_ensemble=self_ensemble, overwrite=overwrite,
+                        nir_side=nir_side)
     except Interrupted as stop:
         stop.done = summary["written"]
         raise
@@ -898,7 +921,7 @@ def run_pairs(model_path, csv_path, out_dir, *, tile=None, overlap=8, self_ensem
 
 
 def _pairs_step(head, model_path, loaded, row, summary, progress, *, tile, overlap,
-                self_ensemble, overwrite):
+                self_ensemble, overwrite, nir_side=None):
     """One pair of `run_pairs`: skipped, written or failed (recorded in `summary`)."""
     if os.path.lexists(row.out) and not overwrite:
         summary["skipped"] += 1
@@ -906,7 +929,8 @@ def _pairs_step(head, model_path, loaded, row, summary, progress, *, tile, overl
         return
     started = time.perf_counter()
     try:
-        stats = _run_pair(model_path, loaded, row, tile, overlap, self_ensemble, overwrite)
+        stats = _run_pair(model_path, loaded, row, tile, overlap, self_ensemble, overwrite,
+                          nir_side)
     except InputError as error:
         summary["failed"].append((row, str(error)))
         progress(f"{head}: FAILED: {error}")
@@ -921,12 +945,13 @@ def _pairs_step(head, model_path, loaded, row, summary, progress, *, tile, overl
                  f"{time.perf_counter() - started:.1f} s)")
 
 
-def _run_pair(model_path, loaded, row, tile, overlap, self_ensemble, overwrite):
+def _run_pair(model_path, loaded, row, tile, overlap, self_ensemble, overwrite, nir_side=None):
     _check_output_path(row.out, "output", overwrite)
     vis, nir = _read_pair(row.rgb, row.nir, row.out, names=("rgb", "nir"))
     model, config = loaded
     return _run_loaded(model, config, model_path, vis, nir, row.out, disparity_out=None,
-                       tile=tile, overlap=overlap, self_ensemble=self_ensemble, stats={})
+                       tile=tile, overlap=overlap, self_ensemble=self_ensemble, stats={},
+                       nir_side=nir_side)
 
 
 def _pairs_report(summary):
@@ -957,7 +982,7 @@ def _main_pairs():
     summary = run_pairs(
         FLAGS.model, FLAGS.pairs, FLAGS.out_dir, tile=FLAGS.tile, overlap=FLAGS.tile_overlap,
         self_ensemble=FLAGS.self_ensemble, overwrite=FLAGS.overwrite, geometry=FLAGS.geometry,
-        precision=FLAGS.precision, ops=FLAGS.ops,
+        precision=FLAGS.precision, ops=FLAGS.ops, nir_side=FLAGS.nir_side,
     )
     error = _pairs_report(summary)
     if error:
@@ -974,7 +999,7 @@ def _main_one_pair():
         FLAGS.model, FLAGS.vis, FLAGS.nir, FLAGS.out, disparity_out=FLAGS.disparity_out,
         tile=FLAGS.tile, overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble,
         overwrite=FLAGS.overwrite, geometry=FLAGS.geometry, precision=FLAGS.precision,
-        ops=FLAGS.ops,
+        ops=FLAGS.ops, nir_side=FLAGS.nir_side,
     )
 
 

@@ -55,6 +55,10 @@ flags.DEFINE_enum(
     "registered camera: zero disparity). Default: the model's own.",
 )
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
+flags.DEFINE_enum("nir_side", "right", ["right", "left"],
+                  "Side of the NIR camera, seen from behind the cameras: right (the models' rig) "
+                  "or left (the file mirrors both views left-right, runs the model and mirrors "
+                  "its outputs back).")
 flags.mark_flags_as_required(["model", "out"])
 
 
@@ -89,7 +93,7 @@ def main(argv):
         lr_size = None if FLAGS.lr_size is None else litert_export.parse_lr_size(FLAGS.lr_size)
         path, lr_size, scale = litert_export.export_from_path(
             FLAGS.model, FLAGS.out, lr_size=lr_size, variant=FLAGS.variant,
-            geometry=FLAGS.geometry, overwrite=FLAGS.overwrite,
+            geometry=FLAGS.geometry, overwrite=FLAGS.overwrite, nir_side=FLAGS.nir_side,
         )
     except litert_export.TargetBlockedError as error:  # "<out>: <file> is a file, not a folder"
         fail(PROGRAM, f"--out {error}")
@@ -98,7 +102,8 @@ def main(argv):
         # a failed conversion are ValueErrors.
         fail(PROGRAM, " ".join(str(error).split()))
     size = lr_size if isinstance(lr_size, str) else f"{lr_size[0]}x{lr_size[1]}"
-    logging.info("LiteRT model (%s, x%d, LR %s) written to %s", FLAGS.variant, scale, size, path)
+    logging.info("LiteRT model (%s, x%d, LR %s, NIR camera on the %s) written to %s",
+                 FLAGS.variant, scale, size, FLAGS.nir_side, path)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ float32 / uint8 inputs and outputs as always; the precision is recorded in
 assets.extra/cspsr_export.json. `--ops` (default fused) chooses how the DMF modules'
 element-wise parts run: `fused` graphs hold XLA-compiled functions (fastest; TensorFlow Serving
 on CPU needs `--xla_cpu_compilation_enabled=true`), `shift` graphs only plain TensorFlow ops.
+`--nir_side=left` serves a rig whose NIR camera is left of the VIS camera: the graph mirrors
+both views, runs the model and mirrors the outputs back.
 
 Exit status: 0 on success; 2 with one line on stderr (naming the file) when the model is
 missing or unreadable, the target exists without --overwrite, or a file stands where a folder
@@ -34,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from cspsr_tf.export import savedmodel_export  # noqa: E402
-from cspsr_tf.model.run_options import RUN_PRECISIONS  # noqa: E402
+from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras file or a training directory.")
@@ -61,6 +63,9 @@ flags.DEFINE_enum(
     "fastest; the default; TensorFlow Serving then needs --xla_cpu_compilation_enabled=true on "
     "CPU), shift (plain TensorFlow ops, for servers without XLA) or patches (reference).",
 )
+flags.DEFINE_enum("nir_side", "right", list(NIR_SIDES),
+                  NIR_SIDE_HELP + " left bakes the mirroring into the graph (recorded in its "
+                  "metadata; predict and evaluate.py then take left pairs as they are).")
 flags.mark_flags_as_required(["model", "out"])
 
 
@@ -74,6 +79,7 @@ def main(argv):
         out_dir = savedmodel_export.export_from_path(
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,
             geometry=FLAGS.geometry, precision=FLAGS.precision, ops=FLAGS.ops,
+            nir_side=FLAGS.nir_side,
         )
     except savedmodel_export.TargetBlockedError as error:  # "<out>: <file> is a file, not a folder"
         fail("export_savedmodel", f"--out {error}")

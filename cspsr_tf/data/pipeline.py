@@ -211,6 +211,16 @@ def random_crop_frame(frame, patch_size, seed, frame_id=None):
     }
 
 
+def mirror_frame(frame):
+    """Every per-pixel field of `frame` mirrored left-right (its width axis reversed).
+
+    The views of a rig whose NIR camera is on the left, mirrored, are those of a rig whose NIR
+    camera is on the right, the rig every model here is trained for; a disparity keeps its
+    (positive) value.
+    """
+    return {key: tf.reverse(value, axis=[1]) for key, value in frame.items()}
+
+
 def random_vertical_flip_frame(frame, seed, probability=0.5):
     """Flips every field of a frame upside down together, with the given probability.
 
@@ -395,7 +405,7 @@ def _check_training_arguments(scale, hr_patch_size, batch_size, seed, random_dow
 
 
 def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_flip,
-                         degradation, synthetic_stereo_max_disparity):
+                         degradation, synthetic_stereo_max_disparity, mirror=False):
     """The per-example map of `make_training_dataset`: (index, example) -> (inputs,
     targets), its randomness keyed by (seed, running index)."""
     base_seed = tf.constant([int(seed), _TRAIN_STREAM], tf.int64)
@@ -407,6 +417,8 @@ def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_
         )
         stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
         frame = frame_from_example(example)
+        if mirror:
+            frame = mirror_frame(frame)
         if random_downscale is not None:
             frame = random_downscale_frame(
                 frame, downscale_seed, random_downscale, min_size=hr_patch_size
@@ -447,6 +459,7 @@ def make_training_dataset(
     degradation=None,
     synthetic_stereo_max_disparity=None,
     shuffle_buffer=256,
+    mirror=False,
     repeat=True,
     drop_remainder=True,
 ):
@@ -469,6 +482,8 @@ def make_training_dataset(
             random piecewise-planar fields that turn registered (`aligned`) patches into
             stereo pairs with a known disparity (`stereo_synthesis`), for training the CVM.
         shuffle_buffer: frames held by the shuffle buffer; 0 or None disables shuffling.
+        mirror: mirror both views of every frame left-right first (`mirror_frame`): the data
+            of a rig whose NIR camera is on the left.
         repeat: repeat the source forever (then train with `steps_per_epoch`).
         drop_remainder: drop a last partial batch, so the batch dimension is static.
 
@@ -497,7 +512,7 @@ def make_training_dataset(
 
     process = _training_example_fn(
         scale, hr_patch_size, seed, random_downscale, vertical_flip, degradation,
-        synthetic_stereo_max_disparity,
+        synthetic_stereo_max_disparity, mirror,
     )
     if shuffle_buffer:
         # Shuffle whole frames before repeating so every epoch sees a new order.
@@ -512,7 +527,8 @@ def make_training_dataset(
 
 
 def make_eval_dataset(
-    ds, *, scale, multiple=1, degradation=None, seed=0, synthetic_stereo_max_disparity=None
+    ds, *, scale, multiple=1, degradation=None, seed=0, synthetic_stereo_max_disparity=None,
+    mirror=False,
 ):
     """Builds the whole-frame evaluation dataset, one frame per batch.
 
@@ -531,6 +547,8 @@ def make_eval_dataset(
         synthetic_stereo_max_disparity: None, or the largest disparity (HR pixels) of the
             fields that turn registered frames into stereo frames with a known disparity
             (held-out measurement of the CVM); their meta geometry then reads `stereo`.
+        mirror: mirror every frame left-right (`mirror_frame`; training's validation of a
+            NIR-left rig). Keypoints are not mirrored: not with sources that have them.
 
     Returns:
         A dataset of `(inputs, targets, meta)` with a batch dimension of 1; meta =
@@ -550,7 +568,10 @@ def make_eval_dataset(
     def process(index, example):
         element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
         frame_id = example["id"] if "id" in example else None
-        frame = crop_to_multiple(frame_from_example(example), crop_multiple, frame_id=frame_id)
+        frame = frame_from_example(example)
+        if mirror:
+            frame = mirror_frame(frame)
+        frame = crop_to_multiple(frame, crop_multiple, frame_id=frame_id)
         degrade_seed = element_seed
         stereo_seed = tf.random.experimental.stateless_fold_in(element_seed, _STEREO_STREAM)
         geometry = _string_or_default(example, "geometry")
@@ -569,7 +590,7 @@ def make_eval_dataset(
             seed=degrade_seed,
         )
         meta = {"id": _string_or_default(example, "id"), "geometry": geometry}
-        if "keypoints" in example:  # (row, column, disparity, class) rows; the crop keeps them
+        if "keypoints" in example and not mirror:  # (row, column, disparity, class); the crop keeps them
             meta["keypoints"] = tf.cast(example["keypoints"], tf.float32)
         return inputs, targets, meta
 

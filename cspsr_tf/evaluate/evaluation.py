@@ -271,6 +271,7 @@ def evaluate_dataset(
     overlap=tiling.DEFAULT_OVERLAP,
     context=tiling.DEFAULT_CONTEXT,
     model_name=None,
+    nir_side="right",
 ):
     """Evaluates a model frame by frame, beside the bicubic baseline.
 
@@ -292,6 +293,9 @@ def evaluate_dataset(
         save_disparity_npy: also write `disp_l` as float32 .npy (with `save_images`).
         overlap, context: tiling arguments, used with `tile`.
         model_name: label of the model in the tables (default: the Keras model's name).
+        nir_side: `right` (the model's rig) or `left`: each frame is run mirrored and its
+            outputs mirrored back (`tiling.predict`); scores and images keep the frame's
+            orientation.
 
     Returns:
         dict: "scale", "tile", "self_ensemble", "precision", "model_name", "config", "protocols",
@@ -320,7 +324,7 @@ def evaluate_dataset(
         start = time.perf_counter()
         outputs = tiling.predict(
             models.for_frame(meta), vis_lr, nir_lr, scale, tile=tile,
-            self_ensemble=self_ensemble, overlap=overlap, context=context,
+            self_ensemble=self_ensemble, overlap=overlap, context=context, nir_side=nir_side,
         )
         seconds = time.perf_counter() - start
         frame, images = _score_frame(frame_id, vis_lr, outputs, targets, scale, seconds)

@@ -74,6 +74,7 @@ from cspsr_tf.export.savedmodel_export import (  # noqa: F401  (TargetBlockedErr
     check_parent,
 )
 from cspsr_tf.model import model_io
+from cspsr_tf.model.run_options import NIR_SIDES
 from cspsr_tf.util import atomic_files
 
 VARIANTS = ("float32", "float16", "dynamic_int8")
@@ -192,7 +193,7 @@ def _captured_stderr():
             captured.append(log.read().decode("utf-8", "replace"))
 
 
-def convert_model(model, lr_size, variant="float32"):
+def convert_model(model, lr_size, variant="float32", nir_side="right"):
     """Converts a CSPSR Keras model to a LiteRT flatbuffer (bytes).
 
     Args:
@@ -202,6 +203,8 @@ def convert_model(model, lr_size, variant="float32"):
             at run time; see the module docstring for which models convert).
         variant: `float32`, `float16` (float16 weights) or `dynamic_int8` (dynamic-range
             quantisation).
+        nir_side: `right` (the model's rig) or `left`: the file mirrors both views left-right,
+            runs the model and mirrors its outputs back (a rig with the NIR camera on the left).
 
     Returns:
         The .tflite flatbuffer, bytes.
@@ -213,6 +216,9 @@ def convert_model(model, lr_size, variant="float32"):
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
+    if nir_side not in NIR_SIDES:
+        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
+    mirror = nir_side == "left"
     if isinstance(model, model_io.SavedModelAdapter):
         raise ValueError(
             "A SavedModel export cannot be converted to LiteRT; convert the .keras file or "
@@ -246,8 +252,13 @@ def convert_model(model, lr_size, variant="float32"):
         ]
     )
     def serve(vis_lr, nir_lr):
+        if mirror:
+            vis_lr, nir_lr = tf.reverse(vis_lr, axis=[2]), tf.reverse(nir_lr, axis=[2])
         outputs = model({"vis_lr": vis_lr, "nir_lr": nir_lr}, training=False)
-        return {key: tf.cast(outputs[key], tf.float32) for key in keys}
+        outputs = {key: tf.cast(outputs[key], tf.float32) for key in keys}
+        if mirror:
+            outputs = {key: tf.reverse(value, axis=[2]) for key, value in outputs.items()}
+        return outputs
 
     concrete = serve.get_concrete_function()
     # See the module docstring: the tf.Variables the graph reads must be tracked, not the
@@ -395,7 +406,7 @@ def check_target(out_path, overwrite=False):
     check_parent(out_path)  # TargetBlockedError: a file where a folder above out_path must go
 
 
-def export_litert(model, out_path, lr_size, variant="float32", overwrite=False):
+def export_litert(model, out_path, lr_size, variant="float32", overwrite=False, nir_side="right"):
     """Converts `model` (`convert_model`) and writes the flatbuffer to `out_path` atomically.
 
     The file is written under a temporary name beside `out_path` and renamed into place; on
@@ -410,14 +421,14 @@ def export_litert(model, out_path, lr_size, variant="float32", overwrite=False):
     """
     out_path = os.path.abspath(out_path)
     check_target(out_path, overwrite)
-    tflite_model = convert_model(model, lr_size, variant)
+    tflite_model = convert_model(model, lr_size, variant, nir_side)
     check_target(out_path, overwrite)  # it may have appeared during the conversion
     atomic_files.write_bytes(out_path, tflite_model)
     return out_path
 
 
 def export_from_path(model_path, out_path, lr_size=None, variant="float32", geometry=None,
-                     overwrite=False):
+                     overwrite=False, nir_side="right"):
     """Loads a `.keras` file or training directory (`model_io.load_model`) and exports it.
 
     Args:
@@ -428,6 +439,7 @@ def export_from_path(model_path, out_path, lr_size=None, variant="float32", geom
         variant: see `convert_model`.
         geometry: None (the model's own), `stereo` or `aligned` (`model.with_geometry`).
         overwrite: replace an existing `out_path`.
+        nir_side: `right` (default) or `left` (see `convert_model`).
 
     Returns:
         (absolute path written, lr_size used, scale).
@@ -439,6 +451,8 @@ def export_from_path(model_path, out_path, lr_size=None, variant="float32", geom
     check_target(out_path, overwrite)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
+    if nir_side not in NIR_SIDES:
+        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
     if os.path.isfile(os.path.join(model_path, "saved_model.pb")):
         raise ValueError(
             f"{model_path} is a SavedModel export, which cannot be converted to LiteRT; give the "
@@ -451,7 +465,7 @@ def export_from_path(model_path, out_path, lr_size=None, variant="float32", geom
     scale = model_io.infer_scale(model, config)
     if lr_size is None:
         lr_size = default_lr_size(scale)
-    path = export_litert(model, out_path, lr_size, variant, overwrite=overwrite)
+    path = export_litert(model, out_path, lr_size, variant, overwrite=overwrite, nir_side=nir_side)
     return path, lr_size, scale
 
 

@@ -30,6 +30,7 @@ from absl import logging
 from cspsr_tf.data import sources
 from cspsr_tf.model import model_io
 from cspsr_tf.model.precision import model_precision
+from cspsr_tf.model.run_options import NIR_SIDES
 from cspsr_tf.util import scratch_dirs
 
 # Re-exported: the metadata file and the scale probe live in model_io, which reads them.
@@ -125,6 +126,8 @@ class CSPSRServingModule(tf.Module):
             this inside the graph and crop the outputs back. 1 (no padding) suits CSPSR,
             which takes any size (its CVM pads internally); a larger value is for models
             that need it. Padding changes the outputs near the bottom and right borders.
+        mirror: bool, default False; for a rig whose NIR camera is on the left: mirror both
+            views left-right inside the graph, run, and mirror every output back.
 
     Attributes:
         serve_uint8, serve_float: the tf.functions behind `serving_default` and
@@ -133,8 +136,9 @@ class CSPSRServingModule(tf.Module):
         graph_variables: the tf.Variables the traced functions read.
     """
 
-    def __init__(self, model, scale, multiple=1, name=None):
+    def __init__(self, model, scale, multiple=1, name=None, mirror=False):
         super().__init__(name=name)
+        self._mirror = bool(mirror)
         if int(multiple) < 1:
             raise ValueError(f"multiple must be >= 1. Received: multiple={multiple}")
         self.model = model
@@ -163,6 +167,8 @@ class CSPSRServingModule(tf.Module):
         """float32 [0, 1] inputs -> dict of float32 outputs, cropped to the input size."""
         vis_lr, nir_lr = _checked_pair(vis_lr, nir_lr)
         height, width = tf.shape(vis_lr)[1], tf.shape(vis_lr)[2]
+        if self._mirror:
+            vis_lr, nir_lr = tf.reverse(vis_lr, axis=[2]), tf.reverse(nir_lr, axis=[2])
         vis_lr = replicate_pad_to_multiple(vis_lr, self._multiple)
         nir_lr = replicate_pad_to_multiple(nir_lr, self._multiple)
         outputs = self.model({"vis_lr": vis_lr, "nir_lr": nir_lr}, training=False)
@@ -171,6 +177,8 @@ class CSPSRServingModule(tf.Module):
         for key in DISPARITY_OUTPUTS:
             if key in outputs:
                 result[key] = tf.cast(outputs[key], tf.float32)[:, :height, :width]
+        if self._mirror:
+            result = {key: tf.reverse(value, axis=[2]) for key, value in result.items()}
         return result
 
     def _serve_float(self, vis_lr, nir_lr):
@@ -215,7 +223,7 @@ def check_parent(path):
         raise TargetBlockedError(f"{path}: {blocker} is a file, not a folder")
 
 
-def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
+def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1, nir_side="right"):
     """Exports `model` as a SavedModel at `out_dir`, atomically.
 
     The SavedModel is written to a temporary directory beside `out_dir` (same parent, so the
@@ -230,6 +238,8 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         out_dir: the SavedModel directory to create.
         overwrite: bool, default False; replace an existing `out_dir`.
         multiple: int, default 1; see `CSPSRServingModule`.
+        nir_side: `right` (default; the model's rig) or `left`: the graph mirrors both views
+            and its outputs (`CSPSRServingModule`'s `mirror`); recorded in the metadata.
 
     Returns:
         The absolute path of the SavedModel directory.
@@ -238,10 +248,12 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         FileExistsError: `out_dir` exists and `overwrite` is False.
         ValueError: the model is not a CSPSR model, or disagrees with `config`.
     """
+    if nir_side not in NIR_SIDES:
+        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
     out_dir = os.path.abspath(out_dir)
     check_target(out_dir, overwrite)
     scale = infer_scale(model, config)
-    module = CSPSRServingModule(model, scale, multiple=multiple)
+    module = CSPSRServingModule(model, scale, multiple=multiple, mirror=nir_side == "left")
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
     # Temporary directories of earlier exports to this target that were killed (kill -9,
@@ -252,7 +264,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
         # directory, so that a server running as another user can read the export.
         os.chmod(tmp_dir, 0o777 & ~_current_umask())
         tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
-        _write_metadata(tmp_dir, module, config, scale, multiple)
+        _write_metadata(tmp_dir, module, config, scale, multiple, nir_side)
         _give_folders_the_umask_mode(tmp_dir)
         scratch_dirs.move_into_place(tmp_dir, out_dir, overwrite)
     logging.info("Exported SavedModel (x%d, %s) to %s", scale, sorted(module.signatures()), out_dir)
@@ -260,7 +272,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1):
 
 
 def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=None,
-                     precision=None, ops=None):
+                     precision=None, ops=None, nir_side="right"):
     """Loads a `.keras` file or training directory (`model_io.load_model`) and exports it.
 
     The target is checked before the (slow) load. `geometry="aligned"` exports the model for
@@ -270,7 +282,8 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
     DMF element-wise parts run (both applied by `runtime.load_for_running`):
     `fused` graphs hold XLA-compiled functions, which TensorFlow Serving runs on CPU only when
     started with `--xla_cpu_compilation_enabled=true`; export with `shift` for a server without
-    XLA.
+    XLA. `nir_side="left"` exports for a rig whose NIR camera is on the left (see
+    `export_savedmodel`).
     Raises what `load_model` and `export_savedmodel` raise: FileNotFoundError,
     FileExistsError, ValueError (e.g. a corrupt `.keras`, an unknown precision), each naming
     the file.
@@ -278,9 +291,12 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
     from cspsr_tf.model import runtime
 
     runtime.check_run_options(precision, ops)
+    if nir_side not in NIR_SIDES:
+        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
     check_target(out_dir, overwrite)
     model, config = runtime.load_for_running(model_path, geometry, precision, ops)
-    return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple)
+    return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple,
+                             nir_side=nir_side)
 
 
 def _scratch_prefix(name):
@@ -309,7 +325,7 @@ def _current_umask():
     return umask
 
 
-def _write_metadata(saved_model_dir, module, config, scale, multiple):
+def _write_metadata(saved_model_dir, module, config, scale, multiple, nir_side="right"):
     outputs = {}
     for signature, function in module.signatures().items():
         structure = function.get_concrete_function().structured_outputs
@@ -318,6 +334,8 @@ def _write_metadata(saved_model_dir, module, config, scale, multiple):
         "scale": scale,
         "precision": model_precision(module.model),
         "multiple": int(multiple),
+        # `left`: the graph mirrors both views and its outputs (predict reads it).
+        "nir_side": nir_side,
         "inputs": list(INPUT_NAMES),
         "signatures": outputs,
         "model_config": None if config is None else config.to_dict(),

@@ -72,6 +72,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cspsr_tf.model.run_options import NIR_SIDES
+
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 8
 # The fixed context of earlier versions, for callers that pass one explicitly; `context=None`
@@ -800,9 +802,14 @@ def tiled_predict(
 
 
 def predict(
-    model, vis_lr, nir_lr, scale, *, tile=None, self_ensemble=False, keys=None, **tile_kwargs
+    model, vis_lr, nir_lr, scale, *, tile=None, self_ensemble=False, keys=None,
+    nir_side="right", **tile_kwargs
 ):
     """Whole-frame or tiled inference, optionally with the vertical-flip self-ensemble.
+
+    With `nir_side="left"` (a rig whose NIR camera is left of the VIS camera) both views are
+    mirrored left-right, which puts the NIR on the right as the model expects, and every
+    output is mirrored back (`mirror_views`).
 
     The self-ensemble averages the prediction for the input and the (flipped back)
     prediction for the vertically flipped input. Only the vertical flip is used: a
@@ -816,11 +823,18 @@ def predict(
         tile: None for one forward pass, else the tile size for `tiled_predict`.
         self_ensemble: bool, average with the vertically flipped pass.
         keys: outputs to return (default: all).
+        nir_side: `right` (default; the model's own rig) or `left`.
         **tile_kwargs: further `tiled_predict` arguments (overlap, context, batch...).
 
     Returns:
         dict of float32 numpy arrays shaped like the model's outputs.
     """
+    if check_nir_side(nir_side) == "left":
+        outputs = predict(
+            model, mirror_views(vis_lr), mirror_views(nir_lr), scale, tile=tile,
+            self_ensemble=self_ensemble, keys=keys, **tile_kwargs,
+        )
+        return {key: mirror_views(value) for key, value in outputs.items()}
     if tile is not None:
         return tiled_predict(
             model, vis_lr, nir_lr, scale, tile=tile, keys=keys, self_ensemble=self_ensemble,
@@ -841,6 +855,26 @@ def predict(
         key: ((outputs[key] + flipped[key][:, ::-1]) * 0.5).astype(np.float32)
         for key in outputs
     }
+
+
+def check_nir_side(nir_side):
+    """`nir_side` if it is one of NIR_SIDES, else ValueError naming it."""
+    if nir_side not in NIR_SIDES:
+        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
+    return nir_side
+
+
+def mirror_views(image):
+    """`image` ([B,] H, W[, C] numpy) mirrored left-right: its width axis reversed.
+
+    Mirroring both views of a rig whose NIR camera is on the left gives the views of a rig
+    whose NIR camera is on the right (the one every model here is trained for); the left-right
+    order of the cameras flips with the images. A disparity keeps its (positive) value: in the
+    mirrored rig the NIR pixel of VIS column x is at x - d, in the real one at x + d.
+    """
+    image = np.asarray(image)
+    width_axis = 2 if image.ndim == 4 else 1
+    return np.flip(image, axis=width_axis).copy()
 
 
 def forward_bytes_per_pixel(model, config=None):

@@ -80,11 +80,12 @@ class SavedModelAdapter:
     than the precision option are float32).
     """
 
-    def __init__(self, path, config, precision="float32"):
+    def __init__(self, path, config, precision="float32", nir_side="right"):
         self.name = os.path.basename(os.path.normpath(path))
         self._signature = tf.saved_model.load(path).signatures["serving_float"]
         self._config = config
         self.precision = precision
+        self.nir_side = nir_side  # `left`: the export mirrors both views inside its graph
 
     def __call__(self, inputs, training=False):
         del training
@@ -154,7 +155,7 @@ def _check_cspsr_model(model, config, path):
 
 def _load_savedmodel(path):
     config = None
-    precision = "float32"
+    precision, nir_side = "float32", "right"
     metadata_path = os.path.join(path, METADATA_FILE)
     if os.path.isfile(metadata_path):
         try:
@@ -163,12 +164,13 @@ def _load_savedmodel(path):
             values = metadata.get("model_config")
             config = CSPSRConfig.from_dict(values) if values else None
             precision = metadata.get("precision", "float32")
+            nir_side = metadata.get("nir_side", "right")  # exports before the option: right
         except (OSError, ValueError, TypeError, AttributeError) as error:
             raise ModelLoadError(f"Cannot read {metadata_path}: {_one_line(error)}") from None
     if config is None:
         raise ModelLoadError(f"SavedModel {path} has no {METADATA_FILE} with the model config")
     try:
-        return SavedModelAdapter(path, config, precision), config
+        return SavedModelAdapter(path, config, precision, nir_side), config
     except (OSError, KeyError, ValueError, tf.errors.OpError) as error:
         raise ModelLoadError(f"Cannot load SavedModel {path}: {_one_line(error)}") from None
 

@@ -15,6 +15,15 @@ OPS = ("fused", "shift", "patches")
 DEFAULT_OPS = "fused"
 
 
+# Where the NIR camera sits beside the VIS camera. Every model is trained for `right`; a `left`
+# rig runs mirrored (both views mirrored left-right, the outputs mirrored back).
+NIR_SIDES = ("right", "left")
+NIR_SIDE_HELP = (
+    "Side of the NIR camera, seen from behind the cameras: right (the models' rig) or left "
+    "(both views are mirrored left-right, run, and the outputs mirrored back)."
+)
+
+
 class RunSetupError(ValueError):
     """A model cannot run as asked (geometry, precision or ops); the message names the flag."""
 

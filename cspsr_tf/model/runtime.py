@@ -11,7 +11,7 @@ from absl import logging
 from cspsr_tf.model.build import rebuild, with_geometry
 from cspsr_tf.model.model_io import SavedModelAdapter, load_model
 from cspsr_tf.model.precision import DEFAULT_PRECISION, check_precision, model_precision
-from cspsr_tf.model.run_options import DEFAULT_OPS, OPS, RunSetupError, check_run_options
+from cspsr_tf.model.run_options import DEFAULT_OPS, NIR_SIDES, OPS, RunSetupError, check_run_options
 
 
 def select_ops(model, config, ops=None):
@@ -191,3 +191,21 @@ def _with_geometry(model, config, geometry, model_path):
             )
         return model, config
     return with_geometry(model, config, geometry)
+
+
+def model_nir_side(model):
+    """The rig a loaded model takes as it is: `left` for a SavedModel exported with
+    `--nir_side=left` (the mirroring is baked into its graph), else `right`."""
+    return getattr(model, "nir_side", None) or "right"
+
+
+def needs_mirroring(model, nir_side=None):
+    """Whether a run must mirror both views (and its outputs back) to serve a rig whose NIR
+    camera is on `nir_side` (None: the model's own side, `model_nir_side`).
+
+    Raises:
+        RunSetupError: for a side that is not one of NIR_SIDES.
+    """
+    if nir_side is not None and nir_side not in NIR_SIDES:
+        raise RunSetupError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    return (nir_side or model_nir_side(model)) != model_nir_side(model)

@@ -107,7 +107,8 @@ def load_validation_frames(train, model):
     if train.eval_every <= 0 or train.val_frames <= 0:
         return []
     raw = sources.load_split(train.dataset, train.val_split, train.data_dir, train.manual_dir)
-    ds = pipeline.make_eval_dataset(raw.take(train.val_frames), scale=model.scale)
+    ds = pipeline.make_eval_dataset(raw.take(train.val_frames), scale=model.scale,
+                                    mirror=train.nir_side == "left")
     crop = max(model.scale, train.val_crop // model.scale * model.scale)
     frames = []
     for inputs, targets, meta in ds:
@@ -357,6 +358,7 @@ def make_training_dataset(train, model_config, raw_train, start):
         seed=_data_seed(train.seed, start),
         random_downscale=(0.5, 1.0) if train.random_downscale else None,
         vertical_flip=train.vertical_flip,
+        mirror=train.nir_side == "left",
         degradation=None if train.degradation == "none" else train.degradation,
         synthetic_stereo_max_disparity=(
             synthetic_disparity_bound(train, model_config) * model_config.scale if cvm_stage else None

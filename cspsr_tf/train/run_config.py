@@ -21,7 +21,7 @@ from cspsr_tf.model.configs import (
 )
 from cspsr_tf.model.layers.dynamic_conv import _NORMALIZATIONS as KERNEL_NORMALIZATIONS
 from cspsr_tf.model.precision import PRECISIONS
-from cspsr_tf.model.run_options import OPS
+from cspsr_tf.model.run_options import NIR_SIDES, OPS
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -105,6 +105,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     random_downscale: bool = True
     vertical_flip: bool = True
+    nir_side: str = "right"
     degradation: str = "none"
     seed: int = 0
     model_dir: str = "runs/cspsr"
@@ -222,6 +223,7 @@ def validate_configs(train, model):
     check_choice("stage", train.stage, STAGES)
     check_choice("strategy", train.strategy, STRATEGIES)
     check_choice("lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    check_choice("nir_side", train.nir_side, NIR_SIDES)
     check_choice("cvm_lr_schedule", train.cvm_lr_schedule, LR_SCHEDULES)
     resolve_precision(train)
     try:
