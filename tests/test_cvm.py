@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -212,6 +213,9 @@ def test_learned_correlation_peaks_at_a_known_shift():
     # the right volume f_nir(j) . f_vis(j + k) are exactly 1 (the features are unit vectors) at
     # k = 2 and below 1 elsewhere. With j + k in the left view the peak would move off k = 2.
     rng = np.random.default_rng(22)
+    # Seeded: with some random feature extractors a wrong candidate comes within 1e-3 of the
+    # peak (the test then failed depending on which tests ran before it in the process).
+    keras.utils.set_random_seed(22)
     height, width, shift = 8, 32, 4
     texture = rng.random((height, width + shift)).astype(np.float32)
     vis = np.repeat(texture[np.newaxis, :, :width, np.newaxis], 3, axis=-1)

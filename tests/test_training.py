@@ -48,34 +48,6 @@ def summary_of(output):
     return json.loads(matches[-1])
 
 
-def test_two_steps_end_to_end_write_outputs(synthetic_data_dir, tmp_path):
-    model_dir = tmp_path / "run"
-    result = run_train(
-        [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}", "--steps=2",
-         "--save_every=1", "--eval_every=2"]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert summary_of(result.stderr)["step"] == 2
-    for name in ("config.json", "final.keras", "best.keras", "metrics.jsonl", "checkpoints/checkpoint"):
-        assert (model_dir / name).exists(), name
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["model"]["scale"] == 2 and config["train"]["steps"] == 2
-    assert any((model_dir / "tensorboard").iterdir())
-    validation = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert validation["step"] == 2 and "bicubic/standard/psnr" in validation
-    # The checkpoint holds every weight: the training directory loads as the final model.
-    from cspsr_tf.model import model_io
-
-    from_checkpoint, config = model_io.load_model(str(model_dir))
-    final, _ = model_io.load_model(str(model_dir / "final.keras"))
-    assert config.scale == 2
-    assert len(from_checkpoint.weights) == len(final.weights)
-    for a, b in zip(from_checkpoint.weights, final.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    # No TensorFlow start-up noise on the console.
-    assert "cuda" not in result.stderr.lower()
-
-
 def test_resume_after_sigkill(synthetic_data_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = [*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}",
@@ -489,7 +461,44 @@ def short_run(synthetic_data_dir, tmp_path_factory):
     return model_dir, result, args
 
 
-def test_a_short_run_prints_few_lines(short_run):
+def test_a_short_run_end_to_end(short_run, synthetic_data_dir, subtests):
+    """One short run (2 CVM steps, then 4 SR steps), checked as a user sees it. The checks
+    share the run: under pytest-xdist a module fixture runs once per worker, and this run is
+    one of the suite's slowest steps."""
+    with subtests.test("writes every output, and its checkpoint loads as the final model"):
+        check_outputs(short_run)
+    with subtests.test("prints few lines"):
+        check_few_lines(short_run)
+    with subtests.test("folders and files follow the umask"):
+        check_umask(short_run)
+    with subtests.test("pre-trains the CVM before the SR stage, and a rerun resumes"):
+        check_default_recipe(short_run, synthetic_data_dir)
+
+
+def check_outputs(short_run):
+    model_dir, result, _ = short_run
+    assert summary_of(result.stderr)["step"] == 4
+    for name in ("config.json", "final.keras", "best.keras", "metrics.jsonl", "checkpoints/checkpoint"):
+        assert (model_dir / name).exists(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["scale"] == 2 and config["train"]["steps"] == 4
+    assert any((model_dir / "tensorboard").iterdir())
+    validation = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert validation["step"] == 4 and "bicubic/standard/psnr" in validation
+    # The checkpoint holds every weight: the training directory loads as the final model.
+    from cspsr_tf.model import model_io
+
+    from_checkpoint, config = model_io.load_model(str(model_dir))
+    final, _ = model_io.load_model(str(model_dir / "final.keras"))
+    assert config.scale == 2
+    assert len(from_checkpoint.weights) == len(final.weights)
+    for a, b in zip(from_checkpoint.weights, final.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # No TensorFlow start-up noise on the console.
+    assert "cuda" not in result.stderr.lower()
+
+
+def check_few_lines(short_run):
     model_dir, result, _ = short_run
     lines = result.stderr.strip().splitlines()
     # Before: over 150, the whole config dumped twice (SR run and CVM pre-training, 69 lines
@@ -505,7 +514,7 @@ def test_a_short_run_prints_few_lines(short_run):
         f"Trained to step 4; outputs in {model_dir}")
 
 
-def test_a_runs_folders_and_files_follow_the_umask(short_run):
+def check_umask(short_run):
     model_dir, _, _ = short_run
     folders, files = [str(model_dir)], []
     for folder, subfolders, names in os.walk(model_dir):
@@ -521,7 +530,7 @@ def test_a_runs_folders_and_files_follow_the_umask(short_run):
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~UMASK), path
 
 
-def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(short_run, synthetic_data_dir):
+def check_default_recipe(short_run, synthetic_data_dir):
     # --cvm_steps runs a --stage=cvm run in <model_dir>/cvm_pretrain first and starts the SR
     # stage from its CVM (kept fixed by default, so the final CVM must equal the pre-trained
     # one). The run is the module's short run (4 SR steps after 2 CVM steps).
@@ -552,7 +561,7 @@ def test_default_recipe_pretrains_the_cvm_before_the_sr_stage(short_run, synthet
         moved = moved or not np.array_equal(a.numpy(), c.numpy())
     assert moved  # the pre-training trained the CVM from its seeded initial weights
     # Running the same command again resumes past both phases (same umask: the run's file
-    # modes are checked by another test).
+    # modes are checked above).
     again = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
