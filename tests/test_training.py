@@ -207,34 +207,6 @@ def test_multi_worker_two_processes_agree(synthetic_data_dir, tmp_path):
     assert not list((tmp_path / "run").glob(".worker_*_scratch"))
 
 
-def test_cvm_pretraining_stage_then_frozen_cvm(synthetic_data_dir, tmp_path):
-    common = [*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0", "--save_every=2"]
-    cvm_dir = tmp_path / "cvm_stage"
-    result = run_train([*common, "--stage=cvm", "--steps=2", "--cvm_patch_size=32",
-                        f"--model_dir={cvm_dir}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    losses = summary_of(result.stderr)["losses"]
-    assert set(losses) == {"total", "photometric", "smoothness", "consistency", "supervised"}
-    assert losses["supervised"] > 0  # nirvis_synthetic knows its disparities
-    assert (cvm_dir / "cvm" / "cvm.index").exists()
-
-    sr_dir = tmp_path / "sr_stage"
-    result = run_train([*common, "--steps=2", f"--cvm_init={cvm_dir}", "--freeze_cvm",
-                        f"--model_dir={sr_dir}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "CVM initialised from" in result.stderr
-
-    # The CVM weights of the SR run are those of the CVM stage (frozen, so unchanged).
-    from cspsr_tf.model import model_io
-
-    pre, _ = model_io.load_model(str(cvm_dir / "final.keras"))
-    post, _ = model_io.load_model(str(sr_dir / "final.keras"))
-    pre_cvm, post_cvm = pre.get_layer("cvm"), post.get_layer("cvm")
-    assert len(pre_cvm.weights) == len(post_cvm.weights) > 0
-    for a, b in zip(pre_cvm.weights, post_cvm.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-
-
 def test_mixed_precision_two_steps(synthetic_data_dir, tmp_path):
     result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0",
                         "--steps=2", "--mixed_precision", f"--model_dir={tmp_path / 'mp'}"])
@@ -461,7 +433,7 @@ def short_run(synthetic_data_dir, tmp_path_factory):
     return model_dir, result, args
 
 
-def test_a_short_run_end_to_end(short_run, synthetic_data_dir, subtests):
+def test_a_short_run_end_to_end(short_run, synthetic_data_dir, subtests, tmp_path):
     """One short run (2 CVM steps, then 4 SR steps), checked as a user sees it. The checks
     share the run: under pytest-xdist a module fixture runs once per worker, and this run is
     one of the suite's slowest steps."""
@@ -473,6 +445,37 @@ def test_a_short_run_end_to_end(short_run, synthetic_data_dir, subtests):
         check_umask(short_run)
     with subtests.test("pre-trains the CVM before the SR stage, and a rerun resumes"):
         check_default_recipe(short_run, synthetic_data_dir)
+    with subtests.test("--cvm_init starts an SR run from a CVM stage's weights, kept fixed"):
+        check_cvm_init(short_run, synthetic_data_dir, tmp_path)
+
+
+def check_cvm_init(short_run, synthetic_data_dir, tmp_path):
+    # The short run's pre-training is a --stage=cvm run of its own (in cvm_pretrain/).
+    run, result, _ = short_run
+    cvm_dir = run / "cvm_pretrain"
+    phases = re.findall(r"Training summary: (\{.*\})", result.stderr)
+    losses = json.loads(phases[0])["losses"]  # the CVM stage's summary comes first
+    assert set(losses) == {"total", "photometric", "smoothness", "consistency", "supervised"}
+    assert losses["supervised"] > 0  # nirvis_synthetic knows its disparities
+    assert json.loads((cvm_dir / "config.json").read_text())["train"]["stage"] == "cvm"
+    assert (cvm_dir / "cvm" / "cvm.index").exists()
+
+    sr_dir = tmp_path / "sr_stage"
+    result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", "--eval_every=0",
+                        "--save_every=2", "--steps=2", f"--cvm_init={cvm_dir}", "--freeze_cvm",
+                        f"--model_dir={sr_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CVM initialised from" in result.stderr
+
+    # The CVM weights of the SR run are those of the CVM stage (frozen, so unchanged).
+    from cspsr_tf.model import model_io
+
+    pre, _ = model_io.load_model(str(cvm_dir / "final.keras"))
+    post, _ = model_io.load_model(str(sr_dir / "final.keras"))
+    pre_cvm, post_cvm = pre.get_layer("cvm"), post.get_layer("cvm")
+    assert len(pre_cvm.weights) == len(post_cvm.weights) > 0
+    for a, b in zip(pre_cvm.weights, post_cvm.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def check_outputs(short_run):
