@@ -14,22 +14,20 @@ the VIS camera (each frame mirrored, run, and mirrored back). Bad settings print
 exit 2.
 """
 
+import json
+import os
+
+from absl import flags, logging
+
+from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS, define_speed_flags
 from cspsr_tf.util.cli import (
     fail,
     quiet_dataset_progress,
     quiet_library_logs,
     quiet_tensorflow,
+    quiet_tfds_notices,
     run_main,
 )
-
-quiet_tensorflow()
-
-import json  # noqa: E402
-import os  # noqa: E402
-
-from absl import flags, logging  # noqa: E402
-
-from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS, define_speed_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras model, a training directory (latest checkpoint) or an exported SavedModel.")
@@ -55,7 +53,7 @@ def check_arguments(out_dir, tile=None, tile_overlap=8, max_frames=None):
 
     Checked before the model and the data load and before any folder is made.
     """
-    from cspsr_tf.data.sources import blocking_file
+    from cspsr_tf.util.paths import blocking_file
 
     if tile is not None and tile < 1:
         raise ValueError(f"--tile must be >= 1 (LR pixels), got {tile}")
@@ -209,26 +207,42 @@ def _downstream_jobs(jobs, results, model, config, scale, out_dir, tile, max_fra
         f.write("\n" + "\n".join(lines))
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail("evaluate.py", f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.INFO)
-    quiet_library_logs()
-    quiet_dataset_progress()
-    from cspsr_tf.data.sources import DataError, quiet_tfds_notices
-
-    quiet_tfds_notices()
+def check_flags_before_loading():
+    """The one-line refusals that need neither TensorFlow nor the model nor the data."""
+    from cspsr_tf import presets
+    from cspsr_tf.data.dataset_names import DATASETS
+    from cspsr_tf.data.degradation_specs import resolve_degradation
 
     if not FLAGS.model:
         fail("evaluate.py", "--model is required (a .keras file or a training directory)")
     if FLAGS.precision is not None and FLAGS.precision not in RUN_PRECISIONS:
         fail("evaluate.py", f"--precision={FLAGS.precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
-    from cspsr_tf.data.degradations import resolve_degradation
-
     try:
         resolve_degradation(FLAGS.degradation)
     except ValueError as error:
         fail("evaluate.py", f"--degradation={FLAGS.degradation}: {error}")
+    unknown = [name for name in FLAGS.dataset.split(",") if name and name not in DATASETS]
+    if unknown:
+        fail("evaluate.py", f"unknown dataset {unknown[0]!r}; choose one of {', '.join(DATASETS)}")
+    try:
+        check_arguments(FLAGS.out_dir, FLAGS.tile, FLAGS.tile_overlap, FLAGS.max_frames)
+    except ValueError as error:
+        fail("evaluate.py", str(error))
+    if not os.path.exists(presets.resolve(FLAGS.model)):
+        fail("evaluate.py", presets.not_found_message(FLAGS.model))
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail("evaluate.py", f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    check_flags_before_loading()
+    quiet_tensorflow()  # only now: the checks above answer in a fraction of a second
+    quiet_library_logs()
+    quiet_dataset_progress()
+    quiet_tfds_notices()
+    from cspsr_tf.data.sources import DataError
+
     try:
         results = evaluate(
             FLAGS.model, [d for d in FLAGS.dataset.split(",") if d],

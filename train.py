@@ -17,6 +17,10 @@ Exit codes:
 
 import sys
 
+from absl import flags, logging  # noqa: E402
+
+# No TensorFlow here: the flags are defined and a bad setting is refused before it loads.
+from cspsr_tf.train import run_config  # noqa: E402
 from cspsr_tf.util.cli import (
     STOPPED_EARLY,
     define_dataclass_flags,
@@ -25,15 +29,9 @@ from cspsr_tf.util.cli import (
     quiet_dataset_progress,
     quiet_library_logs,
     quiet_tensorflow,
+    quiet_tfds_notices,
     run_main,
 )
-
-quiet_tensorflow()
-
-from absl import flags, logging  # noqa: E402
-
-from cspsr_tf.data.sources import DataError, quiet_tfds_notices  # noqa: E402
-from cspsr_tf.train import loop, run_config, run_dir  # noqa: E402
 
 TRAIN_HELP = {
     "dataset": "Dataset builder of datasets/: nirvis_synthetic, nirvis_folder, rgb_nir_stereo, nirscene, ranus.",
@@ -114,7 +112,6 @@ def main(argv):
         fail("train.py", f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    quiet_dataset_progress()
     quiet_tfds_notices()
     if FLAGS.mixed_precision and FLAGS["precision"].present and FLAGS.precision != "float16":
         fail("train.py", f"--mixed_precision (float16) disagrees with --precision={FLAGS.precision}; "
@@ -124,6 +121,15 @@ def main(argv):
             flag_values(FLAGS, run_config.train_config_fields()),
             flag_values(FLAGS, run_config.model_config_fields(), only_set=True),
         )
+        run_config.validate_configs(train_config, model_config)
+    except run_config.ConfigError as error:
+        fail("train.py", str(error))
+    quiet_tensorflow()  # only now: a bad setting above is refused in a fraction of a second
+    quiet_dataset_progress()  # (imports TensorFlow Datasets)
+    from cspsr_tf.data.sources import DataError
+    from cspsr_tf.train import loop, run_dir
+
+    try:
         summary = loop.run_training(train_config, model_config)
     except (run_config.ConfigError, DataError, FileNotFoundError) as error:
         fail("train.py", str(error), getattr(error, "details", ""))

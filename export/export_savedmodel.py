@@ -28,15 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, Python puts export/ (not the repository root) on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main  # noqa: E402
-
-quiet_tensorflow()
-
-import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from cspsr_tf.export import savedmodel_export  # noqa: E402
+# No TensorFlow before main: a bad flag is refused in a fraction of a second.
 from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS  # noqa: E402
+from cspsr_tf.util.cli import fail, quiet_library_logs, quiet_tensorflow, run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras file or a training directory.")
@@ -75,6 +71,11 @@ def main(argv):
     quiet_library_logs()
     if FLAGS.precision is not None and FLAGS.precision not in RUN_PRECISIONS:
         fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    from cspsr_tf.export import savedmodel_export
+
     try:
         out_dir = savedmodel_export.export_from_path(
             FLAGS.model, FLAGS.out, overwrite=FLAGS.overwrite, multiple=FLAGS.multiple,

@@ -19,11 +19,11 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
+from cspsr_tf.data.dataset_names import DATASETS, MANUAL_DATASETS  # noqa: F401  (re-exported)
 from cspsr_tf.util import scratch_dirs
+from cspsr_tf.util.cli import quiet_tfds_notices  # noqa: F401  (re-exported)
+from cspsr_tf.util.paths import blocking_file
 
-DATASETS = ("nirvis_synthetic", "nirvis_folder", "rgb_nir_stereo", "nirscene", "ranus")
-# Builders that read files the user downloaded by hand.
-MANUAL_DATASETS = ("nirvis_folder", "rgb_nir_stereo", "nirscene", "ranus")
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 # Written beside dataset_info.json of a prepared manual dataset (TFDS ignores it).
 SOURCE_RECORD = "cspsr_manual_source.json"
@@ -39,41 +39,6 @@ class DataError(ValueError):
     def __init__(self, message, details=""):
         super().__init__(message)
         self.details = details
-
-
-def quiet_tfds_notices():
-    """Drops TFDS's notice that `FeatureConnector.dtype` is deprecated from the absl log.
-
-    TFDS 4.9 logs it about its own code (tensor_feature.decode_example) each time a split is
-    read, several times a run: nothing a user of this project can act on.
-    """
-    import logging as std_logging
-
-    from absl import logging as absl_logging
-
-    class _DropDtypeNotice(std_logging.Filter):
-        def filter(self, record):
-            return "FeatureConnector.dtype` is deprecated" not in record.getMessage()
-
-    absl_logging.get_absl_handler().addFilter(_DropDtypeNotice())
-
-
-def blocking_file(path):
-    """The file (or other non-folder) at `path` or above it that keeps a folder from being made
-    at `path`, or None when `path` is a folder or can be made.
-
-    The command lines check their output folders (--model_dir, --data_dir, --out_dir, --out)
-    with it before any slow work, to refuse in one line what os.makedirs would refuse with
-    `[Errno 17] File exists` or `[Errno 20] Not a directory`.
-    """
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    while True:
-        if os.path.lexists(path):
-            return None if os.path.isdir(path) else path
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        path = parent
 
 
 @contextlib.contextmanager

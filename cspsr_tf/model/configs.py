@@ -8,6 +8,8 @@ ARCHITECTURES = ("dual", "single")
 SINGLE_BRANCH_INPUTS = ("vis", "vis_nir")
 GEOMETRIES = ("stereo", "aligned")
 CVM_NORMALIZATIONS = ("group", "none")
+# How the dynamic convolution normalises its k*k taps (layers/dynamic_conv.py).
+KERNEL_NORMALIZATIONS = ("softmax", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
 # Fields a saved config may lack, with the value the code had before the field existed.
 LEGACY_MODEL_FIELDS = {"nir_guided_filter_radius": 0, "skip_gain": False, "skip_source": "vis"}

@@ -6,22 +6,23 @@ import os
 
 from absl import logging
 
-from cspsr_tf.data import sources
-from cspsr_tf.data.degradations import resolve_degradation
+from cspsr_tf.data.dataset_names import DATASETS
+from cspsr_tf.data.degradation_specs import resolve_degradation
 from cspsr_tf.model.configs import (
     ABLATIONS,
     ARCHITECTURES,
     CVM_NORMALIZATIONS,
     GEOMETRIES,
+    KERNEL_NORMALIZATIONS,
     PRESETS,
     SINGLE_BRANCH_INPUTS,
     SKIP_SOURCES,
     SUPPORTED_SCALES,
     CSPSRConfig,
 )
-from cspsr_tf.model.layers.dynamic_conv import _NORMALIZATIONS as KERNEL_NORMALIZATIONS
 from cspsr_tf.model.precision import PRECISIONS
 from cspsr_tf.model.run_options import NIR_SIDES, OPS
+from cspsr_tf.util.paths import blocking_file
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -212,10 +213,10 @@ def synthetic_disparity_bound(train, model):
 def validate_configs(train, model):
     """Raises ConfigError with one clear line for any bad combination."""
     check_model_values(model.to_dict())
-    check_choice("dataset", train.dataset, sources.DATASETS)
+    check_choice("dataset", train.dataset, DATASETS)
     for name in ("model_dir", "data_dir"):
         value = getattr(train, name)
-        blocker = value and sources.blocking_file(value)
+        blocker = value and blocking_file(value)
         if blocker:
             raise ConfigError(f"--{name}={value}: {blocker} is a file, not a folder")
     check_choice("preset", train.preset, PRESETS)
@@ -285,6 +286,8 @@ def with_cvm_patch_size(train, model_config):
     split (read from the image headers)."""
     if train.cvm_patch_size is not None:
         return train
+    from cspsr_tf.data import sources  # TensorFlow: not needed to check a config
+
     smallest = sources.smallest_frame_side(train.dataset, train.train_split, train.data_dir,
                                            train.manual_dir)
     size = auto_cvm_patch_size(train.patch_size, model_config.scale, smallest)

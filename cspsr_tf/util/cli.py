@@ -55,6 +55,23 @@ def quiet_library_logs():
     absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
+def quiet_tfds_notices():
+    """Drops TFDS's notice that `FeatureConnector.dtype` is deprecated from the absl log.
+
+    TFDS 4.9 logs it about its own code (tensor_feature.decode_example) each time a split is
+    read, several times a run: nothing a user of this project can act on.
+    """
+    import logging as std_logging
+
+    from absl import logging as absl_logging
+
+    class _DropDtypeNotice(std_logging.Filter):
+        def filter(self, record):
+            return "FeatureConnector.dtype` is deprecated" not in record.getMessage()
+
+    absl_logging.get_absl_handler().addFilter(_DropDtypeNotice())
+
+
 def quiet_dataset_progress():
     """No TFDS progress bars when stderr is not a terminal.
 

@@ -3,10 +3,11 @@
 import keras
 import tensorflow as tf
 
+from cspsr_tf.model.configs import KERNEL_NORMALIZATIONS
 from cspsr_tf.model.layers.replicas import several_replicas
 
 _IMPLEMENTATIONS = ("shift", "patches", "fused")
-_NORMALIZATIONS = ("softmax", "none")
+_NORMALIZATIONS = KERNEL_NORMALIZATIONS
 
 
 def apply_per_pixel_kernels(features, kernels, kernel_size, implementation="shift"):
