@@ -71,6 +71,14 @@ def main(argv):
     quiet_library_logs()
     if FLAGS.precision is not None and FLAGS.precision not in RUN_PRECISIONS:
         fail("export_savedmodel", f"--precision={FLAGS.precision!r} is not one of: {', '.join(RUN_PRECISIONS)}")
+    from cspsr_tf import presets
+    from cspsr_tf.util.paths import blocking_file
+
+    blocker = blocking_file(FLAGS.out)
+    if blocker:
+        fail("export_savedmodel", f"--out {FLAGS.out}: {blocker} is a file, not a folder")
+    if not os.path.exists(presets.resolve(FLAGS.model)):
+        fail("export_savedmodel", presets.not_found_message(FLAGS.model))
     quiet_tensorflow()
     import tensorflow as tf
 

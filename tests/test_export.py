@@ -27,6 +27,10 @@ from cspsr_tf.ops.resize import bicubic_upscale
 from cspsr_tf.util import scratch_dirs
 from tests.model_helpers import tiny_perturbed_model
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_export")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "export", "export_savedmodel.py")
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -355,17 +359,25 @@ def test_crash_during_overwrite_keeps_the_old_target(upsampler, tmp_path, monkey
 
 
 def test_cli_exports_a_keras_file(tiny, tmp_path):
+    # One export through the command line with both speed flags; their defaults are checked
+    # through export_from_path below (a command-line export costs seconds).
     model, config = tiny
     keras_path = str(tmp_path / "model.keras")
     save_model(model, config, keras_path)
     out = tmp_path / "saved" / "1"
-    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out)], cwd=tmp_path)
+    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
+                   "--precision", "bfloat16", "--ops", "shift"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(out / "saved_model.pb")
     assert os.listdir(out.parent) == ["1"]
+    metadata = json.loads((out / savedmodel_export.METADATA_FILE).read_text())
+    assert metadata["precision"] == "bfloat16"
+    assert metadata["model_config"]["dynamic_conv_implementation"] == "shift"
+    # For a server without XLA: no XLA-compiled function anywhere in the exported graph.
+    assert b"_XlaMustCompile" not in (out / "saved_model.pb").read_bytes()
 
 
-def test_cli_precision_bfloat16_is_recorded_and_an_unknown_one_exits_2(tiny, tmp_path):
+def test_cli_bad_precision_or_ops_exit_2_and_write_nothing(tiny, tmp_path):
     model, config = tiny
     keras_path = str(tmp_path / "model.keras")
     save_model(model, config, keras_path)
@@ -375,32 +387,21 @@ def test_cli_precision_bfloat16_is_recorded_and_an_unknown_one_exits_2(tiny, tmp
     assert bad.stderr.strip().splitlines() == [
         "export_savedmodel: error: --precision='fp8' is not one of: float32, bfloat16, float16, auto"
     ]
-    out = tmp_path / "bf16"
-    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
-                   "--precision", "bfloat16"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metadata = json.loads((out / savedmodel_export.METADATA_FILE).read_text())
-    assert metadata["precision"] == "bfloat16"
-    assert metadata["model_config"]["dynamic_conv_implementation"] == "fused"  # the default
-    assert not (tmp_path / "bad").exists()
+    bad = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(tmp_path / "bad"),
+                "--ops", "magic"], cwd=tmp_path)
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()
 
 
-def test_cli_ops_shift_exports_a_graph_without_xla_functions(tiny, tmp_path):
-    # For a server without XLA: no XLA-compiled function anywhere in the exported graph.
+def test_export_defaults_are_float32_and_fused(tiny, tmp_path):
     model, config = tiny
     keras_path = str(tmp_path / "model.keras")
     save_model(model, config, keras_path)
-    out = tmp_path / "shift"
-    result = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(out),
-                   "--ops", "shift"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metadata = json.loads((out / savedmodel_export.METADATA_FILE).read_text())
-    assert metadata["model_config"]["dynamic_conv_implementation"] == "shift"
-    graph = (out / "saved_model.pb").read_bytes()
-    assert b"_XlaMustCompile" not in graph
-    bad = _run([sys.executable, SCRIPT, "--model", keras_path, "--out", str(tmp_path / "bad"),
-                "--ops", "magic"], cwd=tmp_path)
-    assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+    out = savedmodel_export.export_from_path(keras_path, str(tmp_path / "default"))
+    metadata = json.loads(open(os.path.join(out, savedmodel_export.METADATA_FILE)).read())
+    assert metadata["precision"] == "float32"
+    assert metadata["model_config"]["dynamic_conv_implementation"] == "fused"
+    assert metadata["nir_side"] == "right"
+    assert b"_XlaMustCompile" in open(os.path.join(out, "saved_model.pb"), "rb").read()
 
 
 def test_cli_missing_model_exits_2_naming_the_file(tmp_path):

@@ -23,6 +23,10 @@ from cspsr_tf.model.model_io import save_model
 from cspsr_tf.util import atomic_files
 from tests.model_helpers import perturb_weights, tiny_perturbed_model
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_litert_export")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "export", "export_litert.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

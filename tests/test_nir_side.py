@@ -24,6 +24,10 @@ from cspsr_tf.model import model_io, runtime  # noqa: E402
 from tests.cross_spectral_pairs import cross_spectral_pair  # noqa: E402
 from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_nir_side")
+
 SCALE = 2
 HEIGHT, WIDTH = 24, 40
 

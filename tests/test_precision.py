@@ -28,6 +28,10 @@ from cspsr_tf.ops.resize import bicubic_upscale
 from cspsr_tf.ops.warp import warp_by_disparity
 from tests.model_helpers import perturb_weights
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_precision")
+
 SCALE = 2
 # max |vis_sr - vis_sr in float32|: measured x ~3 (seeds 0-2: 1.7e-3 / 1.9e-4).
 MAX_ABS_DIFF = {"bfloat16": 5e-3, "float16": 6e-4}

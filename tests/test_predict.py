@@ -21,6 +21,10 @@ from cspsr_tf.infer import tiling  # noqa: E402
 from cspsr_tf.model.model_io import save_model  # noqa: E402
 from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_predict")
+
 SCALE = 2
 HEIGHT, WIDTH = 13, 17  # odd on purpose
 # The frame for tiles: large enough for several tiles of the smallest size (32).

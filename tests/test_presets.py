@@ -11,6 +11,10 @@ import pytest
 
 from cspsr_tf import presets
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_presets")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_WEIGHTS_BYTES = 5 * 2**20
 

@@ -14,6 +14,10 @@ from cspsr_tf.infer import tiling  # noqa: E402
 from cspsr_tf.model.build import build_cspsr  # noqa: E402
 from cspsr_tf.model.configs import get_config  # noqa: E402
 
+# One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
+# (models, exports) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("test_tiling")
+
 SCALE = 2
 # Odd LR size that none of the tile sizes below divides.
 LR_HEIGHT, LR_WIDTH = 45, 61
