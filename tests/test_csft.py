@@ -94,3 +94,26 @@ def test_fused_gradients_equal_the_plain_ones_in_training_mode():
 def test_unknown_implementation_is_refused():
     with pytest.raises(ValueError, match="implementation"):
         CSFT(implementation="magic")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 0.03)])
+def test_folded_inference_equals_the_batch_norms_at_every_pixel(dtype, tolerance):
+    # Inference folds the batch norms into the convolutions (the normalised 2C features are
+    # never made); the unfolded graph with moving statistics is the reference, borders included.
+    rng = np.random.default_rng(3)
+    c = 8
+    f_vis = rng.standard_normal((2, 6, 9, c)).astype(np.float32)
+    f_nir = rng.standard_normal((2, 6, 9, c)).astype(np.float32)
+    layer = CSFT(implementation="plain", dtype=f"mixed_{dtype}" if dtype != "float32" else dtype)
+    layer((f_vis, f_nir))
+    for norm in (layer.norm_nir, layer.norm_vis):
+        norm.gamma.assign(rng.uniform(0.5, 1.5, c))
+        norm.beta.assign(rng.uniform(-1.0, 1.0, c))  # a large shift: the border term matters
+        norm.moving_mean.assign(rng.uniform(-0.5, 0.5, c))
+        norm.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+    inputs = [tf.cast(x, layer.compute_dtype) for x in (f_vis, f_nir)]
+    folded = tf.cast(layer(inputs, training=False), tf.float32).numpy()
+    reference = tf.cast(layer._normalized_call(*inputs, training=False), tf.float32).numpy()
+    np.testing.assert_allclose(folded, reference, atol=tolerance, rtol=tolerance)
+    # Without the border term the first and last rows and columns would differ.
+    assert np.abs(reference).max() > 0.1

@@ -94,7 +94,12 @@ class CSFT(keras.layers.Layer):
         self.channel_conv.build((vis_shape[0], 1, 1, 2 * channels))
 
     def call(self, inputs, training=None):
-        f_vis, f_nir = inputs
+        if not training:  # the batch norms are affine maps: folded (`_inference_call`)
+            return self._inference_call(*inputs)
+        return self._normalized_call(*inputs, training=training)
+
+    def _normalized_call(self, f_vis, f_nir, training=None):
+        """Eq. (2) as written, with the batch norms (in training: batch statistics)."""
         channels = f_vis.shape[-1]
         normed = tf.concat(
             [self.norm_nir(f_nir, training=training), self.norm_vis(f_vis, training=training)],
@@ -115,6 +120,63 @@ class CSFT(keras.layers.Layer):
         w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
         w_s2 = tf.sigmoid(self.spatial_fused(normed))
         return f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
+
+    def _inference_call(self, f_vis, f_nir):
+        """`call` with the batch norms folded into the convolutions that read them.
+
+        In inference each batch norm is a per-channel affine map a * x + b (moving
+        statistics), so the normalised, concatenated 2C-channel features need not be made:
+        - w_s2's convolution of [a_n f_nir + b_n, a_v f_vis + b_v] is its kernel scaled by a
+          on each input channel, applied to f_nir and f_vis, plus the convolution of the
+          constant b (zero in the padding, as the normalised features were): a one-channel
+          convolution of a map of ones, which keeps the frame's border exact;
+        - the VIS half of that kernel and w_s1's kernel read the same f_vis: one convolution
+          with two outputs;
+        - the global average pool of the normalised features is a * pool(x) + b.
+        Same numbers as the training-mode graph with moving statistics (to float round-off).
+        """
+        channels = f_vis.shape[-1]
+        dtype = f_vis.dtype
+        a_nir, b_nir = self._affine(self.norm_nir)
+        a_vis, b_vis = self._affine(self.norm_vis)
+        w_s2 = tf.cast(self.spatial_fused.kernel, tf.float32)  # [3, 3, 2C, 1]: NIR first
+        w_s1 = tf.cast(self.spatial_vis.kernel, tf.float32)  # [3, 3, C, 1]
+        vis_kernel = tf.concat([w_s1, w_s2[:, :, channels:] * a_vis[:, None]], axis=-1)
+        nir_kernel = w_s2[:, :, :channels] * a_nir[:, None]
+        border_kernel = tf.reduce_sum(w_s2 * tf.concat([b_nir, b_vis], 0)[:, None], axis=2,
+                                      keepdims=True)  # [3, 3, 1, 1]
+        vis_logits = tf.nn.conv2d(f_vis, tf.cast(vis_kernel, dtype), 1, "SAME")
+        nir_logit = tf.nn.conv2d(f_nir, tf.cast(nir_kernel, dtype), 1, "SAME")
+        ones = tf.ones_like(f_vis[..., :1], dtype=tf.float32)
+        constant_logit = tf.nn.conv2d(ones, border_kernel, 1, "SAME")
+        s1_logit = vis_logits[..., :1] + tf.cast(self.spatial_vis.bias, dtype)
+        s2_logit = (vis_logits[..., 1:] + nir_logit + tf.cast(constant_logit, dtype)
+                    + tf.cast(self.spatial_fused.bias, dtype))
+        # Averaged in float32 (see `call`), then the batch norms' affine maps.
+        pooled = tf.concat([
+            a_nir * tf.reduce_mean(tf.cast(f_nir, tf.float32), axis=[1, 2], keepdims=True) + b_nir,
+            a_vis * tf.reduce_mean(tf.cast(f_vis, tf.float32), axis=[1, 2], keepdims=True) + b_vis,
+        ], axis=-1)
+        c_logit = self.channel_conv(tf.cast(pooled, dtype))
+        if self.implementation == "fused":
+            weighted_sum = _weighted_sum if several_replicas() else _fused_weighted_sum
+            return weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+        w_s1 = tf.sigmoid(s1_logit)
+        w_c = tf.sigmoid(c_logit)
+        w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
+        w_s2 = tf.sigmoid(s2_logit)
+        return f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
+
+    @staticmethod
+    def _affine(norm):
+        """(a, b), float32 [C]: the inference-mode batch norm `norm` is x -> a * x + b."""
+        scale = tf.math.rsqrt(tf.cast(norm.moving_variance, tf.float32) + norm.epsilon)
+        if norm.scale:
+            scale = scale * tf.cast(norm.gamma, tf.float32)
+        shift = -tf.cast(norm.moving_mean, tf.float32) * scale
+        if norm.center:
+            shift = shift + tf.cast(norm.beta, tf.float32)
+        return scale, shift
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
