@@ -42,9 +42,8 @@ from benchmarks import bench_util  # noqa: E402
 NAME = "model_zoo"
 CONDITIONS = {"clean": "none", "low_light": "low_light", "over_exposure": "over_exposure"}
 # NIR preset -> its VIS-only partner (trained the same way, without the NIR).
-PARTNERS = {"cspsr_small_x4": "vis_only_small_x4"}
+PARTNERS = {"cspsr_small_x4": "vis_only_small_x4", "cspsr_small_x2": "vis_only_small_x2"}
 SHIPPED_SEED = 0
-SCALE = 4
 # Committed rows trained on one condition alone, with the architecture of each preset:
 # (results file, row name prefix) per condition.
 CONDITION_SPECIFIC = {
@@ -90,7 +89,15 @@ def score_model(model_path, frames):
     return {"psnr_std": mean_psnr, "psnr_std_unclipped": pooled_psnr(*unclipped)}
 
 
-def score_bicubic(frames):
+def preset_scale(name):
+    """The SR factor of preset `name`, from its config file (no TensorFlow)."""
+    from cspsr_tf import presets
+
+    with open(presets.weights_path(name) + ".config.json") as f:
+        return int(json.load(f)["scale"])
+
+
+def score_bicubic(frames, scale):
     """Mean standard PSNR of the bicubic upscale (quantised like the models' SR)."""
     from benchmarks.nir_gain_by_saturation import clip_regions, pooled_psnr, region_errors
     from cspsr_tf.evaluate.evaluation import quantize
@@ -98,8 +105,8 @@ def score_bicubic(frames):
 
     psnrs = []
     for _, vis_lr, _, hr, _ in frames:
-        sr = quantize(np.asarray(bicubic_upscale(vis_lr, SCALE))[0])
-        errors = region_errors(sr, hr, clip_regions(vis_lr, SCALE), SCALE)
+        sr = quantize(np.asarray(bicubic_upscale(vis_lr, scale))[0])
+        errors = region_errors(sr, hr, clip_regions(vis_lr, scale), scale)
         psnrs.append(pooled_psnr(sum(e[0] for e in errors.values()), sum(e[1] for e in errors.values())))
     return float(np.mean(psnrs))
 
@@ -121,10 +128,12 @@ def condition_specific(preset, condition):
             "file": f"benchmarks/results/{name}", "steps": rows[sorted(values)[0]]["settings"]["steps"]}
 
 
-def zoo_rows(scores, bicubic):
-    """The JSON rows from {preset: {seed: {condition: score}}} and {condition: bicubic}."""
+def zoo_rows(scores, bicubic, scales=None):
+    """The JSON rows from {preset: {seed: {condition: score}}}, {scale: {condition: bicubic}}
+    and {preset: scale} (default: every preset x4)."""
     rows = []
     for preset, partner in PARTNERS.items():
+        scale = (scales or {}).get(preset, 4)
         for condition in CONDITIONS:
             own = {s: v[condition] for s, v in scores.get(preset, {}).items()}
             vis = {s: v[condition] for s, v in scores.get(partner, {}).items()}
@@ -132,19 +141,19 @@ def zoo_rows(scores, bicubic):
                 continue
             both = sorted(set(own) & set(vis))
             row = {
-                "preset": preset, "vis_only_preset": partner, "condition": condition,
+                "preset": preset, "vis_only_preset": partner, "scale": scale, "condition": condition,
                 "degradation": CONDITIONS[condition], "seeds": sorted(own),
                 "psnr_std": float(np.mean([own[s]["psnr_std"] for s in own])),
                 "psnr_std_per_seed": {str(s): own[s]["psnr_std"] for s in sorted(own)},
                 "seeds_vis_only": sorted(vis),
                 "psnr_std_vis_only": float(np.mean([vis[s]["psnr_std"] for s in vis])) if vis else None,
                 "psnr_std_vis_only_per_seed": {str(s): vis[s]["psnr_std"] for s in sorted(vis)},
-                "psnr_std_bicubic": bicubic[condition],
+                "psnr_std_bicubic": bicubic[scale][condition],
             }
             # The NIR's gain over seeds both models have (each seed trained the same way).
             row["nir_gain_db"] = float(np.mean([own[s]["psnr_std"] - vis[s]["psnr_std"]
                                                 for s in both])) if both else None
-            row["gain_over_bicubic_db"] = row["psnr_std"] - bicubic[condition]
+            row["gain_over_bicubic_db"] = row["psnr_std"] - bicubic[scale][condition]
             if condition == "over_exposure":
                 row["psnr_std_unclipped"] = float(np.mean([own[s]["psnr_std_unclipped"] for s in own]))
                 row["nir_gain_unclipped_db"] = float(np.mean(
@@ -186,14 +195,20 @@ def replace_between_markers(text, table, where):
     return f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}"
 
 
-def write_docs(rows):
-    """Writes the table into README.md and each NIR preset's MODEL_CARD.md."""
+def doc_tables(rows):
+    """{file: its table}: README.md shows every row, each NIR preset's card its own rows."""
     from cspsr_tf import presets
 
-    table = markdown_table(rows)
-    paths = [os.path.join(bench_util.REPO_ROOT, "README.md")]
-    paths += [os.path.join(presets.preset_dir(name), presets.CARD_FILE) for name in PARTNERS]
-    for path in paths:
+    tables = {os.path.join(bench_util.REPO_ROOT, "README.md"): markdown_table(rows)}
+    for name in PARTNERS:
+        own = [row for row in rows if row["preset"] == name]
+        tables[os.path.join(presets.preset_dir(name), presets.CARD_FILE)] = markdown_table(own)
+    return tables
+
+
+def write_docs(rows):
+    """Writes the tables into README.md and each NIR preset's MODEL_CARD.md."""
+    for path, table in doc_tables(rows).items():
         with open(path) as f:
             text = f.read()
         new = replace_between_markers(text, table, bench_util.rel(path))
@@ -226,18 +241,22 @@ def main(argv):
                     "num_test_frames": len(split["eval_ids"])}
     out["models"] = {name: {str(s): bench_util.rel(p) for s, p in seeds.items()}
                      for name, seeds in models.items()}
+    scales = {name: preset_scale(name) for name in models}
     scores, bicubic = {}, {}
-    for condition, degradation in CONDITIONS.items():
+    for scale, condition in ((s, c) for s in sorted(set(scales.values())) for c in CONDITIONS):
         frames = load_frames("nirvis_folder", split["eval_splits"], FLAGS.data_dir,
-                             FLAGS.manual_dir, SCALE, degradation)
-        bicubic[condition] = score_bicubic(frames)
-        print(f"{condition}: {len(frames)} frames, bicubic {bicubic[condition]:.2f} dB", flush=True)
+                             FLAGS.manual_dir, scale, CONDITIONS[condition])
+        bicubic.setdefault(scale, {})[condition] = score_bicubic(frames, scale)
+        print(f"x{scale} {condition}: {len(frames)} frames, bicubic "
+              f"{bicubic[scale][condition]:.2f} dB", flush=True)
         for name, seeds in models.items():
+            if scales[name] != scale:
+                continue
             for seed, path in seeds.items():
                 score = score_model(path, frames)
                 scores.setdefault(name, {}).setdefault(seed, {})[condition] = score
                 print(f"  {name} seed {seed}: {score['psnr_std']:.2f} dB", flush=True)
-    out["rows"] = zoo_rows(scores, bicubic)
+    out["rows"] = zoo_rows(scores, bicubic, scales)
     bench_util.write_json(FLAGS.out, out)
     print(markdown_table(out["rows"]))
     if FLAGS.write_docs:

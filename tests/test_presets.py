@@ -38,11 +38,17 @@ def test_every_preset_has_its_files_and_its_card_names_the_weights_hash(name):
 
 @pytest.fixture(scope="module")
 def synthetic_test_frames(tmp_path_factory):
-    """The embedded `nirvis_synthetic` test split at x4 (built from its committed sources)."""
+    """The embedded `nirvis_synthetic` test split at each scale -> its frames (built from its
+    committed sources)."""
     from cspsr_tf.data import pipeline, sources
 
     raw = sources.load_split("nirvis_synthetic", "test", str(tmp_path_factory.mktemp("tfds")))
-    return list(pipeline.make_eval_dataset(raw, scale=4))
+    return {scale: list(pipeline.make_eval_dataset(raw, scale=scale)) for scale in (2, 4)}
+
+
+def preset_scale(name):
+    with open(presets.weights_path(name) + ".config.json") as f:
+        return json.load(f)["scale"]
 
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))
@@ -56,16 +62,19 @@ def test_every_preset_loads_offline_and_beats_bicubic_on_embedded_frames(name, s
     from cspsr_tf.ops.resize import bicubic_upscale
 
     model = cspsr_tf.from_preset(name)
+    scale = preset_scale(name)
+    assert tiling.model_scale(model) == scale
     gains = []
-    for inputs, targets, _ in synthetic_test_frames:
-        out = tiling.predict(model, inputs["vis_lr"], inputs["nir_lr"], 4)
-        assert out["vis_sr"].shape[1:3] == (inputs["vis_lr"].shape[1] * 4, inputs["vis_lr"].shape[2] * 4)
+    for inputs, targets, _ in synthetic_test_frames[scale]:
+        out = tiling.predict(model, inputs["vis_lr"], inputs["nir_lr"], scale)
+        assert out["vis_sr"].shape[1:3] == (inputs["vis_lr"].shape[1] * scale,
+                                            inputs["vis_lr"].shape[2] * scale)
         assert np.all(np.isfinite(out["vis_sr"]))
         hr = quantize(np.asarray(targets["vis_hr"])[0])
         sr = quantize(out["vis_sr"][0])
-        bicubic = quantize(np.asarray(bicubic_upscale(inputs["vis_lr"], 4))[0])
-        gains.append(metrics.psnr(sr, hr, protocol="standard", scale=4)
-                     - metrics.psnr(bicubic, hr, protocol="standard", scale=4))
+        bicubic = quantize(np.asarray(bicubic_upscale(inputs["vis_lr"], scale))[0])
+        gains.append(metrics.psnr(sr, hr, protocol="standard", scale=scale)
+                     - metrics.psnr(bicubic, hr, protocol="standard", scale=scale))
     assert np.mean(gains) > 0.1, gains
 
 
@@ -120,10 +129,10 @@ def test_the_readme_and_the_cards_show_the_committed_zoo_table():
     required = {"preset", "condition", "seeds", "psnr_std", "psnr_std_vis_only", "psnr_std_bicubic"}
     assert rows and all(required <= set(row) for row in rows)
     assert {row["condition"] for row in rows} == {"clean", "low_light", "over_exposure"}
-    table = model_zoo.markdown_table(rows)
-    paths = [os.path.join(REPO, "README.md")]
-    paths += [os.path.join(presets.preset_dir(name), presets.CARD_FILE) for name in model_zoo.PARTNERS]
-    for path in paths:
+    tables = model_zoo.doc_tables(rows)
+    assert set(tables) == {os.path.join(REPO, "README.md")} | {
+        os.path.join(presets.preset_dir(name), presets.CARD_FILE) for name in model_zoo.PARTNERS}
+    for path, table in tables.items():
         with open(path) as f:
             text = f.read()
         assert model_zoo.replace_between_markers(text, table, path) == text, path
@@ -143,7 +152,15 @@ def test_model_zoo_rows_from_hand_made_scores():
         "vis_only_small_x4": {0: {c: score(29.0, 30.5) for c in conditions},
                               1: {c: score(30.5, 30.5) for c in conditions}},
     }
-    rows = model_zoo.zoo_rows(scores, {c: 25.0 for c in conditions})
+    scores["cspsr_small_x2"] = {0: {c: score(35.0, 36.0) for c in conditions}}
+    scores["vis_only_small_x2"] = {0: {c: score(34.0, 36.0) for c in conditions}}
+    bicubic = {4: {c: 25.0 for c in conditions}, 2: {c: 33.0 for c in conditions}}
+    rows = model_zoo.zoo_rows(scores, bicubic, {"cspsr_small_x4": 4, "cspsr_small_x2": 2})
+    x2 = [r for r in rows if r["preset"] == "cspsr_small_x2"]
+    assert len(x2) == 3 and all(r["scale"] == 2 for r in x2)
+    assert x2[0]["gain_over_bicubic_db"] == pytest.approx(2.0)  # against the x2 bicubic
+    assert x2[0]["nir_gain_db"] == pytest.approx(1.0)
+    rows = [r for r in rows if r["preset"] == "cspsr_small_x4"]
     over = next(r for r in rows if r["condition"] == "over_exposure")
     assert over["seeds"] == [0, 1] and over["psnr_std"] == pytest.approx(30.5)
     assert over["psnr_std_vis_only"] == pytest.approx(29.75)

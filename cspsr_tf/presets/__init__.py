@@ -25,11 +25,13 @@ CARD_FILE = "MODEL_CARD.md"
 
 # name -> one line for listings. The card in each folder says the rest.
 PRESETS = {
-    "cspsr_small_x4": "CSPSR (paper architecture, `small` size), x4, one model for clean, dark, "
-                      "over-exposed and noisy frames; camera pairs (CVM) or registered sensors "
+    "cspsr_small_x4": "CSPSR (paper architecture, `small` size), x4, trained on clean frames "
+                      "(the exposure kept); camera pairs (CVM) or registered sensors "
                       "(--geometry=aligned)",
-    "vis_only_small_x4": "the VIS-only partner of cspsr_small_x4 (same data, steps and "
-                         "degradations, no NIR): the reference its NIR gain is measured against",
+    "vis_only_small_x4": "the VIS-only partner of cspsr_small_x4 (same data and steps, no NIR): "
+                         "the reference its NIR gain is measured against",
+    "cspsr_small_x2": "cspsr_small_x4's recipe at x2 (disparities up to 24 LR px)",
+    "vis_only_small_x2": "the VIS-only partner of cspsr_small_x2",
 }
 
 
