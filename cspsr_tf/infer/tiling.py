@@ -730,6 +730,7 @@ class _TiledRun:
             band[band.shape[0] - shift :] = 0.0
         return y0, stop, done
 
+
 def tiled_predict(
     model,
     vis_lr,
