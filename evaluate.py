@@ -19,7 +19,13 @@ import os
 
 from absl import flags, logging
 
-from cspsr_tf.model.run_options import NIR_SIDE_HELP, NIR_SIDES, RUN_PRECISIONS, define_speed_flags
+from cspsr_tf.model.run_options import (
+    NIR_SIDE_HELP,
+    NIR_SIDES,
+    RUN_PRECISIONS,
+    check_nir_side,
+    define_speed_flags,
+)
 from cspsr_tf.util.cli import (
     fail,
     quiet_dataset_progress,
@@ -102,8 +108,8 @@ def evaluate(model_path, datasets, splits, out_dir, data_dir=None, manual_dir=No
     check_arguments(out_dir, tile, tile_overlap, max_frames)
     if downstream not in ("none", "disparity"):
         raise ValueError(f"--downstream={downstream!r} is not one of: none, disparity")
-    if nir_side is not None and nir_side not in NIR_SIDES:
-        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    if nir_side is not None:
+        check_nir_side(nir_side, as_flag=True)
     if nir_side == "left" and downstream != "none":
         raise ValueError("--downstream scores NIR-right rigs only (the rig of rgb_nir_stereo and "
                          "nirvis_synthetic); leave out --nir_side=left")

@@ -89,14 +89,6 @@ def score_model(model_path, frames):
     return {"psnr_std": mean_psnr, "psnr_std_unclipped": pooled_psnr(*unclipped)}
 
 
-def preset_scale(name):
-    """The SR factor of preset `name`, from its config file (no TensorFlow)."""
-    from cspsr_tf import presets
-
-    with open(presets.weights_path(name) + ".config.json") as f:
-        return int(json.load(f)["scale"])
-
-
 def score_bicubic(frames, scale):
     """Mean standard PSNR of the bicubic upscale (quantised like the models' SR)."""
     from benchmarks.nir_gain_by_saturation import clip_regions, pooled_psnr, region_errors
@@ -241,7 +233,7 @@ def main(argv):
                     "num_test_frames": len(split["eval_ids"])}
     out["models"] = {name: {str(s): bench_util.rel(p) for s, p in seeds.items()}
                      for name, seeds in models.items()}
-    scales = {name: preset_scale(name) for name in models}
+    scales = {name: presets.scale(name) for name in models}
     scores, bicubic = {}, {}
     for scale, condition in ((s, c) for s in sorted(set(scales.values())) for c in CONDITIONS):
         frames = load_frames("nirvis_folder", split["eval_splits"], FLAGS.data_dir,

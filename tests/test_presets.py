@@ -46,11 +46,6 @@ def synthetic_test_frames(tmp_path_factory):
     return {scale: list(pipeline.make_eval_dataset(raw, scale=scale)) for scale in (2, 4)}
 
 
-def preset_scale(name):
-    with open(presets.weights_path(name) + ".config.json") as f:
-        return json.load(f)["scale"]
-
-
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 def test_every_preset_loads_offline_and_beats_bicubic_on_embedded_frames(name, synthetic_test_frames):
     """Random or untrained weights are bicubic at best (the reconstruction starts at zero);
@@ -62,7 +57,7 @@ def test_every_preset_loads_offline_and_beats_bicubic_on_embedded_frames(name, s
     from cspsr_tf.ops.resize import bicubic_upscale
 
     model = cspsr_tf.from_preset(name)
-    scale = preset_scale(name)
+    scale = presets.scale(name)
     assert tiling.model_scale(model) == scale
     gains = []
     for inputs, targets, _ in synthetic_test_frames[scale]:

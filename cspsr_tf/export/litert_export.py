@@ -74,7 +74,7 @@ from cspsr_tf.export.savedmodel_export import (  # noqa: F401  (TargetBlockedErr
     check_parent,
 )
 from cspsr_tf.model import model_io
-from cspsr_tf.model.run_options import NIR_SIDES
+from cspsr_tf.model.run_options import check_nir_side
 from cspsr_tf.util import atomic_files
 
 VARIANTS = ("float32", "float16", "dynamic_int8")
@@ -216,9 +216,7 @@ def convert_model(model, lr_size, variant="float32", nir_side="right"):
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
-    if nir_side not in NIR_SIDES:
-        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
-    mirror = nir_side == "left"
+    mirror = check_nir_side(nir_side) == "left"
     if isinstance(model, model_io.SavedModelAdapter):
         raise ValueError(
             "A SavedModel export cannot be converted to LiteRT; convert the .keras file or "
@@ -451,8 +449,7 @@ def export_from_path(model_path, out_path, lr_size=None, variant="float32", geom
     check_target(out_path, overwrite)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
-    if nir_side not in NIR_SIDES:
-        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    check_nir_side(nir_side, as_flag=True)
     if os.path.isfile(os.path.join(model_path, "saved_model.pb")):
         raise ValueError(
             f"{model_path} is a SavedModel export, which cannot be converted to LiteRT; give the "

@@ -30,7 +30,7 @@ from absl import logging
 from cspsr_tf.data import sources
 from cspsr_tf.model import model_io
 from cspsr_tf.model.precision import model_precision
-from cspsr_tf.model.run_options import NIR_SIDES
+from cspsr_tf.model.run_options import check_nir_side
 from cspsr_tf.util import scratch_dirs
 
 # Re-exported: the metadata file and the scale probe live in model_io, which reads them.
@@ -248,8 +248,7 @@ def export_savedmodel(model, config, out_dir, overwrite=False, multiple=1, nir_s
         FileExistsError: `out_dir` exists and `overwrite` is False.
         ValueError: the model is not a CSPSR model, or disagrees with `config`.
     """
-    if nir_side not in NIR_SIDES:
-        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
+    check_nir_side(nir_side)
     out_dir = os.path.abspath(out_dir)
     check_target(out_dir, overwrite)
     scale = infer_scale(model, config)
@@ -291,8 +290,7 @@ def export_from_path(model_path, out_dir, overwrite=False, multiple=1, geometry=
     from cspsr_tf.model import runtime
 
     runtime.check_run_options(precision, ops)
-    if nir_side not in NIR_SIDES:
-        raise ValueError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    check_nir_side(nir_side, as_flag=True)
     check_target(out_dir, overwrite)
     model, config = runtime.load_for_running(model_path, geometry, precision, ops)
     return export_savedmodel(model, config, out_dir, overwrite=overwrite, multiple=multiple,

@@ -72,7 +72,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf.model.run_options import NIR_SIDES
+from cspsr_tf.model.run_options import check_nir_side
 
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 8
@@ -856,13 +856,6 @@ def predict(
         key: ((outputs[key] + flipped[key][:, ::-1]) * 0.5).astype(np.float32)
         for key in outputs
     }
-
-
-def check_nir_side(nir_side):
-    """`nir_side` if it is one of NIR_SIDES, else ValueError naming it."""
-    if nir_side not in NIR_SIDES:
-        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
-    return nir_side
 
 
 def mirror_views(image):

@@ -28,6 +28,16 @@ class RunSetupError(ValueError):
     """A model cannot run as asked (geometry, precision or ops); the message names the flag."""
 
 
+def check_nir_side(nir_side, as_flag=False):
+    """`nir_side` if it is one of NIR_SIDES; else a ValueError naming it, a RunSetupError
+    in the command line's spelling (`--nir_side=...`) with `as_flag`."""
+    if nir_side not in NIR_SIDES:
+        if as_flag:
+            raise RunSetupError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+        raise ValueError(f"nir_side must be one of {', '.join(NIR_SIDES)}. Received: {nir_side!r}")
+    return nir_side
+
+
 def check_run_options(precision=None, ops=None):
     """Raises RunSetupError for an unknown precision or ops, before any (slow) load."""
     if precision is not None and precision not in RUN_PRECISIONS:

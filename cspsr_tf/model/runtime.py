@@ -11,7 +11,13 @@ from absl import logging
 from cspsr_tf.model.build import rebuild, with_geometry
 from cspsr_tf.model.model_io import SavedModelAdapter, load_model
 from cspsr_tf.model.precision import DEFAULT_PRECISION, check_precision, model_precision
-from cspsr_tf.model.run_options import DEFAULT_OPS, NIR_SIDES, OPS, RunSetupError, check_run_options
+from cspsr_tf.model.run_options import (
+    DEFAULT_OPS,
+    OPS,
+    RunSetupError,
+    check_nir_side,
+    check_run_options,
+)
 
 
 def select_ops(model, config, ops=None):
@@ -206,6 +212,6 @@ def needs_mirroring(model, nir_side=None):
     Raises:
         RunSetupError: for a side that is not one of NIR_SIDES.
     """
-    if nir_side is not None and nir_side not in NIR_SIDES:
-        raise RunSetupError(f"--nir_side={nir_side!r} is not one of: {', '.join(NIR_SIDES)}")
+    if nir_side is not None:
+        check_nir_side(nir_side, as_flag=True)
     return (nir_side or model_nir_side(model)) != model_nir_side(model)

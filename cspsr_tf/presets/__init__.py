@@ -17,6 +17,7 @@ refer to (`cspsr_tf>CrossViewMatching`, ...) are registered names, not module pa
 files keep loading when modules move; `tests/test_presets.py` loads every preset.
 """
 
+import json
 import os
 
 PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +46,12 @@ def preset_dir(name):
 def weights_path(name):
     """The `.keras` file of preset `name`."""
     return os.path.join(preset_dir(name), WEIGHTS_FILE)
+
+
+def scale(name):
+    """The SR factor of preset `name`, read from its config file (nothing is loaded)."""
+    with open(weights_path(name) + ".config.json") as f:
+        return int(json.load(f)["scale"])
 
 
 def resolve(model):

@@ -100,7 +100,6 @@ class CSFT(keras.layers.Layer):
 
     def _normalized_call(self, f_vis, f_nir, training=None):
         """Eq. (2) as written, with the batch norms (in training: batch statistics)."""
-        channels = f_vis.shape[-1]
         normed = tf.concat(
             [self.norm_nir(f_nir, training=training), self.norm_vis(f_vis, training=training)],
             axis=-1,
@@ -109,16 +108,17 @@ class CSFT(keras.layers.Layer):
         pooled = tf.cast(
             tf.reduce_mean(tf.cast(normed, tf.float32), axis=[1, 2], keepdims=True), normed.dtype
         )
+        return self._gated_sum(f_vis, f_nir, self.spatial_vis(f_vis), self.spatial_fused(normed),
+                               self.channel_conv(pooled))
+
+    def _gated_sum(self, f_vis, f_nir, s1_logit, s2_logit, c_logit):
+        """Eq. (2)'s weighted sum from the gates' logits (fused by XLA, or plain ops)."""
         if self.implementation == "fused":
             weighted_sum = _weighted_sum if several_replicas() else _fused_weighted_sum
-            return weighted_sum(
-                f_vis, f_nir, self.spatial_vis(f_vis), self.spatial_fused(normed),
-                self.channel_conv(pooled),
-            )
-        w_s1 = tf.sigmoid(self.spatial_vis(f_vis))
-        w_c = tf.sigmoid(self.channel_conv(pooled))
+            return weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+        channels = f_vis.shape[-1]
+        w_s1, w_s2, w_c = tf.sigmoid(s1_logit), tf.sigmoid(s2_logit), tf.sigmoid(c_logit)
         w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
-        w_s2 = tf.sigmoid(self.spatial_fused(normed))
         return f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
 
     def _inference_call(self, f_vis, f_nir):
@@ -158,14 +158,7 @@ class CSFT(keras.layers.Layer):
             a_vis * tf.reduce_mean(tf.cast(f_vis, tf.float32), axis=[1, 2], keepdims=True) + b_vis,
         ], axis=-1)
         c_logit = self.channel_conv(tf.cast(pooled, dtype))
-        if self.implementation == "fused":
-            weighted_sum = _weighted_sum if several_replicas() else _fused_weighted_sum
-            return weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
-        w_s1 = tf.sigmoid(s1_logit)
-        w_c = tf.sigmoid(c_logit)
-        w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
-        w_s2 = tf.sigmoid(s2_logit)
-        return f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
+        return self._gated_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
 
     @staticmethod
     def _affine(norm):
