@@ -380,6 +380,13 @@ def _check_source(ds, min_size=None):
     return "disparity" in spec
 
 
+def _no_autograph(fn):
+    """`fn` as Dataset.map must run it, without AutoGraph's conversion: the pipeline has no
+    Python control flow over tensors (tf.cond where it branches), and converting its source
+    cost seconds at the start of every training and evaluation."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _string_or_default(example, key):
     return example[key] if key in example else tf.constant("")
 
@@ -521,7 +528,7 @@ def make_training_dataset(
         ds = ds.repeat()
     # The running index keys the per-element seeds: a repeated frame gets a new crop.
     ds = ds.enumerate()
-    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_no_autograph(process), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -594,5 +601,5 @@ def make_eval_dataset(
             meta["keypoints"] = tf.cast(example["keypoints"], tf.float32)
         return inputs, targets, meta
 
-    ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.enumerate().map(_no_autograph(process), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(1).prefetch(tf.data.AUTOTUNE)

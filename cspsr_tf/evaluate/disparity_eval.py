@@ -50,7 +50,8 @@ def measure_disparity(cvm, eval_ds, scale, max_frames=None):
         LR pixels), `frame_epe` (mean of the per-frame EPEs), `frames` ([{id, epe, bad1,
         pixels}]) and `pixels`.
     """
-    call = tf.function(lambda v, n: cvm((v, n), training=False)["disp_l"], reduce_retracing=True)
+    call = tf.function(lambda v, n: cvm((v, n), training=False)["disp_l"], reduce_retracing=True,
+                       autograph=False)
     frames, errors, bad, signed = [], 0.0, 0.0, 0.0
     pixels = 0
     for index, (inputs, targets, meta) in enumerate(eval_ds):

@@ -247,7 +247,8 @@ def convert_model(model, lr_size, variant="float32", nir_side="right"):
         input_signature=[
             tf.TensorSpec([1, h, w, 3], tf.float32, name="vis_lr"),
             tf.TensorSpec([1, h, w, 1], tf.float32, name="nir_lr"),
-        ]
+        ],
+        autograph=False,  # no Python control flow over tensors; converting the model cost seconds
     )
     def serve(vis_lr, nir_lr):
         if mirror:

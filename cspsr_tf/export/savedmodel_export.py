@@ -145,11 +145,13 @@ class CSPSRServingModule(tf.Module):
         self._scale = int(scale)
         self._multiple = int(multiple)
         self.scale = tf.Variable(self._scale, dtype=tf.int32, trainable=False, name="scale")
+        # autograph=False: no Python control flow over tensors here or in the model, and
+        # converting the model's source took seconds of every export.
         self.serve_uint8 = tf.function(
-            self._serve_uint8, input_signature=_input_signature(tf.uint8)
+            self._serve_uint8, input_signature=_input_signature(tf.uint8), autograph=False
         )
         self.serve_float = tf.function(
-            self._serve_float, input_signature=_input_signature(tf.float32)
+            self._serve_float, input_signature=_input_signature(tf.float32), autograph=False
         )
         # Track the tf.Variables the traced graph reads, not only the Keras model. Keras 3
         # variables wrap a tf.Variable; tracked only through the model, the SavedModel

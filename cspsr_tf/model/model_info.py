@@ -63,7 +63,7 @@ def count_flops(model, lr_size, batch=1):
 
     height, width = lr_size
 
-    @tf.function
+    @tf.function(autograph=False)
     def forward(vis_lr, nir_lr):
         return model({"vis_lr": vis_lr, "nir_lr": nir_lr}, training=False)
 

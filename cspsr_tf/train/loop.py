@@ -264,12 +264,10 @@ def _train(train, model_config, strategy, chief, raw_train, val_frames, cvm_sour
         writer = tf.summary.create_file_writer(os.path.join(train.model_dir, "tensorboard"))
     validate_at = None
     if val_frames and train.stage == "sr":
-        # A named function, not a lambda: AutoGraph cannot always find a lambda's source and
-        # then logs a 10-line warning.
         def forward(inputs):
             return state.model(inputs, training=False)
 
-        predict = tf.function(forward, reduce_retracing=True)
+        predict = tf.function(forward, reduce_retracing=True, autograph=False)
 
         def validate_at(step):
             _run_validation(

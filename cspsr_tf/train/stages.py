@@ -113,9 +113,12 @@ def make_train_step(strategy, optimizer, loss_fn, variables, train):
             for name, value in per_example.items()
         }
 
-    replica_fn = tf.function(replica_step, jit_compile=True) if train.jit_compile else replica_step
+    # autograph=False: the step has no Python control flow over tensors, and converting its
+    # source (and every layer's) took seconds of each run's start.
+    replica_fn = (tf.function(replica_step, jit_compile=True, autograph=False) if train.jit_compile
+                  else replica_step)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(inputs, targets):
         per_replica = strategy.run(replica_fn, args=(inputs, targets))
         return {
