@@ -222,13 +222,18 @@ def main(argv):
             write_docs(json.load(f)["rows"])
         return
     given = parse_models(FLAGS.models)
+    chosen = FLAGS.presets or list(PARTNERS)
+    unknown = sorted(set(chosen) - set(PARTNERS))
+    if unknown:
+        raise app.UsageError(f"--presets: {', '.join(unknown)} is not one of {', '.join(PARTNERS)}")
     models = {}
-    for preset, partner in PARTNERS.items():
-        for name in (preset, partner):
+    for preset in chosen:
+        for name in (preset, PARTNERS[preset]):
             models[name] = {SHIPPED_SEED: presets.weights_path(name), **given.get(name, {})}
     split = define_splits(FLAGS.data_dir, FLAGS.manual_dir, max_frames=FLAGS.max_frames)
     out = bench_util.header(NAME, {"manual_dir": bench_util.rel(FLAGS.manual_dir),
-                                   "models": FLAGS.models, "max_frames": FLAGS.max_frames})
+                                   "models": FLAGS.models, "presets": FLAGS.presets,
+                                   "max_frames": FLAGS.max_frames})
     out["split"] = {"rule": split["rule"], "eval_splits": split["eval_splits"],
                     "num_test_frames": len(split["eval_ids"])}
     out["models"] = {name: {str(s): bench_util.rel(p) for s, p in seeds.items()}
@@ -264,6 +269,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", os.path.join(bench_util.REPO_ROOT, "runs", NAME, "tfds"),
                         "TFDS data directory (built on first use).")
     flags.DEFINE_integer("max_frames", None, "Only the first N test frames (smoke runs).")
+    flags.DEFINE_list("presets", None, "Score only these NIR presets (and their VIS-only partners); "
+                      "default: all. To score a candidate, with --models and another --out.")
     flags.DEFINE_bool("write_docs", False, "Also write the table into README.md and the cards.")
     flags.DEFINE_bool("docs_only", False, "Only write the table of --out into README.md and the cards.")
     app.run(main)

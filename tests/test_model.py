@@ -61,7 +61,7 @@ def test_ablation_switches_change_the_graph():
     np.testing.assert_array_equal(model(a)["vis_sr"].numpy(), model(b)["vis_sr"].numpy())
 
 
-@pytest.mark.parametrize("ablation", ["full", "full_gf", "full_gf_skip"])
+@pytest.mark.parametrize("ablation", ["full", "full_gf", "full_gf_skip", "full_zero_conv"])
 def test_keras_save_and_reload_gives_same_outputs(tmp_path, ablation):
     config = get_config("tiny", ablation, scale=2)
     model = perturb_weights(build_cspsr(config), seed=3, stddev=0.05)
@@ -175,7 +175,7 @@ def test_two_steps_change_every_trainable_weight():
     assert not unchanged, f"{len(unchanged)} weights did not move: {unchanged}"
 
 
-@pytest.mark.parametrize("ablation", ["full", "wo_cvm", "w_nir"])
+@pytest.mark.parametrize("ablation", ["full", "wo_cvm", "w_nir", "full_zero_conv"])
 def test_vis_sr_depends_on_the_nir_input(ablation):
     model = perturb_weights(build_cspsr(get_config("tiny", ablation, scale=2)), seed=1, stddev=0.1)
     inputs = random_pair(1, 12, 16, seed=2)
@@ -184,6 +184,33 @@ def test_vis_sr_depends_on_the_nir_input(ablation):
     sr_other = model({**inputs, "nir_lr": other_nir})["vis_sr"].numpy()
     # Far above float round-off (~1e-7); random weights give 9e-4 (full) to 1e-2 (w_nir).
     assert np.abs(sr - sr_other).mean() > 1e-4
+
+
+def test_zero_conv_fusion_starts_as_the_vis_only_model():
+    """`fusion="zero_conv"`: the VIS path is the VIS-only network (same layer names, so its
+    weights load by name) and the NIR joins through 1x1 convs initialised at zero; untrained,
+    the model is the VIS-only model whatever the NIR."""
+    c, t = 8, 2
+    vis_only = perturb_weights(build_cspsr(get_config("tiny", "baseline", scale=2)), seed=4, stddev=0.1)
+    model = build_cspsr(get_config("tiny", "full_zero_conv", scale=2))
+    assert (c, t) == (model.get_layer("dmf1").channels, get_config("tiny").num_modules)
+    for layer in vis_only.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    inputs = random_pair(1, 7, 9, seed=6)
+    expected = vis_only(inputs)["vis_sr"].numpy()
+    other_nir = np.random.default_rng(7).random((1, 7, 9, 1), dtype=np.float32)
+    for nir in (inputs["nir_lr"], other_nir):
+        got = model({**inputs, "nir_lr": nir})["vis_sr"].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    # Beyond the paper's model: a residual block (two 3x3 convs) and a 1x1 conv per module.
+    full = build_cspsr(get_config("tiny", "full", scale=2))
+    assert model.count_params() - full.count_params() == t * (2 * conv_params(3, c, c) + conv_params(1, c, c))
+    # Configs saved before the field existed are the paper's fusion.
+    legacy = {k: v for k, v in get_config("tiny").to_dict().items() if k != "fusion"}
+    assert CSPSRConfig.from_dict(legacy).fusion == "dmf"
+    with pytest.raises(ValueError, match="fusion is a dual-branch switch"):
+        get_config("tiny", "baseline", fusion="zero_conv")
 
 
 def test_registered_pairs_get_zero_disparity_in_both_mechanisms():

@@ -309,8 +309,10 @@ def _reach_model(preset, ablation, seed=0, **overrides):
 
 @pytest.mark.parametrize("ablation, overrides", [
     ("full", {}), ("wo_dyconv", {}), ("wo_csft", {"kernel_size": 5}), ("baseline", {}),
-    ("full_gf", {}),
-], ids=["full", "wo_dyconv", "wo_csft-k5", "baseline", "guided_filter"])
+    ("full_gf", {}), ("full_zero_conv", {}),
+    ("full_zero_conv", {"use_csft": False, "use_dynamic_conv": False}),
+], ids=["full", "wo_dyconv", "wo_csft-k5", "baseline", "guided_filter", "zero_conv",
+        "zero_conv-plain-dmf"])
 def test_receptive_field_is_the_reach_of_the_built_model(ablation, overrides):
     """The formula against the gradient of a built model: the inputs one output column
     depends on lie exactly `receptive_field` LR columns to either side (tiny depth, where

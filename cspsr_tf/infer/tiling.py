@@ -115,7 +115,9 @@ def receptive_field(config):
       convolution, its per-pixel kernels (a conv3x3 over both branches: max(r_vis, r_nir) + 1)
       and the NIR features under its k x k taps (r_nir + k // 2); a plain conv3x3 "w/o DyConv":
       r_nir + 1. CSFT's gate w_s2 is a conv3x3 over F'_nir and F_vis: +1 (its 1x1 fusion "w/o
-      CSFT": +0). Then each branch's conv3x3: +1 (the residual adds nothing wider);
+      CSFT": +0). Then each branch's conv3x3: +1 (the residual adds nothing wider). With
+      `fusion="zero_conv"` the VIS path also runs a residual block beside the module: the
+      wider of that (+2) and the module's VIS output (its 1x1 zero conv reads no neighbour);
     * each residual block of a single-branch body: +2;
     * the reconstruction conv3x3: +1 (the pixel shuffle reads no neighbour); the bicubic skip
       reads 2 LR pixels of its source (the LR image, or the guided filter's output).
@@ -138,13 +140,16 @@ def receptive_field(config):
     if config.architecture == "single":
         return guided + 4 + 2 * modules + 1
     r_vis, r_nir = guided + 4, 4
+    zero_conv = getattr(config, "fusion", "dmf") == "zero_conv"
     for _ in range(modules):
         if config.use_dynamic_conv:
             filtered = max(max(r_vis, r_nir) + 1, r_nir + int(config.kernel_size) // 2)
         else:
             filtered = r_nir + 1
         fused = max(filtered, r_vis) + (1 if config.use_csft else 0)
-        r_vis, r_nir = fused + 1, filtered + 1
+        # zero_conv: a VIS residual block (two 3x3 convs) beside the DMF; its 1x1 conv reads no neighbour.
+        beside = r_vis + 2 if zero_conv else 0
+        r_vis, r_nir = max(fused + 1, beside), filtered + 1
     return max(r_vis, r_nir) + 1
 
 
@@ -163,6 +168,7 @@ def _config_from_layers(model):
             architecture="dual", num_modules=len(dmf), kernel_size=first.kernel_size,
             use_dynamic_conv=first.use_dynamic_conv, use_csft=first.use_csft,
             nir_guided_filter_radius=radius,
+            fusion="zero_conv" if "nir_zero_conv1" in layers else "dmf",
         )
     blocks = [name for name in layers if re.fullmatch(r"vis_block\d+", name)]
     if blocks or "vis_recon_conv" in layers:

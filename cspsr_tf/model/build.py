@@ -83,6 +83,32 @@ def _output(layers, x, name):
     return layers(name, lambda n: keras.layers.Activation("linear", dtype=FLOAT32, name=n))(x)
 
 
+def _fusion_module(layers, config, t, f_vis, f_nir):
+    """Module t of the dual branch: the paper's DMF, or (`fusion="zero_conv"`) a VIS residual
+    block beside the DMF, whose VIS output joins through a zero-initialised 1x1 conv."""
+    policy = layers.policy
+    fused_vis, f_nir = layers(f"dmf{t}", lambda n: DMF(
+        config.channels,
+        kernel_size=config.kernel_size,
+        use_dynamic_conv=config.use_dynamic_conv,
+        use_csft=config.use_csft,
+        residual=config.dmf_residual,
+        dynamic_conv_implementation=config.dynamic_conv_implementation,
+        kernel_normalization=config.kernel_normalization,
+        name=n,
+        dtype=policy,
+    ))((f_vis, f_nir))
+    if config.fusion == "dmf":
+        return fused_vis, f_nir
+    # The VIS-only network's block (same name), so that at initialisation, with the zero conv
+    # at zero, the VIS path computes exactly what the VIS-only model does.
+    f_vis = layers(f"vis_block{t}", lambda n: ResidualBlock(config.channels, name=n, dtype=policy))(f_vis)
+    injected = layers(f"nir_zero_conv{t}", lambda n: keras.layers.Conv2D(
+        config.channels, 1, kernel_initializer="zeros", name=n, dtype=policy))(fused_vis)
+    f_vis = layers(f"nir_inject{t}", lambda n: keras.layers.Add(name=n, dtype=policy))([f_vis, injected])
+    return f_vis, f_nir
+
+
 def _wire(layers, config, vis_lr, nir_lr, stereo=None):
     """The functional graph from the inputs to the output dict."""
     c = config.channels
@@ -132,17 +158,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         f_vis = _shallow_features(layers, vis_input, c, "vis")
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
-            f_vis, f_nir = layers(f"dmf{t + 1}", lambda n: DMF(
-                c,
-                kernel_size=config.kernel_size,
-                use_dynamic_conv=config.use_dynamic_conv,
-                use_csft=config.use_csft,
-                residual=config.dmf_residual,
-                dynamic_conv_implementation=config.dynamic_conv_implementation,
-                kernel_normalization=config.kernel_normalization,
-                name=n,
-                dtype=policy,
-            ))((f_vis, f_nir))
+            f_vis, f_nir = _fusion_module(layers, config, t + 1, f_vis, f_nir)
         outputs["vis_sr"] = _output(layers, _reconstruct(
             layers, f_vis, vis_skip, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
         outputs["nir_sr"] = _output(layers, _reconstruct(layers, f_nir, nir, 1, config, "nir"), "nir_sr")

@@ -11,8 +11,11 @@ CVM_NORMALIZATIONS = ("group", "none")
 # How the dynamic convolution normalises its k*k taps (layers/dynamic_conv.py).
 KERNEL_NORMALIZATIONS = ("softmax", "none")
 SKIP_SOURCES = ("vis", "guided_filter")
+# How a dual-branch model's NIR branch reaches its VIS branch (see CSPSRConfig.fusion).
+FUSIONS = ("dmf", "zero_conv")
 # Fields a saved config may lack, with the value the code had before the field existed.
-LEGACY_MODEL_FIELDS = {"nir_guided_filter_radius": 0, "skip_gain": False, "skip_source": "vis"}
+LEGACY_MODEL_FIELDS = {"nir_guided_filter_radius": 0, "skip_gain": False, "skip_source": "vis",
+                       "fusion": "dmf"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,12 @@ class CSPSRConfig:
         use_csft: CSFT fusion (False: fusion by concatenation + 1x1 conv, "w/o CSFT").
         use_dynamic_conv: dynamic convolution (False: a common 3x3 conv, "w/o DyConv").
         dmf_residual: residual connection around each DMF module (a documented choice).
+        fusion: dual branch only. `dmf` (the paper): the VIS features pass through the T DMF
+            modules. `zero_conv` (not in the paper; ControlNet's zero convolution): the VIS
+            branch is the VIS-only network (T residual blocks, the same layer names), and
+            each DMF module's VIS output is added to it through a 1x1 convolution initialised
+            at zero, so the untrained model is the VIS-only one and training adds the NIR
+            only where it lowers the loss.
         nir_guided_filter_radius: dual branch only; 0 (default) for none. Else the VIS
             branch's shallow features also read the LR VIS image filtered by a guided filter of
             this window radius whose guide is the aligned LR NIR (a learned eps per colour;
@@ -78,6 +87,7 @@ class CSPSRConfig:
     use_csft: bool = True
     use_dynamic_conv: bool = True
     dmf_residual: bool = True
+    fusion: str = "dmf"
     nir_guided_filter_radius: int = 0
     global_skip: bool = True
     skip_gain: bool = False
@@ -109,6 +119,10 @@ class CSPSRConfig:
             raise ValueError(
                 f"cvm_normalization must be one of {CVM_NORMALIZATIONS}. Received: {self.cvm_normalization!r}"
             )
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}. Received: {self.fusion!r}")
+        if self.fusion != "dmf" and self.architecture != "dual":
+            raise ValueError("fusion is a dual-branch switch")
         if self.architecture == "single" and self.single_branch_input == "vis" and self.use_cvm:
             raise ValueError(
                 "A single-branch model with single_branch_input='vis' has no NIR to match: "
@@ -220,6 +234,8 @@ ABLATIONS = {
     "full_gf": dict(nir_guided_filter_radius=2),
     "full_gf_skip": dict(nir_guided_filter_radius=2, skip_gain=True, skip_source="guided_filter"),
     "full": dict(),
+    # Not in the paper: the VIS-only network plus the NIR branch through zero-initialised 1x1 convs.
+    "full_zero_conv": dict(fusion="zero_conv"),
 }
 
 
