@@ -246,7 +246,7 @@ def test_two_hundred_steps_halve_the_loss_on_a_fixed_batch():
     targets = {"vis_hr": hr, "nir_hr": nir_hr}
     optimizer = keras.optimizers.Adam(3e-3)
 
-    @tf.function
+    @tf.function(autograph=False)
     def step():
         with tf.GradientTape() as tape:
             loss = cspsr_loss(model(inputs, training=True), targets, 2, config.lambda_cssc)["total"]

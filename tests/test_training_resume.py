@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_training import TINY, run_train
+from tests.test_training import TINY_FAST, run_train
 
 TF_NOISE = ("I0000", "E0000", "absl::InitializeLog", "cuda")
 
@@ -21,7 +21,7 @@ def _steps_in(metrics_path):
 
 def test_moved_run_resumes_with_one_metrics_series(synthetic_data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    common = [*TINY, "--eval_every=1", "--save_every=2", "--log_every=1"]
+    common = [*TINY_FAST, "--eval_every=1", "--save_every=2", "--log_every=1"]
     result = run_train([*common, f"--data_dir={synthetic_data_dir}", f"--model_dir={run_dir}",
                         "--steps=4"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_moved_run_resumes_with_one_metrics_series(synthetic_data_dir, tmp_path)
 def test_diverged_run_one_line_exit_2(synthetic_data_dir, tmp_path):
     # Never saved: nothing is left behind.
     fresh = tmp_path / "fresh"
-    result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={fresh}",
+    result = run_train([*TINY_FAST, f"--data_dir={synthetic_data_dir}", f"--model_dir={fresh}",
                         "--steps=40", "--eval_every=0", "--save_every=100", "--learning_rate=1e6"])
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -67,7 +67,7 @@ def test_diverged_run_one_line_exit_2(synthetic_data_dir, tmp_path):
     # Saved every step: the checkpoint of the weights that gave the non-finite loss is
     # dropped, the earlier ones kept and named in the message.
     saved = tmp_path / "saved"
-    result = run_train([*TINY, f"--data_dir={synthetic_data_dir}", f"--model_dir={saved}",
+    result = run_train([*TINY_FAST, f"--data_dir={synthetic_data_dir}", f"--model_dir={saved}",
                         "--steps=40", "--eval_every=0", "--save_every=1", "--learning_rate=1e6"])
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -95,7 +95,7 @@ def test_data_error_before_anything_is_written(tmp_path):
 def test_sigterm_stops_with_exit_3(synthetic_data_dir, tmp_path):
     model_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train.py"), *TINY, f"--data_dir={synthetic_data_dir}",
+        [sys.executable, os.path.join(ROOT, "train.py"), *TINY_FAST, f"--data_dir={synthetic_data_dir}",
          f"--model_dir={model_dir}", "--steps=100000", "--save_every=100000", "--eval_every=0",
          "--log_every=1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
