@@ -26,9 +26,9 @@ CARD_FILE = "MODEL_CARD.md"
 
 # name -> one line for listings. The card in each folder says the rest.
 PRESETS = {
-    "cspsr_small_x4": "CSPSR (paper architecture, `small` size), x4, trained on clean frames "
-                      "(the exposure kept); camera pairs (CVM) or registered sensors "
-                      "(--geometry=aligned)",
+    "cspsr_small_x4": "CSPSR (`small` size, the NIR joined through zero-initialised convs), x4, "
+                      "trained on clean frames (the exposure kept); camera pairs (CVM) or "
+                      "registered sensors (--geometry=aligned)",
     "vis_only_small_x4": "the VIS-only partner of cspsr_small_x4 (same data and steps, no NIR): "
                          "the reference its NIR gain is measured against",
     "cspsr_small_x2": "cspsr_small_x4's recipe at x2 (disparities up to 24 LR px)",
