@@ -78,8 +78,9 @@ flags.DEFINE_integer("cvm_steps", 500, "CVM pre-training steps of rows with a CV
 flags.DEFINE_integer("batch_size", 32, "Training batch (the paper's 32).")
 flags.DEFINE_integer("patch_size", 120, "HR patch side (the paper's 120).")
 flags.DEFINE_integer("max_frames", None, "Evaluate at most this many frames per split.")
-flags.DEFINE_bool("smoke", False, "Tiny preset, 2 steps, each builder's dummy data, Table 4 with "
-                  "one row (the full model, shared with the other tables): checks the script.")
+flags.DEFINE_bool("smoke", False, "Tiny preset, 2 steps without the CVM pre-training (train.py's "
+                  "tests run that phase), each builder's dummy data, Table 4 with one row (the full "
+                  "model, shared with the other tables): checks the script.")
 flags.DEFINE_string("out", None, "JSON results (default benchmarks/results/paper_tables[_smoke].json; "
                     "a .md with the tables is written beside it).")
 
@@ -307,7 +308,7 @@ def main(argv):
         fail(NAME, str(error))
     runner = Runner(
         work_dir, FLAGS.data_dir or os.path.join(work_dir, "tfds"), manual_dirs,
-        "tiny" if smoke else FLAGS.preset, 2 if smoke else FLAGS.steps, 2 if smoke else FLAGS.cvm_steps,
+        "tiny" if smoke else FLAGS.preset, 2 if smoke else FLAGS.steps, 0 if smoke else FLAGS.cvm_steps,
         2 if smoke else FLAGS.batch_size, 32 if smoke else FLAGS.patch_size,
         2 if smoke else FLAGS.max_frames, smoke,
     )
