@@ -83,6 +83,10 @@ def child_throughput(job):
         config = get_config(job["preset"], "full" if use_cvm else "wo_cvm", scale=scale,
                             dynamic_conv_implementation=ops)
         model = build_cspsr(config, precision=precision)
+        if use_cvm:
+            # As the recipe trains (train.py --freeze_cvm, the default): the pre-trained CVM
+            # runs forward only; its gradient is neither built nor applied.
+            model.get_layer("cvm").trainable = False
         optimizer = keras.optimizers.Adam(1e-4)
         if precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
