@@ -248,6 +248,181 @@ def test_disagreeing_mixed_precision_is_one_line(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_cvm_pretraining_schedule_and_cvm_options_are_checked():
+    from cspsr_tf.train import run_config, stages
+
+    train, model = run_config.build_configs(
+        dict(cvm_lr_schedule="cosine", cvm_steps=40, cvm_learning_rate=1e-3),
+        dict(cvm_normalization="none"),
+    )
+    assert model.cvm_normalization == "none"
+    pretrain = run_config.cvm_pretraining_config(train)
+    assert (pretrain.stage, pretrain.steps, pretrain.lr_schedule) == ("cvm", 40, "cosine")
+    schedule = stages.learning_rate_schedule(pretrain)
+    # Cosine decay from 1e-3 to 1% of it over the 40 pre-training steps.
+    np.testing.assert_allclose(float(schedule(0)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(20)), 1e-3 * (0.01 + 0.99 * 0.5), rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(40)), 1e-5, rtol=1e-5)
+    with pytest.raises(run_config.ConfigError, match="cvm_lr_schedule"):
+        run_config.validate_configs(*run_config.build_configs(dict(cvm_lr_schedule="step"), {}))
+    with pytest.raises(run_config.ConfigError, match="cvm_normalization"):
+        run_config.build_configs({}, dict(cvm_normalization="layer"))
+
+
+def test_configs_of_the_retired_batch_norm_cvm_fail_in_one_line():
+    # A config.json written before cvm_normalization existed describes a batch-norm CVM, which
+    # was retired: loading it names the field; a config without a CVM still loads.
+    from cspsr_tf.model.configs import CSPSRConfig, get_config
+    from cspsr_tf.train import run_config, run_dir
+
+    old = get_config("small").to_dict()
+    del old["cvm_normalization"]
+    with pytest.raises(ValueError, match=r"^cvm_normalization='batch' was retired") as error:
+        CSPSRConfig.from_dict(old)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="was retired"):
+        CSPSRConfig.from_dict({**old, "cvm_normalization": "batch"})
+    baseline = get_config("small", "baseline").to_dict()
+    del baseline["cvm_normalization"]
+    assert CSPSRConfig.from_dict(baseline).cvm_normalization == "group"
+    with pytest.raises(run_config.ConfigError, match="cvm_normalization"):
+        run_config.build_configs({}, dict(cvm_normalization="batch"))
+    # An old run's config differs from today's in that field, so resuming it is refused.
+    train, model = run_config.build_configs({}, {})
+    old_run = {"train": train.to_dict(), "model": old}
+    differences = run_dir._config_differences(
+        old_run, {"train": train.to_dict(), "model": model.to_dict()})
+    assert differences == ["cvm_normalization: None -> 'group'"]
+
+
+def test_cvm_stage_recorded_before_the_auto_patch_compares_as_its_sr_patch():
+    # A --stage=cvm run recorded cvm_patch_size=None when None meant "the SR patch"; now the
+    # stage records the size it resolved, so the old record reads as that patch size.
+    from cspsr_tf.train import run_config, run_dir
+
+    train, model = run_config.build_configs(dict(stage="cvm", patch_size=96), {})
+    old = {"train": {**train.to_dict(), "cvm_patch_size": None}, "model": model.to_dict()}
+
+    def differences(size):
+        new = {"train": {**train.to_dict(), "cvm_patch_size": size}, "model": model.to_dict()}
+        return run_dir._config_differences(old, new)
+
+    assert differences(96) == []
+    assert differences(192) == ["cvm_patch_size: 96 -> 192"]
+    sr_old = {"train": {**old["train"], "stage": "sr"}, "model": model.to_dict()}
+    sr_new = {"train": {**train.to_dict(), "stage": "sr"}, "model": model.to_dict()}
+    assert run_dir._config_differences(sr_old, sr_new) == []  # an SR run keeps None
+
+
+def test_optional_integer_fields_get_integer_flags():
+    # --cvm_patch_size (int | None) used to be a string flag: "--cvm_patch_size=192" then
+    # failed in validate_configs with a TypeError.
+    import functools
+    import types
+
+    from absl import flags as absl_flags
+
+    from cspsr_tf.train import run_config
+    from cspsr_tf.util.cli import define_dataclass_flags
+
+    values = absl_flags.FlagValues()
+    # The absl module's DEFINE_* functions, bound to a fresh FlagValues.
+    module = types.SimpleNamespace(**{
+        name: functools.partial(getattr(absl_flags, name), flag_values=values)
+        for name in ("DEFINE_bool", "DEFINE_integer", "DEFINE_float", "DEFINE_string")
+    })
+    define_dataclass_flags(module, run_config.train_config_fields(), {})
+    values(["train.py", "--cvm_patch_size=192", "--cvm_init=runs/x", "--synthetic_max_disparity=6.5"])
+    assert values.cvm_patch_size == 192 and values.cvm_init == "runs/x"
+    assert values.synthetic_max_disparity == 6.5  # float | None: a float flag
+    with pytest.raises(absl_flags.IllegalFlagValueError):
+        values(["train.py", "--cvm_patch_size=big"])
+    train, model = run_config.build_configs(dict(cvm_patch_size=values.cvm_patch_size), {})
+    run_config.validate_configs(train, model)
+
+
+def test_cvm_recipe_defaults_freeze_and_full_synthetic_range():
+    """The SR stage keeps the pre-trained CVM fixed by default, the synthetic disparities of the
+    CVM stage span the model's whole search range, and a model without a CVM trains with the
+    same defaults."""
+    from cspsr_tf.train import run_config
+
+    train, model = run_config.build_configs({}, dict(max_disparity=12.0))
+    assert train.freeze_cvm is True and train.synthetic_max_disparity is None
+    assert run_config.synthetic_disparity_bound(train, model) == 12.0
+    explicit = run_config.build_configs(dict(synthetic_max_disparity=5.0), {})[0]
+    assert run_config.synthetic_disparity_bound(explicit, model) == 5.0
+    baseline_train, baseline = run_config.build_configs(dict(ablation="baseline"), {})
+    run_config.validate_configs(baseline_train, baseline)  # freeze_cvm is moot without a CVM
+    with pytest.raises(run_config.ConfigError, match="--cvm_init needs a model with a CVM"):
+        run_config.validate_configs(*run_config.build_configs(dict(ablation="baseline", cvm_init="x"), {}))
+    with pytest.raises(run_config.ConfigError, match="synthetic_max_disparity"):
+        run_config.validate_configs(*run_config.build_configs(dict(synthetic_max_disparity=-1.0), {}))
+
+
+def test_degradation_is_checked_before_anything_is_written():
+    from cspsr_tf.train import run_config
+
+    run_config.validate_configs(*run_config.build_configs(dict(degradation="low_light:gain=0.1"), {}))
+    for bad, message in [("fog", "Unknown degradation 'fog'"),
+                         ("low_light:gain=-1", "gain must be > 0"),
+                         ("low_light:gain", "expected name:key=value")]:
+        with pytest.raises(run_config.ConfigError, match=rf"^--degradation={bad}: .*{message}"):
+            run_config.validate_configs(*run_config.build_configs(dict(degradation=bad), {}))
+
+
+def test_a_run_that_ends_below_bicubic_says_so(tmp_path):
+    from cspsr_tf.train import run_dir
+
+    assert run_dir.last_validation(str(tmp_path)) is None
+    assert run_dir.below_bicubic_message(None) is None
+    records = [{"step": 100, "model/standard/psnr": 30.0, "bicubic/standard/psnr": 29.0},
+               {"step": 200, "model/standard/psnr": 38.39, "bicubic/standard/psnr": 39.41}]
+    with open(tmp_path / run_dir.METRICS_FILE, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    last = run_dir.last_validation(str(tmp_path))
+    assert last["step"] == 200
+    message = run_dir.below_bicubic_message(last)
+    assert "BELOW bicubic" in message and "38.39 dB against 39.41 dB" in message
+    assert "step 200" in message and "\n" not in message
+    assert run_dir.below_bicubic_message(records[0]) is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dynamic_conv_implementation="xla"),
+     "--dynamic_conv_implementation='xla' is not one of: fused, shift, patches"),
+    (dict(kernel_normalization="foo"), "--kernel_normalization='foo' is not one of: softmax, none"),
+    (dict(scale=5), "--scale=5 is not one of: 2, 3, 4, 8"),
+    (dict(geometry="left"), "--geometry='left' is not one of: stereo, aligned"),
+    (dict(channels=0), "--channels must be >= 1, got 0"),
+    (dict(max_disparity=1.5), "--max_disparity must be >= 2, got 1.5"),
+    (dict(kernel_size=4), "--kernel_size must be odd, got 4"),
+    (dict(fusion="add"), "--fusion='add' is not one of: dmf, zero_conv"),
+    (dict(skip_source="guided_filter"), "model config of --preset=small --ablation=full: "
+     "skip_source='guided_filter' needs nir_guided_filter_radius"),
+])
+def test_model_config_values_are_checked_naming_the_flag(overrides, message):
+    # Checked in build_configs, before anything loads; dynamic_conv_implementation,
+    # kernel_normalization and max_disparity used to fail only when the layers were built.
+    from cspsr_tf.train import run_config
+
+    with pytest.raises(run_config.ConfigError) as info:
+        run_config.build_configs({}, overrides)
+    assert str(info.value) == message
+
+
+def test_output_folders_that_are_files_are_refused_up_front(tmp_path):
+    from cspsr_tf.train import run_config
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for name in ("model_dir", "data_dir"):
+        train, model = run_config.build_configs({name: str(a_file / "sub")}, {})
+        with pytest.raises(run_config.ConfigError) as info:
+            run_config.validate_configs(train, model)
+        assert str(info.value) == f"--{name}={a_file / 'sub'}: {a_file} is a file, not a folder"
+
+
 # A short run as a user sees it (issue 30): few lines, the progress and the last line kept; its
 # folders follow the umask (TensorFlow made checkpoints/ and tensorboard/ 0755 whatever it was).
 SHORT_RUN_MAX_LINES = 30
