@@ -83,6 +83,12 @@ def _output(layers, x, name):
     return layers(name, lambda n: keras.layers.Activation("linear", dtype=FLOAT32, name=n))(x)
 
 
+def _vis_block(layers, channels, t, x):
+    """Residual block t of the VIS-only body. The zero-conv fusion's VIS path uses the same
+    block under the same name, so that the VIS-only model's weights load into it by name."""
+    return layers(f"vis_block{t}", lambda n: ResidualBlock(channels, name=n, dtype=layers.policy))(x)
+
+
 def _fusion_module(layers, config, t, f_vis, f_nir):
     """Module t of the dual branch: the paper's DMF, or (`fusion="zero_conv"`) a VIS residual
     block beside the DMF, whose VIS output joins through a zero-initialised 1x1 conv."""
@@ -100,9 +106,8 @@ def _fusion_module(layers, config, t, f_vis, f_nir):
     ))((f_vis, f_nir))
     if config.fusion == "dmf":
         return fused_vis, f_nir
-    # The VIS-only network's block (same name), so that at initialisation, with the zero conv
-    # at zero, the VIS path computes exactly what the VIS-only model does.
-    f_vis = layers(f"vis_block{t}", lambda n: ResidualBlock(config.channels, name=n, dtype=policy))(f_vis)
+    # With the zero conv at zero, the VIS path computes exactly what the VIS-only model does.
+    f_vis = _vis_block(layers, config.channels, t, f_vis)
     injected = layers(f"nir_zero_conv{t}", lambda n: keras.layers.Conv2D(
         config.channels, 1, kernel_initializer="zeros", name=n, dtype=policy))(fused_vis)
     f_vis = layers(f"nir_inject{t}", lambda n: keras.layers.Add(name=n, dtype=policy))([f_vis, injected])
@@ -141,7 +146,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
             )
         f = _shallow_features(layers, x, c, "vis")
         for t in range(config.num_modules):
-            f = layers(f"vis_block{t + 1}", lambda n: ResidualBlock(c, name=n, dtype=policy))(f)
+            f = _vis_block(layers, c, t + 1, f)
         outputs["vis_sr"] = _output(layers, _reconstruct(
             layers, f, vis_lr, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
     else:
