@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cspsr_tf.evaluate import downstream_disparity as dd
+from tests.cli_runner import run_cli
 from tests.cross_spectral_pairs import cross_spectral_pair, cross_spectral_scene
 
 
@@ -91,13 +92,12 @@ def test_on_nirvis_synthetic_hr_matches_better_than_bicubic(synthetic_data_dir):
 def test_evaluate_cli_writes_the_downstream_table(synthetic_data_dir, tmp_path):
     import json
     import os
-    import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     out = tmp_path / "eval"
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, os.path.join(ROOT, "evaluate.py"), "--model=cspsr_small_x4",
          "--dataset=nirvis_synthetic", "--split=test", f"--data_dir={synthetic_data_dir}",
          "--max_frames=2", "--nosave_images", "--downstream=disparity", f"--out_dir={out}"],

@@ -5,11 +5,11 @@ One subprocess per case: the exit code and the output are what is tested.
 """
 
 import os
-import subprocess
 import sys
 
 import pytest
 
+from tests.cli_runner import run_cli
 from tests.conftest import ROOT
 
 ENTRY_POINTS = {  # script -> the program name its errors start with
@@ -41,7 +41,7 @@ def test_a_bad_flag_is_one_line_and_exit_2(script, flag, message, tmp_path):
     args = {"train.py": [f"--model_dir={tmp_path / 'run'}"],
             "evaluate.py": [f"--model={tmp_path / 'm.keras'}", f"--out_dir={tmp_path / 'o'}"]}
     extra = args.get(script, [f"--model={tmp_path / 'm.keras'}", f"--out={tmp_path / 'out'}"])
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, os.path.join(ROOT, script), *extra, flag],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import tensorflow as tf
 from skimage.metrics import peak_signal_noise_ratio
 
 from cspsr_tf.model import model_io
+from tests.cli_runner import run_cli
 from tests.conftest import ROOT
 from tests.model_helpers import tiny_perturbed_model
 
@@ -19,7 +19,7 @@ def run_evaluate(args):
     # float32 unless a test asks otherwise (the default, auto, is bfloat16 on some CPUs).
     if not any(arg.startswith("--precision") for arg in args):
         args = [*args, "--precision=float32"]
-    return subprocess.run(
+    return run_cli(
         [sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

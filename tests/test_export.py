@@ -9,7 +9,6 @@ whose export is fast and whose exact output (nearest-neighbour upsampling) is kn
 import json
 import os
 import re
-import subprocess
 import sys
 import textwrap
 
@@ -25,6 +24,7 @@ from cspsr_tf.model.configs import get_config
 from cspsr_tf.model.model_io import save_model
 from cspsr_tf.ops.resize import bicubic_upscale
 from cspsr_tf.util import scratch_dirs
+from tests.cli_runner import run_cli
 from tests.model_helpers import tiny_perturbed_model
 
 # One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
@@ -46,7 +46,7 @@ def _random_pair(rng, batch, height, width):
 
 
 def _run(args, cwd=None, timeout=120):
-    return subprocess.run(
+    return run_cli(
         args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False
     )
 

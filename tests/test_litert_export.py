@@ -8,7 +8,6 @@ model for the failure paths. The outputs are run with the LiteRT runtime (ai-edg
 """
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -21,6 +20,7 @@ from cspsr_tf.model.build import build_cspsr
 from cspsr_tf.model.configs import get_config
 from cspsr_tf.model.model_io import save_model
 from cspsr_tf.util import atomic_files
+from tests.cli_runner import run_cli
 from tests.model_helpers import perturb_weights, tiny_perturbed_model
 
 # One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
@@ -38,7 +38,7 @@ TOLERANCE = 1e-4
 
 
 def _run(args, cwd, timeout=180):
-    return subprocess.run(
+    return run_cli(
         args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False
     )
 

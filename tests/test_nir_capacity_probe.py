@@ -11,6 +11,7 @@ import tensorflow as tf
 from cspsr_tf.data.degradations import apply_degradation
 from cspsr_tf.ops.resize import bicubic_downscale
 from studies import nir_capacity_probe as probe
+from tests.cli_runner import run_cli
 
 
 @pytest.mark.parametrize("shape, scale", [((48, 40, 3), 4), ((36, 52, 1), 4), ((30, 22, 3), 2)])
@@ -163,15 +164,14 @@ def test_probe_learns_the_nir_when_the_vis_is_dark():
 
 
 def test_cli_names_a_folder_that_is_not_a_pack():
-    import subprocess
     import sys
 
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "studies",
                           "nir_capacity_probe.py")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, script, f"--train={tmp}"], capture_output=True, text=True,
+        done = run_cli([sys.executable, script, f"--train={tmp}"], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode != 0 and f"{tmp} is not a pack" in done.stderr
-        done = subprocess.run([sys.executable, script, f"--train={tmp}", f"--score={tmp}"], capture_output=True,
+        done = run_cli([sys.executable, script, f"--train={tmp}", f"--score={tmp}"], capture_output=True,
                               text=True, timeout=120)
         assert done.returncode != 0 and "exactly one of" in done.stderr

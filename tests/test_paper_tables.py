@@ -2,16 +2,16 @@
 
 import json
 import os
-import subprocess
 import sys
 
+from tests.cli_runner import run_cli
 from tests.conftest import ROOT
 
 
 def test_smoke_run_writes_every_table_in_the_papers_layout(tmp_path):
     out = tmp_path / "tables.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--smoke",
          "--table=all", f"--work_dir={tmp_path / 'work'}", f"--out={out}"],
         capture_output=True, text=True, env=env, timeout=900,
@@ -31,7 +31,7 @@ def test_smoke_run_writes_every_table_in_the_papers_layout(tmp_path):
     for title in ("## Table 1", "## Table 3", "## Table 4", "## Downstream disparity"):
         assert title in markdown
     # Resumable: a second run trains nothing and reuses the evaluations.
-    again = subprocess.run(
+    again = run_cli(
         [sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--smoke",
          "--table=3", f"--work_dir={tmp_path / 'work'}", f"--out={tmp_path / 't3.json'}"],
         capture_output=True, text=True, env=env, timeout=600,
@@ -41,7 +41,7 @@ def test_smoke_run_writes_every_table_in_the_papers_layout(tmp_path):
 
 
 def test_bad_table_is_one_line_exit_2(tmp_path):
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--table=9",
          f"--work_dir={tmp_path}"], capture_output=True, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300,

@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 from cspsr_tf import predict  # noqa: E402
 from cspsr_tf.infer import tiling  # noqa: E402
 from cspsr_tf.model.model_io import save_model  # noqa: E402
+from tests.cli_runner import run_cli  # noqa: E402
 from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
 # One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
@@ -100,10 +101,10 @@ def _cli(*args, umask=None):
     # (the command line's default, auto, is bfloat16 on CPUs with AVX512_BF16).
     if not any(str(arg).startswith("--precision") for arg in args):
         args = (*args, "--precision=float32")
-    return subprocess.run(
+    return run_cli(
         [sys.executable, "-m", "cspsr_tf.predict", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+        umask=umask,
     )
 
 
@@ -144,7 +145,7 @@ def test_cli_default_precision_is_auto_and_logged(saved_model, pair, tmp_path):
     _, _, model_path = saved_model
     _, _, vis_path, nir_path = pair
     out = str(tmp_path / "sr.png")
-    proc = subprocess.run(  # no --precision: the command line's default
+    proc = run_cli(  # no --precision: the command line's default
         [sys.executable, "-m", "cspsr_tf.predict", "--model", model_path, "--vis", vis_path,
          "--nir", nir_path, "--out", out],
         cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,

@@ -6,7 +6,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import re  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import cv2  # noqa: E402
@@ -16,6 +15,7 @@ import pytest  # noqa: E402
 
 from cspsr_tf import predict  # noqa: E402
 from cspsr_tf.model.model_io import save_model  # noqa: E402
+from tests.cli_runner import run_cli  # noqa: E402
 from tests.model_helpers import perturb_weights  # noqa: E402
 
 SCALE = 2
@@ -86,7 +86,7 @@ def test_cli_writes_the_good_pairs_and_lists_the_bad_ones(model_file, folder, tm
     model, config, model_path = model_file
     csv_path, images = folder
     out_dir = tmp_path / "sr"
-    proc = subprocess.run(
+    proc = run_cli(
         [sys.executable, "-m", "cspsr_tf.predict", f"--model={model_path}",
          f"--pairs={csv_path}", f"--out_dir={out_dir}", "--precision=float32"],
         cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,

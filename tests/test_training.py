@@ -16,6 +16,7 @@ import pytest
 
 from cspsr_tf.model.build import build_cspsr_with_training_twin
 from cspsr_tf.model.configs import get_config
+from tests.cli_runner import run_cli
 from tests.conftest import ROOT
 
 TINY = [
@@ -36,7 +37,7 @@ TINY_FAST = [*TINY, "--ablation=baseline"]
 
 
 def run_train(args, timeout=300, env=None):
-    return subprocess.run(
+    return run_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT,
         capture_output=True,
@@ -157,7 +158,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 def test_mirrored_on_two_cpu_devices_matches_one_device(synthetic_data_dir, tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, str(script), synthetic_data_dir, str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT},
@@ -435,10 +436,10 @@ def short_run(synthetic_data_dir, tmp_path_factory):
     args = [*[a for a in TINY if not a.startswith("--cvm_steps")], f"--data_dir={synthetic_data_dir}",
             f"--model_dir={model_dir}", "--steps=4", "--cvm_steps=2", "--eval_every=2",
             "--log_every=2", "--save_every=2"]
-    result = subprocess.run(
+    result = run_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=lambda: os.umask(UMASK),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, umask=UMASK,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result, args
@@ -576,10 +577,10 @@ def check_default_recipe(short_run, synthetic_data_dir):
     assert moved  # the pre-training trained the CVM from its seeded initial weights
     # Running the same command again resumes past both phases (same umask: the run's file
     # modes are checked above).
-    again = subprocess.run(
+    again = run_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=lambda: os.umask(UMASK),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, umask=UMASK,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Pre-training the CVM" not in again.stderr
