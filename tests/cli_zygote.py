@@ -11,7 +11,8 @@ op runs here before a fork (only the device probe every entry point makes), so e
 builds its own runtime.
 
 Protocol (one JSON object a line): a request {"argv", "cwd", "env", "umask", "stdout",
-"stderr"} on stdin is answered by {"pid"} at once, then {"returncode"} when the child ends.
+"stderr"} on stdin is answered by {"pid"} at once, and {"pid", "returncode"} when that child
+ends (children may overlap).
 `tests/cli_runner.py` is the client.
 """
 
@@ -19,6 +20,7 @@ import atexit
 import json
 import os
 import runpy
+import select
 import sys
 import traceback
 
@@ -93,15 +95,35 @@ def _run_child(request):
         os._exit(code)
 
 
+def _reply(message):
+    os.write(1, (json.dumps(message) + "\n").encode())
+
+
 def main():
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _run_child(request)
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+    # Several children may run at once (the multi-worker test starts two), so requests are read
+    # and ended children reaped in one loop; raw reads, as select() does not see buffered lines.
+    pending = b""
+    children = 0
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.05 if children else None)
+        if ready:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(json.loads(line))
+                children += 1
+                _reply({"pid": pid})
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            children -= 1
+            _reply({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import errno  # noqa: E402
 import io  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -19,7 +18,7 @@ import pytest  # noqa: E402
 from cspsr_tf import predict  # noqa: E402
 from cspsr_tf.infer import tiling  # noqa: E402
 from cspsr_tf.model.model_io import save_model  # noqa: E402
-from tests.cli_runner import run_cli  # noqa: E402
+from tests.cli_runner import run_cli, start_cli  # noqa: E402
 from tests.model_helpers import tiny_perturbed_model  # noqa: E402
 
 # One xdist worker runs this module (make test: --dist loadgroup), so its module fixtures
@@ -579,11 +578,11 @@ def test_signal_mid_run_removes_temporary_files(saved_model, tmp_path, signum, c
     out_dir.mkdir()
     out = str(out_dir / "sr.png")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, "-m", "cspsr_tf.predict", "--model", model_path, "--vis", vis_path,
          "--nir", nir_path, "--out", out, "--disparity_out", str(out_dir / "d.npy"),
          "--tile", "32"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=env,
     )
     try:
         deadline = time.monotonic() + 180

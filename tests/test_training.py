@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from cspsr_tf.model.build import build_cspsr_with_training_twin
 from cspsr_tf.model.configs import get_config
-from tests.cli_runner import run_cli
+from tests.cli_runner import run_cli, start_cli
 from tests.conftest import ROOT
 
 TINY = [
@@ -58,10 +57,9 @@ def test_resume_after_sigkill(synthetic_data_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = [*TINY_FAST, f"--data_dir={synthetic_data_dir}", f"--model_dir={model_dir}",
             "--steps=30", "--save_every=5", "--eval_every=0"]
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     state = model_dir / "checkpoints" / "checkpoint"
     deadline = time.time() + 240
@@ -127,7 +125,8 @@ def test_bad_inputs_exit_2_with_one_line(synthetic_data_dir, tmp_path):
 
 MIRRORED_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
+    sys.path.insert(0, os.getcwd())  # run from the repository root
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -161,7 +160,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(synthetic_data_dir, tmp_
     result = run_cli(
         [sys.executable, str(script), synthetic_data_dir, str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = json.loads(result.stdout.split("RESULT ", 1)[1])
@@ -193,10 +192,9 @@ def test_multi_worker_two_processes_agree(synthetic_data_dir, tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(
-            subprocess.Popen(
+            start_cli(
                 [sys.executable, os.path.join(ROOT, "train.py"), *args],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config},
+                cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config},
             )
         )
     outputs = []

@@ -3,12 +3,11 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 
 import pytest
 
+from tests.cli_runner import start_cli
 from tests.conftest import ROOT
 from tests.test_training import TINY_FAST, run_train
 
@@ -94,25 +93,21 @@ def test_data_error_before_anything_is_written(tmp_path):
 
 def test_sigterm_stops_with_exit_3(synthetic_data_dir, tmp_path):
     model_dir = tmp_path / "run"
-    process = subprocess.Popen(
+    process = start_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *TINY_FAST, f"--data_dir={synthetic_data_dir}",
          f"--model_dir={model_dir}", "--steps=100000", "--save_every=100000", "--eval_every=0",
          "--log_every=1"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    watchdog = threading.Timer(300, process.kill)
-    watchdog.start()
     lines = []
     try:
-        for line in process.stderr:
+        for line in process.stderr_lines(timeout=300):
             lines.append(line)
             # The first step's log line means the SIGTERM handler is installed.
             if "step 1/100000" in line:
                 process.send_signal(signal.SIGTERM)
         process.wait()
     finally:
-        watchdog.cancel()
         process.kill()
     stderr = "".join(lines)
     assert process.returncode == 3, stderr[-3000:]
