@@ -33,7 +33,9 @@ pytestmark = pytest.mark.xdist_group("test_export")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "export", "export_savedmodel.py")
-SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+# The `saved_model_cli` console script runs this module's main(); as `python -m` the run forks
+# from the tests' zygote (tests/cli_runner.py) instead of starting TensorFlow again.
+SAVED_MODEL_CLI = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
 SCALE = 2
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 ENV.pop("PYTHONPATH", None)
@@ -198,7 +200,7 @@ def test_loads_and_runs_without_this_project_or_keras(exported, tmp_path):
 
 
 def test_saved_model_cli_show_lists_signatures_inputs_and_outputs(exported):
-    result = _run([SAVED_MODEL_CLI, "show", "--dir", exported, "--all"])
+    result = _run([*SAVED_MODEL_CLI, "show", "--dir", exported, "--all"])
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
     for signature in ("serving_default", "serving_float"):
@@ -213,7 +215,7 @@ def test_saved_model_cli_run_refuses_uint8_data_given_to_serving_float(exported,
     np.save(tmp_path / "vis.npy", vis)
     np.save(tmp_path / "nir.npy", nir)
     result = _run(
-        [SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
+        [*SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
          "--signature_def", "serving_float", "--inputs", "vis_lr=vis.npy;nir_lr=nir.npy",
          "--outdir", str(tmp_path / "outputs")],
         cwd=tmp_path,
@@ -230,7 +232,7 @@ def test_saved_model_cli_run_on_npy_files(tiny, exported, tmp_path):
     np.save(tmp_path / "nir.npy", nir)
     outdir = tmp_path / "outputs"
     result = _run(
-        [SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
+        [*SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
          "--signature_def", "serving_default", "--inputs", "vis_lr=vis.npy;nir_lr=nir.npy",
          "--outdir", str(outdir)],
         cwd=tmp_path,
