@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from cspsr_tf.model.configs import CVM_NORMALIZATIONS
 from cspsr_tf.model.layers.replicas import several_replicas
-from cspsr_tf.ops.cross_spectral_similarity import gaussian_blur, luminance, ncc_squared_volume
+from cspsr_tf.ops.cross_spectral_similarity import gaussian_blur_each, luminance, ncc_squared_volume
 from cspsr_tf.ops.warp import warp_by_disparity
 
 GEOMETRIES = ("stereo", "aligned")
@@ -23,13 +23,14 @@ COST_AGGREGATION_SIGMA = 2.0
 FILL_SIGMA = 3.0
 
 
-def _shift_all_channels(x, offsets):
-    """[x(i, j + offset)] for each offset, border columns replicated beyond the frame."""
-    width = tf.shape(x)[2]
-    return [
-        tf.gather(x, tf.clip_by_value(tf.range(width) + offset, 0, width - 1), axis=2)
-        for offset in offsets
-    ]
+def _correlation_volume(reference, other, offsets):
+    """[B, H, W, len(offsets)]: channel k is sum_c reference(i, j, c) * other(i, j + offsets[k], c),
+    border columns of `other` replicated beyond the frame. One gather for all offsets (a small
+    graph: the CVM's tracing time grew with one gather per candidate)."""
+    width = tf.shape(other)[2]
+    columns = tf.range(width)[tf.newaxis, :] + tf.constant(offsets, tf.int32)[:, tf.newaxis]
+    moved = tf.gather(other, tf.clip_by_value(columns, 0, width - 1), axis=2)  # [B, H, K, W, C]
+    return tf.transpose(tf.reduce_sum(reference[:, :, tf.newaxis] * moved, axis=-1), [0, 1, 3, 2])
 
 
 def _replicate_pad_to_multiple(x, multiple):
@@ -244,18 +245,16 @@ class CrossViewMatching(keras.layers.Layer):
         n = self.num_candidates
         left = [-d for d in range(n)]  # f_nir(j - d), the left view's candidates
         right = list(range(n))  # f_vis(j + d), the right view's candidates
-        learned_l = tf.stack(
-            [tf.reduce_sum(f_vis * f, -1) for f in _shift_all_channels(f_nir, left)], axis=-1
-        )
-        learned_r = tf.stack(
-            [tf.reduce_sum(f_nir * f, -1) for f in _shift_all_channels(f_vis, right)], axis=-1
-        )
+        learned_l = _correlation_volume(f_vis, f_nir, left)
+        learned_r = _correlation_volume(f_nir, f_vis, right)
         lum_vis, lum_nir = luminance(vis), tf.cast(nir, tf.float32)
         candidates = list(range(2 * (n - 1) + 1))  # 0 .. max_disparity (rounded up to even)
         # Aggregated over a neighbourhood, as local stereo methods do: one window's NCC is noisy.
-        ncc_l = gaussian_blur(ncc_squared_volume(lum_vis, lum_nir, [-d for d in candidates]),
-                              COST_AGGREGATION_SIGMA)
-        ncc_r = gaussian_blur(ncc_squared_volume(lum_nir, lum_vis, candidates), COST_AGGREGATION_SIGMA)
+        ncc_l, ncc_r = gaussian_blur_each(
+            [ncc_squared_volume(lum_vis, lum_nir, [-d for d in candidates]),
+             ncc_squared_volume(lum_nir, lum_vis, candidates)],
+            COST_AGGREGATION_SIGMA,
+        )
         temperature = tf.exp(tf.cast(self.log_temperature, tf.float32))
         values = tf.constant(candidates, tf.float32)
 
@@ -268,17 +267,15 @@ class CrossViewMatching(keras.layers.Layer):
             weights = tf.nn.softmax(logits, axis=-1)
             return tf.reduce_sum(weights * values, axis=-1, keepdims=True)
 
-        def filled(volume):
-            # Where no candidate matches well (flat or occluded areas) the best one is noise:
-            # a normalised convolution weighted by the peak NCC^2 fills those pixels from the
-            # confident ones around them.
-            confidence = tf.square(tf.reduce_max(volume, axis=-1, keepdims=True))
-            estimate = soft_argmin(volume)
-            return tf.math.divide_no_nan(
-                gaussian_blur(confidence * estimate, FILL_SIGMA), gaussian_blur(confidence, FILL_SIGMA)
-            )
-
-        base = tf.clip_by_value(tf.concat([filled(ncc_l), filled(ncc_r)], axis=-1), 0.0, self.max_disparity)
+        # Where no candidate matches well (flat or occluded areas) the best one is noise: a
+        # normalised convolution weighted by the peak NCC^2 fills those pixels from the
+        # confident ones around them (left and right view in one blur).
+        confidence = tf.square(tf.concat(
+            [tf.reduce_max(volume, axis=-1, keepdims=True) for volume in (ncc_l, ncc_r)], axis=-1
+        ))
+        estimate = tf.concat([soft_argmin(ncc_l), soft_argmin(ncc_r)], axis=-1)
+        weighted, total = gaussian_blur_each([confidence * estimate, confidence], FILL_SIGMA)
+        base = tf.clip_by_value(tf.math.divide_no_nan(weighted, total), 0.0, self.max_disparity)
 
         def half(volume):  # every second candidate, averaged over 2x2 pixels
             return tf.nn.avg_pool2d(volume[..., : 2 * n - 1 : 2], 2, 2, "VALID")
