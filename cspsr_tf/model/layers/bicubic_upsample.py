@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -28,39 +29,45 @@ def _phase_taps(scale):
     return phases
 
 
+def _phase_kernel(scale):
+    """[5, scale]: column p holds phase p's tap weights at input offsets -2 .. 2."""
+    kernel = np.zeros((5, scale), np.float64)
+    for p, taps in enumerate(_phase_taps(scale)):
+        for offset, weight in taps:
+            kernel[offset + 2, p] = weight
+    return kernel
+
+
 def _upsample_axis(x, scale, axis):
-    """Bicubic x`scale` along `axis` (1 = height, 2 = width) of [B, H, W, C]."""
+    """Bicubic x`scale` along `axis` (1 = height, 2 = width) of [B, H, W, C].
+
+    All phases in one depthwise convolution (channel multiplier `scale`), then interleaved: a
+    graph of a few ops, where one slice per tap and phase made it the model's largest part.
+    """
     length = tf.shape(x)[axis]
+    channels = x.shape[-1]
+    kernel = _phase_kernel(scale)
+    along = [5, 1] if axis == 1 else [1, 5]
     pad = [[0, 0]] * 4
     pad[axis] = [2, 2]
-    padded = tf.pad(x, pad)  # zeros: taps outside the frame get no weight ...
-    ones = tf.pad(tf.ones([length], x.dtype), [[2, 2]])
-
-    def window(tensor, offset, axis_):
-        begin = 2 + offset
-        if axis_ is None:
-            return tensor[begin : begin + length]
-        return tensor[:, begin : begin + length] if axis_ == 1 else tensor[:, :, begin : begin + length]
-
-    outputs = []
-    for taps in _phase_taps(scale):
-        value = None
-        norm = None
-        for offset, weight in taps:
-            w = tf.constant(weight, x.dtype)
-            term = window(padded, offset, axis) * w
-            n = window(ones, offset, None) * w
-            value = term if value is None else value + term
-            norm = n if norm is None else norm + n
-        # ... and the remaining weights are renormalised to sum to 1, as TF's resize does.
-        shape = [1, -1, 1, 1] if axis == 1 else [1, 1, -1, 1]
-        outputs.append(value / tf.reshape(norm, shape))
-    # Interleave the phases: [..., L, s, ...] -> [..., L * s, ...].
-    stacked = tf.stack(outputs, axis=axis + 1)
+    # Zero padding: taps outside the frame get no weight ...
+    filters = np.tile(kernel.reshape(*along, 1, scale), [1, 1, channels, 1])
+    value = tf.nn.depthwise_conv2d(tf.pad(x, pad), tf.constant(filters, x.dtype), [1] * 4, "VALID")
+    ones_shape = [1, 1, 1, 1]
+    ones_shape[axis] = length
+    norm = tf.nn.depthwise_conv2d(
+        tf.pad(tf.ones(ones_shape, x.dtype), pad), tf.constant(kernel.reshape(*along, 1, scale), x.dtype),
+        [1] * 4, "VALID",
+    )
+    # ... and the remaining weights are renormalised to sum to 1, as TF's resize does.
     shape = tf.shape(x)
-    new_shape = [shape[0], shape[1], shape[2], shape[3]]
-    new_shape[axis] = length * scale
-    return tf.reshape(stacked, new_shape)
+    value = tf.reshape(value, [shape[0], shape[1], shape[2], channels, scale]) / norm[..., tf.newaxis, :]
+    # Interleave the phases: [..., L, s, ...] -> [..., L * s, ...].
+    if axis == 1:
+        value = tf.transpose(value, [0, 1, 4, 2, 3])
+        return tf.reshape(value, [shape[0], length * scale, shape[2], channels])
+    value = tf.transpose(value, [0, 1, 2, 4, 3])
+    return tf.reshape(value, [shape[0], shape[1], length * scale, channels])
 
 
 def bicubic_upsample(images, scale):
