@@ -96,15 +96,17 @@ def test_unknown_implementation_is_refused():
         CSFT(implementation="magic")
 
 
+@pytest.mark.parametrize("implementation", ["plain", "fused"])
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 0.03)])
-def test_folded_inference_equals_the_batch_norms_at_every_pixel(dtype, tolerance):
+def test_folded_inference_equals_the_batch_norms_at_every_pixel(dtype, tolerance, implementation):
     # Inference folds the batch norms into the convolutions (the normalised 2C features are
-    # never made); the unfolded graph with moving statistics is the reference, borders included.
+    # never made; `fused` also turns the small convolutions into per-tap products summed over
+    # the window); the unfolded graph with moving statistics is the reference, borders included.
     rng = np.random.default_rng(3)
     c = 8
     f_vis = rng.standard_normal((2, 6, 9, c)).astype(np.float32)
     f_nir = rng.standard_normal((2, 6, 9, c)).astype(np.float32)
-    layer = CSFT(implementation="plain", dtype=f"mixed_{dtype}" if dtype != "float32" else dtype)
+    layer = CSFT(implementation=implementation, dtype=f"mixed_{dtype}" if dtype != "float32" else dtype)
     layer((f_vis, f_nir))
     for norm in (layer.norm_nir, layer.norm_vis):
         norm.gamma.assign(rng.uniform(0.5, 1.5, c))

@@ -25,6 +25,37 @@ def _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit):
 _fused_weighted_sum = tf.function(_weighted_sum, jit_compile=True, autograph=False)
 
 
+def _pointwise(x, kernel):
+    """[B, H, W, C] x [C, n] -> [B, H, W, n]: a 1x1 convolution as one matrix product (oneDNN
+    runs a product with few output columns far better than a convolution with few outputs)."""
+    shape = tf.shape(x)
+    out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(kernel, x.dtype))
+    return tf.reshape(out, [shape[0], shape[1], shape[2], kernel.shape[-1]])
+
+
+def _tap_sum(taps):
+    """sum_{u, v} taps(i + u - 1, j + v - 1, 3u + v), zero outside the frame: a 3x3 'same'
+    convolution with one output, from its nine per-tap products `taps` [B, H, W, 9]."""
+    height, width = tf.shape(taps)[1], tf.shape(taps)[2]
+    padded = tf.pad(taps, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return tf.add_n([padded[:, u : u + height, v : v + width, 3 * u + v : 3 * u + v + 1]
+                     for u in range(3) for v in range(3)])
+
+
+def _tap_weighted_sum(f_vis, f_nir, vis_taps, nir_taps, border_taps, s1_bias, s2_bias, c_logit):
+    """`_weighted_sum` with the two spatial gates' logits made from per-tap products (see
+    `CSFT._inference_call`), in float32: vis_taps [B, H, W, 18] (tap-major, w_s1 then the VIS
+    half of w_s2), nir_taps [B, H, W, 9], border_taps [9] (the batch norms' shifts)."""
+    vis_taps, nir_taps = tf.cast(vis_taps, tf.float32), tf.cast(nir_taps, tf.float32)
+    s1_logit = _tap_sum(vis_taps[..., 0::2]) + s1_bias
+    s2_logit = _tap_sum(vis_taps[..., 1::2] + nir_taps + border_taps) + s2_bias
+    return _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+
+
+# The tap sums, the sigmoids and the weighted sum in one XLA pass.
+_fused_tap_weighted_sum = tf.function(_tap_weighted_sum, jit_compile=True, autograph=False)
+
+
 @keras.saving.register_keras_serializable(package="cspsr_tf")
 class CSFT(keras.layers.Layer):
     """Confidence-based transfer of NIR features into the VIS feature space (Eq. 2).
@@ -134,6 +165,11 @@ class CSFT(keras.layers.Layer):
           with two outputs;
         - the global average pool of the normalised features is a * pool(x) + b.
         Same numbers as the training-mode graph with moving statistics (to float round-off).
+
+        With the `fused` implementation the three one- and two-output 3x3 convolutions, which
+        oneDNN runs at a few percent of its speed on wide ones, become products with the nine
+        taps (one matrix product per input, 18 and 9 columns) summed over the 3x3 window
+        inside the XLA pass of the weighted sum; the constant term rides on the NIR taps.
         """
         channels = f_vis.shape[-1]
         dtype = f_vis.dtype
@@ -145,6 +181,20 @@ class CSFT(keras.layers.Layer):
         nir_kernel = w_s2[:, :, :channels] * a_nir[:, None]
         border_kernel = tf.reduce_sum(w_s2 * tf.concat([b_nir, b_vis], 0)[:, None], axis=2,
                                       keepdims=True)  # [3, 3, 1, 1]
+        # Averaged in float32 (see `_normalized_call`), then the batch norms' affine maps.
+        pooled = tf.concat([
+            a_nir * tf.reduce_mean(tf.cast(f_nir, tf.float32), axis=[1, 2], keepdims=True) + b_nir,
+            a_vis * tf.reduce_mean(tf.cast(f_vis, tf.float32), axis=[1, 2], keepdims=True) + b_vis,
+        ], axis=-1)
+        c_logit = self.channel_conv(tf.cast(pooled, dtype))
+        if self.implementation == "fused":
+            # [3, 3, C, n] -> [C, 9 n]: column 9-tap-major, (3u + v) * n + output.
+            vis_taps = _pointwise(f_vis, tf.reshape(tf.transpose(vis_kernel, [2, 0, 1, 3]), [channels, 18]))
+            nir_taps = _pointwise(f_nir, tf.reshape(tf.transpose(nir_kernel, [2, 0, 1, 3]), [channels, 9]))
+            tap_sum = _tap_weighted_sum if several_replicas() else _fused_tap_weighted_sum
+            return tap_sum(f_vis, f_nir, vis_taps, nir_taps, tf.reshape(border_kernel, [9]),
+                           tf.cast(self.spatial_vis.bias, tf.float32),
+                           tf.cast(self.spatial_fused.bias, tf.float32), c_logit)
         vis_logits = tf.nn.conv2d(f_vis, tf.cast(vis_kernel, dtype), 1, "SAME")
         nir_logit = tf.nn.conv2d(f_nir, tf.cast(nir_kernel, dtype), 1, "SAME")
         ones = tf.ones_like(f_vis[..., :1], dtype=tf.float32)
@@ -152,12 +202,6 @@ class CSFT(keras.layers.Layer):
         s1_logit = vis_logits[..., :1] + tf.cast(self.spatial_vis.bias, dtype)
         s2_logit = (vis_logits[..., 1:] + nir_logit + tf.cast(constant_logit, dtype)
                     + tf.cast(self.spatial_fused.bias, dtype))
-        # Averaged in float32 (see `call`), then the batch norms' affine maps.
-        pooled = tf.concat([
-            a_nir * tf.reduce_mean(tf.cast(f_nir, tf.float32), axis=[1, 2], keepdims=True) + b_nir,
-            a_vis * tf.reduce_mean(tf.cast(f_vis, tf.float32), axis=[1, 2], keepdims=True) + b_vis,
-        ], axis=-1)
-        c_logit = self.channel_conv(tf.cast(pooled, dtype))
         return self._gated_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
 
     @staticmethod
