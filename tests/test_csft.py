@@ -119,3 +119,16 @@ def test_folded_inference_equals_the_batch_norms_at_every_pixel(dtype, tolerance
     np.testing.assert_allclose(folded, reference, atol=tolerance, rtol=tolerance)
     # Without the border term the first and last rows and columns would differ.
     assert np.abs(reference).max() > 0.1
+
+
+@pytest.mark.parametrize("implementation", ["plain", "fused"])
+@pytest.mark.parametrize("training", [False, True])
+def test_relu_output_is_the_relu_of_the_output(implementation, training):
+    # The DMF asks CSFT for ReLU(F'_vis) in its own pass; it must be exactly that.
+    rng = np.random.default_rng(5)
+    f_vis, f_nir = (rng.standard_normal((2, 5, 6, 4)).astype(np.float32) for _ in range(2))
+    layer = CSFT(implementation=implementation)
+    plain = layer((f_vis, f_nir), training=training).numpy()
+    active = layer((f_vis, f_nir), training=training, relu_output=True).numpy()
+    assert (plain < 0).any() and (plain > 0).any()
+    np.testing.assert_allclose(active, np.maximum(plain, 0.0), rtol=1e-6, atol=1e-7)

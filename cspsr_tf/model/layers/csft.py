@@ -8,8 +8,9 @@ from cspsr_tf.model.layers.replicas import several_replicas
 _IMPLEMENTATIONS = ("plain", "fused")
 
 
-def _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit):
-    """F'_nir * w_s1 * w_c2 + F_vis * w_s1 * w_s2 * w_c1 from the gates' logits, in float32."""
+def _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit, relu=False):
+    """F'_nir * w_s1 * w_c2 + F_vis * w_s1 * w_s2 * w_c1 from the gates' logits, in float32
+    (with `relu`, its ReLU: the DMF reads F'_vis only through one)."""
     dtype = f_vis.dtype
     f_vis, f_nir, s1_logit, s2_logit, c_logit = (
         tf.cast(t, tf.float32) for t in (f_vis, f_nir, s1_logit, s2_logit, c_logit)
@@ -17,7 +18,8 @@ def _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit):
     channels = f_vis.shape[-1]
     w_s1, w_s2, w_c = tf.sigmoid(s1_logit), tf.sigmoid(s2_logit), tf.sigmoid(c_logit)
     w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
-    return tf.cast(w_s1 * (f_nir * w_c2 + f_vis * w_s2 * w_c1), dtype)
+    out = w_s1 * (f_nir * w_c2 + f_vis * w_s2 * w_c1)
+    return tf.cast(tf.nn.relu(out) if relu else out, dtype)
 
 
 # XLA turns the sigmoids and the products into one pass over F_vis and F'_nir (plain
@@ -42,14 +44,15 @@ def _tap_sum(taps):
                      for u in range(3) for v in range(3)])
 
 
-def _tap_weighted_sum(f_vis, f_nir, vis_taps, nir_taps, border_taps, s1_bias, s2_bias, c_logit):
+def _tap_weighted_sum(f_vis, f_nir, vis_taps, nir_taps, border_taps, s1_bias, s2_bias, c_logit,
+                      relu=False):
     """`_weighted_sum` with the two spatial gates' logits made from per-tap products (see
     `CSFT._inference_call`), in float32: vis_taps [B, H, W, 18] (tap-major, w_s1 then the VIS
     half of w_s2), nir_taps [B, H, W, 9], border_taps [9] (the batch norms' shifts)."""
     vis_taps, nir_taps = tf.cast(vis_taps, tf.float32), tf.cast(nir_taps, tf.float32)
     s1_logit = _tap_sum(vis_taps[..., 0::2]) + s1_bias
     s2_logit = _tap_sum(vis_taps[..., 1::2] + nir_taps + border_taps) + s2_bias
-    return _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+    return _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit, relu)
 
 
 # The tap sums, the sigmoids and the weighted sum in one XLA pass.
@@ -79,9 +82,11 @@ class CSFT(keras.layers.Layer):
     Call arguments:
         inputs: a pair `(f_vis, f_nir_dyn)` of [B, H, W, C] tensors.
         training: bool, batch statistics (True) or moving statistics (False).
+        relu_output: bool, default False; return ReLU(F'_vis), computed in the same pass
+            (the DMF reads F'_vis only through a ReLU).
 
     Returns:
-        F'_vis, [B, H, W, C].
+        F'_vis (or its ReLU), [B, H, W, C].
 
     References:
         Wei et al., CSPSR, Sec. 4.3 and Eq. (2).
@@ -124,12 +129,12 @@ class CSFT(keras.layers.Layer):
         self.spatial_fused.build(concat_shape)
         self.channel_conv.build((vis_shape[0], 1, 1, 2 * channels))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, relu_output=False):
         if not training:  # the batch norms are affine maps: folded (`_inference_call`)
-            return self._inference_call(*inputs)
-        return self._normalized_call(*inputs, training=training)
+            return self._inference_call(*inputs, relu_output=relu_output)
+        return self._normalized_call(*inputs, training=training, relu_output=relu_output)
 
-    def _normalized_call(self, f_vis, f_nir, training=None):
+    def _normalized_call(self, f_vis, f_nir, training=None, relu_output=False):
         """Eq. (2) as written, with the batch norms (in training: batch statistics)."""
         normed = tf.concat(
             [self.norm_nir(f_nir, training=training), self.norm_vis(f_vis, training=training)],
@@ -140,19 +145,20 @@ class CSFT(keras.layers.Layer):
             tf.reduce_mean(tf.cast(normed, tf.float32), axis=[1, 2], keepdims=True), normed.dtype
         )
         return self._gated_sum(f_vis, f_nir, self.spatial_vis(f_vis), self.spatial_fused(normed),
-                               self.channel_conv(pooled))
+                               self.channel_conv(pooled), relu_output)
 
-    def _gated_sum(self, f_vis, f_nir, s1_logit, s2_logit, c_logit):
+    def _gated_sum(self, f_vis, f_nir, s1_logit, s2_logit, c_logit, relu_output=False):
         """Eq. (2)'s weighted sum from the gates' logits (fused by XLA, or plain ops)."""
         if self.implementation == "fused":
             weighted_sum = _weighted_sum if several_replicas() else _fused_weighted_sum
-            return weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+            return weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit, relu_output)
         channels = f_vis.shape[-1]
         w_s1, w_s2, w_c = tf.sigmoid(s1_logit), tf.sigmoid(s2_logit), tf.sigmoid(c_logit)
         w_c1, w_c2 = w_c[..., :channels], w_c[..., channels:]
-        return f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
+        out = f_nir * w_s1 * w_c2 + f_vis * w_s1 * w_s2 * w_c1
+        return tf.nn.relu(out) if relu_output else out
 
-    def _inference_call(self, f_vis, f_nir):
+    def _inference_call(self, f_vis, f_nir, relu_output=False):
         """`call` with the batch norms folded into the convolutions that read them.
 
         In inference each batch norm is a per-channel affine map a * x + b (moving
@@ -194,7 +200,7 @@ class CSFT(keras.layers.Layer):
             tap_sum = _tap_weighted_sum if several_replicas() else _fused_tap_weighted_sum
             return tap_sum(f_vis, f_nir, vis_taps, nir_taps, tf.reshape(border_kernel, [9]),
                            tf.cast(self.spatial_vis.bias, tf.float32),
-                           tf.cast(self.spatial_fused.bias, tf.float32), c_logit)
+                           tf.cast(self.spatial_fused.bias, tf.float32), c_logit, relu_output)
         vis_logits = tf.nn.conv2d(f_vis, tf.cast(vis_kernel, dtype), 1, "SAME")
         nir_logit = tf.nn.conv2d(f_nir, tf.cast(nir_kernel, dtype), 1, "SAME")
         ones = tf.ones_like(f_vis[..., :1], dtype=tf.float32)
@@ -202,7 +208,7 @@ class CSFT(keras.layers.Layer):
         s1_logit = vis_logits[..., :1] + tf.cast(self.spatial_vis.bias, dtype)
         s2_logit = (vis_logits[..., 1:] + nir_logit + tf.cast(constant_logit, dtype)
                     + tf.cast(self.spatial_fused.bias, dtype))
-        return self._gated_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit)
+        return self._gated_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit, relu_output)
 
     @staticmethod
     def _affine(norm):

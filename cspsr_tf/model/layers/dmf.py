@@ -109,10 +109,11 @@ class DMF(keras.layers.Layer):
         else:
             f_nir_dyn = self.nir_filter(f_nir)
         if self.use_csft:
-            f_vis_fused = self.fusion((f_vis, f_nir_dyn), training=training)
+            # ReLU(F'_vis) from CSFT's own (XLA-fused) pass: F'_vis is read only through it.
+            f_vis_active = self.fusion((f_vis, f_nir_dyn), training=training, relu_output=True)
         else:
-            f_vis_fused = self.fusion(tf.concat([f_nir_dyn, f_vis], axis=-1))
-        next_vis = self.conv_vis(tf.nn.relu(f_vis_fused))
+            f_vis_active = tf.nn.relu(self.fusion(tf.concat([f_nir_dyn, f_vis], axis=-1)))
+        next_vis = self.conv_vis(f_vis_active)
         next_nir = self.conv_nir(tf.nn.relu(f_nir_dyn))
         if self.residual:
             next_vis = next_vis + f_vis
