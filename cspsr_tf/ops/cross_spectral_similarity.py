@@ -81,12 +81,18 @@ def gaussian_blur_each(images, sigma):
     return tf.split(gaussian_blur(tf.concat(images, axis=-1), sigma), sizes, axis=-1)
 
 
+def shifted_column_indices(width, offsets):
+    """[len(offsets), width] int32: row k holds clip(j + offsets[k], 0, width - 1), the columns
+    a gather reads to move an image by offsets[k] with its border columns replicated."""
+    columns = tf.range(width)[tf.newaxis, :] + tf.constant(offsets, tf.int32)[:, tf.newaxis]
+    return tf.clip_by_value(columns, 0, width - 1)
+
+
 def shift_columns(image, offsets):
     """[B, H, W, 1] -> [B, H, W, len(offsets)]: channel k is image(i, j + offsets[k]), border
     columns replicated beyond the frame."""
-    width = tf.shape(image)[2]
-    columns = tf.range(width)[tf.newaxis, :] + tf.constant(offsets, tf.int32)[:, tf.newaxis]
-    shifted = tf.gather(image[..., 0], tf.clip_by_value(columns, 0, width - 1), axis=2)
+    indices = shifted_column_indices(tf.shape(image)[2], offsets)
+    shifted = tf.gather(image[..., 0], indices, axis=2)
     return tf.transpose(shifted, [0, 1, 3, 2])
 
 

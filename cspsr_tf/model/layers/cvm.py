@@ -7,7 +7,12 @@ import tensorflow as tf
 
 from cspsr_tf.model.configs import CVM_NORMALIZATIONS
 from cspsr_tf.model.layers.replicas import several_replicas
-from cspsr_tf.ops.cross_spectral_similarity import gaussian_blur_each, luminance, ncc_squared_volume
+from cspsr_tf.ops.cross_spectral_similarity import (
+    gaussian_blur_each,
+    luminance,
+    ncc_squared_volume,
+    shifted_column_indices,
+)
 from cspsr_tf.ops.warp import warp_by_disparity
 
 GEOMETRIES = ("stereo", "aligned")
@@ -27,9 +32,8 @@ def _correlation_volume(reference, other, offsets):
     """[B, H, W, len(offsets)]: channel k is sum_c reference(i, j, c) * other(i, j + offsets[k], c),
     border columns of `other` replicated beyond the frame. One gather for all offsets (a small
     graph: the CVM's tracing time grew with one gather per candidate)."""
-    width = tf.shape(other)[2]
-    columns = tf.range(width)[tf.newaxis, :] + tf.constant(offsets, tf.int32)[:, tf.newaxis]
-    moved = tf.gather(other, tf.clip_by_value(columns, 0, width - 1), axis=2)  # [B, H, K, W, C]
+    indices = shifted_column_indices(tf.shape(other)[2], offsets)
+    moved = tf.gather(other, indices, axis=2)  # [B, H, K, W, C]
     return tf.transpose(tf.reduce_sum(reference[:, :, tf.newaxis] * moved, axis=-1), [0, 1, 3, 2])
 
 
