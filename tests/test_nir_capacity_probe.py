@@ -116,6 +116,7 @@ def _train(root, sizes, steps_per_epoch, epochs, learning_rate, condition="clean
     _, train = probe.load_frames(root)
     model = probe.build_networks([condition], sizes, 4, seed=0)
     probe.compile_networks(model, learning_rate=learning_rate)
+    model.run_eagerly = steps_per_epoch * epochs < 20  # a few steps: tracing would cost more
     probe.train(model, probe.PatchSampler(train, 4, 32, 4, {condition: spec}, seed=0), steps_per_epoch=steps_per_epoch,
                 peak_lr=learning_rate, epochs=epochs, log=lambda _: None)
     return model
