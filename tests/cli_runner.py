@@ -208,15 +208,17 @@ def start_cli(args, cwd=None, env=None, umask=None):
     return CliProcess(args, os.path.abspath(cwd or os.getcwd()), env, umask)
 
 
-def run_cli(args, cwd=None, env=None, timeout=None, umask=None, **kwargs):
+def run_cli(args, cwd=None, env=None, timeout=None, umask=None, fresh_interpreter=False, **kwargs):
     """Like `subprocess.run(args, cwd=, env=, timeout=, capture_output=True, text=True)`;
-    `umask` sets the child's umask (what tests did with preexec_fn)."""
+    `umask` sets the child's umask (what tests did with preexec_fn). `fresh_interpreter=True`
+    starts a new interpreter, for a test of what TensorFlow prints while it loads (in the
+    zygote it loaded before the run)."""
     args = [str(arg) for arg in args]
     for ignored in ("capture_output", "text", "check"):
         kwargs.pop(ignored, None)
     env = dict(os.environ if env is None else env)
     cwd = os.path.abspath(cwd or os.getcwd())
-    if not _forkable(args, env, kwargs):
+    if fresh_interpreter or not _forkable(args, env, kwargs):
         preexec = None if umask is None else (lambda: os.umask(umask))
         return subprocess.run(args, cwd=cwd, env=env, timeout=timeout, capture_output=True,
                               text=True, preexec_fn=preexec, **kwargs)

@@ -35,7 +35,7 @@ TINY = [
 TINY_FAST = [*TINY, "--ablation=baseline"]
 
 
-def run_train(args, timeout=300, env=None):
+def run_train(args, timeout=300, env=None, fresh_interpreter=False):
     return run_cli(
         [sys.executable, os.path.join(ROOT, "train.py"), *args],
         cwd=ROOT,
@@ -43,6 +43,7 @@ def run_train(args, timeout=300, env=None):
         text=True,
         timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        fresh_interpreter=fresh_interpreter,
     )
 
 

@@ -51,10 +51,12 @@ def test_moved_run_resumes_with_one_metrics_series(synthetic_data_dir, tmp_path)
 
 
 def test_diverged_run_one_line_exit_2(synthetic_data_dir, tmp_path):
-    # Never saved: nothing is left behind.
+    # Never saved: nothing is left behind. In a fresh interpreter, so that what TensorFlow
+    # prints while it loads reaches this stderr (the quieting of its start-up is checked).
     fresh = tmp_path / "fresh"
     result = run_train([*TINY_FAST, f"--data_dir={synthetic_data_dir}", f"--model_dir={fresh}",
-                        "--steps=40", "--eval_every=0", "--save_every=100", "--learning_rate=1e6"])
+                        "--steps=40", "--eval_every=0", "--save_every=100", "--learning_rate=1e6"],
+                       fresh_interpreter=True)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error: training diverged: non-finite loss at step"), last
