@@ -214,8 +214,10 @@ def run_cli(args, cwd=None, env=None, timeout=None, umask=None, fresh_interprete
     starts a new interpreter, for a test of what TensorFlow prints while it loads (in the
     zygote it loaded before the run)."""
     args = [str(arg) for arg in args]
-    for ignored in ("capture_output", "text", "check"):
+    for ignored in ("capture_output", "text"):  # what run_cli always does
         kwargs.pop(ignored, None)
+    if kwargs.get("check") is False:  # check=True is left to subprocess.run
+        kwargs.pop("check")
     env = dict(os.environ if env is None else env)
     cwd = os.path.abspath(cwd or os.getcwd())
     if fresh_interpreter or not _forkable(args, env, kwargs):

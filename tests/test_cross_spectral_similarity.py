@@ -72,7 +72,7 @@ def test_gaussian_kernel_is_normalised_with_the_expected_radius(sigma):
     expected, expected_radius = np_kernel(sigma)
     assert radius == expected_radius
     np.testing.assert_allclose(float(tf.reduce_sum(kernel)), 1.0, atol=1e-6)
-    np.testing.assert_allclose(kernel.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(kernel, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(

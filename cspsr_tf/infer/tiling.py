@@ -73,6 +73,7 @@ import tensorflow as tf
 from absl import logging
 
 from cspsr_tf.model.run_options import check_nir_side
+from cspsr_tf.ops.cross_spectral_similarity import gaussian_kernel
 
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 8
@@ -84,17 +85,13 @@ DEFAULT_CONTEXT = 24
 MIN_TILE = 32
 
 
-def _gaussian_radius(sigma):
-    return int(3 * sigma + 0.5)  # as `cross_spectral_similarity.gaussian_kernel`
-
-
 def _matching_context():
     """The reach of the CVM's cost volume (LR px): its NCC window, its aggregation and its
     confidence-weighted fill are Gaussian blurs in sequence (5 + 6 + 9 = 20 px)."""
     from cspsr_tf.model.layers import cvm
     from cspsr_tf.ops import cross_spectral_similarity as css
 
-    return sum(_gaussian_radius(sigma) for sigma in (
+    return sum(gaussian_kernel(sigma)[1] for sigma in (
         css.NCC_WINDOW_SIGMA, cvm.COST_AGGREGATION_SIGMA, cvm.FILL_SIGMA))
 
 

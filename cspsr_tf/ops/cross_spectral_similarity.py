@@ -41,17 +41,12 @@ def _edge_pad(image, radius):
     return tf.gather(image, indices(tf.shape(image)[2]), axis=2)
 
 
-def _np_gaussian_kernel(sigma):
+def gaussian_kernel(sigma):
+    """(kernel, radius): the normalised 1-D Gaussian of `sigma` over +-radius, float32 NumPy."""
     radius = int(3 * sigma + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * np.square(x / sigma))
     return (kernel / kernel.sum()).astype(np.float32), radius
-
-
-def gaussian_kernel(sigma):
-    """(kernel, radius): the normalised 1-D Gaussian of `sigma` over +-radius, as a constant."""
-    kernel, radius = _np_gaussian_kernel(sigma)
-    return tf.constant(kernel), radius
 
 
 def gaussian_blur(image, sigma):
@@ -61,7 +56,7 @@ def gaussian_blur(image, sigma):
     which is most of its tracing time."""
     if sigma <= 0:
         return image
-    kernel, radius = _np_gaussian_kernel(sigma)
+    kernel, radius = gaussian_kernel(sigma)
     channels = image.shape[-1]
     padded = _edge_pad(image, radius)
     rows = tf.nn.depthwise_conv2d(

@@ -55,6 +55,13 @@ def _tap_weighted_sum(f_vis, f_nir, vis_taps, nir_taps, border_taps, s1_bias, s2
     return _weighted_sum(f_vis, f_nir, s1_logit, s2_logit, c_logit, relu)
 
 
+def _tap_columns(kernel):
+    """[3, 3, C, n] -> [C, 9 n]: the kernel as the columns of `_pointwise`, tap-major
+    (column (3u + v) * n + output)."""
+    channels, outputs = kernel.shape[2], kernel.shape[3]
+    return tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [channels, 9 * outputs])
+
+
 # The tap sums, the sigmoids and the weighted sum in one XLA pass.
 _fused_tap_weighted_sum = tf.function(_tap_weighted_sum, jit_compile=True, autograph=False)
 
@@ -194,9 +201,8 @@ class CSFT(keras.layers.Layer):
         ], axis=-1)
         c_logit = self.channel_conv(tf.cast(pooled, dtype))
         if self.implementation == "fused":
-            # [3, 3, C, n] -> [C, 9 n]: column 9-tap-major, (3u + v) * n + output.
-            vis_taps = _pointwise(f_vis, tf.reshape(tf.transpose(vis_kernel, [2, 0, 1, 3]), [channels, 18]))
-            nir_taps = _pointwise(f_nir, tf.reshape(tf.transpose(nir_kernel, [2, 0, 1, 3]), [channels, 9]))
+            vis_taps = _pointwise(f_vis, _tap_columns(vis_kernel))
+            nir_taps = _pointwise(f_nir, _tap_columns(nir_kernel))
             tap_sum = _tap_weighted_sum if several_replicas() else _fused_tap_weighted_sum
             return tap_sum(f_vis, f_nir, vis_taps, nir_taps, tf.reshape(border_kernel, [9]),
                            tf.cast(self.spatial_vis.bias, tf.float32),
