@@ -93,6 +93,7 @@ MODEL_HELP = {
     "nir_guided_filter_radius": "Dual branch: also feed the VIS branch the LR VIS guided-filtered by the aligned NIR with this window radius (0: none; not in the paper).",
     "skip_gain": "Multiply the VIS bicubic skip by a learned gain per colour (not in the paper).",
     "skip_source": "What the VIS bicubic skip upsamples: vis (paper) or guided_filter (needs nir_guided_filter_radius).",
+    "exposure_conditioning": "Statistics of the whole LR frame set a gain per colour on the LR VIS and a scale and shift of the VIS features: one model for frames of unknown exposure, trained with --degradation=blind (not in the paper).",
     "dynamic_conv_implementation": "fused (XLA-compiled element-wise parts, fastest), shift (plain TF ops) or patches (tf.image.extract_patches reference).",
     "kernel_normalization": "softmax or none, over the k*k dynamic kernel taps.",
     "cvm_base_channels": "Width of the first CVM stage.",

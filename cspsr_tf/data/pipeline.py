@@ -44,6 +44,7 @@ from absl import logging
 
 from cspsr_tf.data.degradations import apply_degradation, resolve_degradation
 from cspsr_tf.data.stereo_synthesis import synthesize_stereo
+from cspsr_tf.ops.frame_statistics import frame_statistics
 from cspsr_tf.ops.resize import bicubic_downscale
 
 # Channels of every per-pixel field of a frame; fixes static shapes after cropping.
@@ -411,8 +412,26 @@ def _check_training_arguments(scale, hr_patch_size, batch_size, seed, random_dow
     return scale, hr_patch_size, random_downscale
 
 
+def whole_frame_statistics(vis, nir, scale, degradation, seed, use_nir):
+    """`frame_statistics` of a whole HR frame's degraded LR version: what a model with
+    exposure conditioning computes from its input when it serves that frame.
+
+    The frame is cut to a multiple of `scale` (top-left) and degraded with the `seed` of its
+    training patch, so the statistics see the patch's condition and gain (`blind` draws them
+    from the seed alone; only the noise pixels differ).
+    """
+    name, params = resolve_degradation(degradation)
+    vis, nir = to_float_image(vis), to_float_image(nir)
+    shape = tf.shape(vis)
+    h, w = shape[0] // scale * scale, shape[1] // scale * scale
+    vis_lr = apply_degradation(bicubic_downscale(vis[:h, :w], scale), name, seed, **params)
+    nir_lr = bicubic_downscale(nir[:h, :w], scale) if use_nir else None
+    return frame_statistics(vis_lr[None], None if nir_lr is None else nir_lr[None])[0]
+
+
 def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_flip,
-                         degradation, synthetic_stereo_max_disparity, mirror=False):
+                         degradation, synthetic_stereo_max_disparity, mirror=False,
+                         frame_statistics_of=None):
     """The per-example map of `make_training_dataset`: (index, example) -> (inputs,
     targets), its randomness keyed by (seed, running index)."""
     base_seed = tf.constant([int(seed), _TRAIN_STREAM], tf.int64)
@@ -431,6 +450,10 @@ def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_
                 frame, downscale_seed, random_downscale, min_size=hr_patch_size
             )
         frame_id = example["id"] if "id" in example else None
+        stats = None
+        if frame_statistics_of:
+            stats = whole_frame_statistics(frame["vis"], frame["nir"], scale, degradation,
+                                           degrade_seed, use_nir=frame_statistics_of == "vis_nir")
         frame = random_crop_frame(frame, hr_patch_size, crop_seed, frame_id=frame_id)
         if vertical_flip:
             frame = random_vertical_flip_frame(frame, flip_seed)
@@ -449,6 +472,8 @@ def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_
             seed=degrade_seed,
         )
         targets["stereo"] = stereo
+        if stats is not None:
+            inputs["frame_stats"] = stats
         return inputs, targets
 
     return process
@@ -469,6 +494,7 @@ def make_training_dataset(
     mirror=False,
     repeat=True,
     drop_remainder=True,
+    frame_statistics_of=None,
 ):
     """Builds the batched, prefetched training dataset of HR patches and their LR inputs.
 
@@ -493,6 +519,9 @@ def make_training_dataset(
             of a rig whose NIR camera is on the left.
         repeat: repeat the source forever (then train with `steps_per_epoch`).
         drop_remainder: drop a last partial batch, so the batch dimension is static.
+        frame_statistics_of: None, or `vis` / `vis_nir`: inputs also hold `frame_stats`, the
+            `frame_statistics` of each example's whole degraded LR frame (of the VIS, or of
+            both views), for a model with exposure conditioning.
 
     Returns:
         A dataset of `(inputs, targets)` batches (see the module docstring); targets also
@@ -519,7 +548,7 @@ def make_training_dataset(
 
     process = _training_example_fn(
         scale, hr_patch_size, seed, random_downscale, vertical_flip, degradation,
-        synthetic_stereo_max_disparity, mirror,
+        synthetic_stereo_max_disparity, mirror, frame_statistics_of,
     )
     if shuffle_buffer:
         # Shuffle whole frames before repeating so every epoch sees a new order.

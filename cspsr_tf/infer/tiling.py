@@ -281,8 +281,13 @@ def feather_weights(length, band, ramp_start, ramp_end):
     return weights
 
 
-def _run_model(model, vis, nir, keys=None):
-    if isinstance(nir, list):  # the model after the CVM: [vis_lr, nir_l, disp_l, disp_r]
+def _run_model(model, vis, nir, keys=None, frame_stats=None):
+    if frame_stats is not None:  # `with_statistics_input`: [vis_lr, nir..., frame_stats]
+        nir = nir if isinstance(nir, list) else [nir]
+        stats = np.repeat(frame_stats, len(vis), axis=0)
+        outputs = model([tf.constant(vis), *(tf.constant(x) for x in nir), tf.constant(stats)],
+                        training=False)
+    elif isinstance(nir, list):  # the model after the CVM: [vis_lr, nir_l, disp_l, disp_r]
         outputs = model([tf.constant(vis), *(tf.constant(x) for x in nir)], training=False)
     else:
         outputs = model({"vis_lr": tf.constant(vis), "nir_lr": tf.constant(nir)}, training=False)
@@ -346,6 +351,45 @@ def after_matching_model(model):
                          name=f"{model.name}_after_matching")
     model._cspsr_after_matching = runner
     return runner
+
+
+def frame_statistics_layer(model):
+    """The `frame_statistics` layer of a model with exposure conditioning, else None."""
+    try:
+        return model.get_layer("frame_statistics")
+    except (AttributeError, ValueError):
+        return None
+
+
+def with_statistics_input(model, after_matching):
+    """`model` (or with `after_matching` its part after the CVM) taking the exposure
+    conditioning's frame statistics as a last input instead of computing them: tiles must be
+    steered by the whole frame's statistics, not their own (`layers/exposure.py`).
+
+    Inputs (a list): vis_lr, then nir_lr (or nir_l, disp_l, disp_r), then frame_stats [B, K].
+    Cached on `model`.
+    """
+    cache = model.__dict__.setdefault("_cspsr_with_statistics", {})
+    if after_matching not in cache:
+        import keras
+
+        images = ["vis_lr", *(MATCHED_KEYS if after_matching else ("nir_lr",))]
+        tensors = [model.get_layer("vis_lr").output] + [
+            model.get_layer(key).input if after_matching else model.get_layer(key).output
+            for key in images[1:]]
+        cache[after_matching] = keras.Model(
+            [*tensors, model.get_layer("frame_statistics").output], model.output,
+            name=f"{model.name}_with_statistics")
+    return cache[after_matching]
+
+
+def whole_frame_statistics(layer, vis, nir):
+    """The statistics `layer` computes on the whole [h, w, C] frame, float32 [1, K]."""
+    def whole(frame):
+        return tf.constant(_tile_input(frame, slice(None), slice(None), False)[np.newaxis])
+
+    inputs = (whole(vis), whole(nir)) if layer.use_nir else whole(vis)
+    return np.asarray(layer(inputs), np.float32)
 
 
 def match_frame(cvm, vis, nir, flip=False):
@@ -640,13 +684,18 @@ class _TiledRun:
         self.batch = min(batch, len(plan.cols) * len(self.passes))
         self.share = 1.0 / len(self.passes)
         self.bands, self.factors, self.weights = {}, {}, {}
-        self.runner, self.matched = model, None
+        self.runner, self.matched, self.frame_stats = model, None, None
+        started = time.perf_counter()
         if frame_cvm is not None:
             # The CVM runs once on the whole frame; tiles get crops of its matched maps.
             self.runner = after_matching_model(model)
-            started = time.perf_counter()
             self.matched = {flip: match_frame(frame_cvm, vis, nir, flip) for flip in self.passes}
-            stats["model_seconds"] += time.perf_counter() - started
+        statistics = frame_statistics_layer(model)
+        if statistics is not None and splittable(model):
+            # Exposure conditioning reads the whole frame (the same for its vertical flip).
+            self.runner = with_statistics_input(model, after_matching=frame_cvm is not None)
+            self.frame_stats = whole_frame_statistics(statistics, vis, nir)
+        stats["model_seconds"] += time.perf_counter() - started
 
     def _jobs(self, row_index):
         """The forward passes of a row of tiles, grouped by input size (one batch each)."""
@@ -685,7 +734,7 @@ class _TiledRun:
                 filled = chunk + [chunk[-1]] * (self.batch - len(chunk))
                 vis_tiles, nir_inputs = self._inputs(filled, in_h)
                 started = time.perf_counter()
-                outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys)
+                outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys, self.frame_stats)
                 self.stats["model_seconds"] += time.perf_counter() - started
                 self.stats["forward_passes"] += len(chunk)
                 for key, value in outputs.items():

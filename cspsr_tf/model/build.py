@@ -10,6 +10,13 @@ from cspsr_tf.model.configs import CSPSRConfig
 from cspsr_tf.model.layers.bicubic_upsample import BicubicUpsample
 from cspsr_tf.model.layers.cvm import CrossViewMatching
 from cspsr_tf.model.layers.dmf import DMF
+from cspsr_tf.model.layers.exposure import (
+    ExposureConditioning,
+    ExposureGain,
+    FeatureModulation,
+    FrameStatistics,
+    statistics_size,
+)
 from cspsr_tf.model.layers.guided_filter import NIRGuidedFilter
 from cspsr_tf.model.layers.pixel_shuffle import PixelShuffle
 from cspsr_tf.model.layers.residual_block import ResidualBlock
@@ -114,11 +121,37 @@ def _fusion_module(layers, config, t, f_vis, f_nir):
     return f_vis, f_nir
 
 
-def _wire(layers, config, vis_lr, nir_lr, stereo=None):
+def _exposure(layers, config, vis_lr, nir_lr, frame_stats):
+    """`exposure_conditioning`: the LR VIS at the exposure the frame statistics ask for, and
+    the FiLM parameters of the VIS features. `frame_stats` None: computed from the inputs
+    (the served model); else the training twin's input (the statistics of the whole frame
+    the patch was cut from)."""
+    if frame_stats is None:
+        use_nir = config.uses_nir
+        frame_stats = layers("frame_statistics", lambda n: FrameStatistics(
+            use_nir=use_nir, name=n, dtype=FLOAT32))((vis_lr, nir_lr) if use_nir else vis_lr)
+    log_gain, film = layers("exposure_conditioning", lambda n: ExposureConditioning(
+        config.channels, name=n, dtype=FLOAT32))(frame_stats)
+    vis_image = layers("exposure_gain", lambda n: ExposureGain(name=n, dtype=FLOAT32))((vis_lr, log_gain))
+    return vis_image, film
+
+
+def _modulate(layers, features, film):
+    if film is None:
+        return features
+    return layers("vis_modulation", lambda n: FeatureModulation(name=n, dtype=layers.policy))((features, film))
+
+
+def _wire(layers, config, vis_lr, nir_lr, stereo=None, frame_stats=None):
     """The functional graph from the inputs to the output dict."""
     c = config.channels
     policy = layers.policy
     outputs = {}
+    # What the VIS branch and its skip read: the LR VIS, or with exposure conditioning the
+    # LR VIS at the corrected exposure (the CVM always matches the input as it is).
+    vis_image, film = vis_lr, None
+    if config.exposure_conditioning:
+        vis_image, film = _exposure(layers, config, vis_lr, nir_lr, frame_stats)
     nir = nir_lr
     if config.use_cvm:
         # The CVM's convolutions run in the chosen precision; its cost volumes, disparity
@@ -139,28 +172,28 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None):
         outputs["nir_l"] = _output(layers, nir, "nir_l")
 
     if config.architecture == "single":
-        x = vis_lr
+        x = vis_image
         if config.single_branch_input == "vis_nir":
             x = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(name=n, dtype=policy))(
-                [vis_lr, nir]
+                [vis_image, nir]
             )
-        f = _shallow_features(layers, x, c, "vis")
+        f = _modulate(layers, _shallow_features(layers, x, c, "vis"), film)
         for t in range(config.num_modules):
             f = _vis_block(layers, c, t + 1, f)
         outputs["vis_sr"] = _output(layers, _reconstruct(
-            layers, f, vis_lr, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
+            layers, f, vis_image, 3, config, "vis", skip_gain=config.skip_gain), "vis_sr")
     else:
-        vis_input = vis_skip = vis_lr
+        vis_input = vis_skip = vis_image
         radius = config.nir_guided_filter_radius
         if radius:
             # A float32 island (window variances cancel in low precision).
             filtered = layers(f"nir_guided_filter_r{radius}", lambda n: NIRGuidedFilter(
-                radius=radius, name=n, dtype=FLOAT32))((vis_lr, nir))
+                radius=radius, name=n, dtype=FLOAT32))((vis_image, nir))
             vis_input = layers("vis_nir_concat", lambda n: keras.layers.Concatenate(
-                name=n, dtype=policy))([vis_lr, filtered])
+                name=n, dtype=policy))([vis_image, filtered])
             if config.skip_source == "guided_filter":
                 vis_skip = filtered
-        f_vis = _shallow_features(layers, vis_input, c, "vis")
+        f_vis = _modulate(layers, _shallow_features(layers, vis_input, c, "vis"), film)
         f_nir = _shallow_features(layers, nir, c, "nir")
         for t in range(config.num_modules):
             f_vis, f_nir = _fusion_module(layers, config, t + 1, f_vis, f_nir)
@@ -219,7 +252,10 @@ def build_cspsr_with_training_twin(config=None, name="cspsr", precision=None):
     pair, 0.0: registered pair) that zeroes the CVM disparities of the registered examples.
     Both models hold the same variables, so training the twin trains the model that is saved,
     exported and served (which keeps the two plain inputs). Models without a CVM have no use
-    for the flag: the twin then takes and ignores it. `precision` as in `build_cspsr`.
+    for the flag: the twin then takes and ignores it. With `exposure_conditioning` the twin
+    also takes `frame_stats` [B, K], the statistics of the whole frame each training patch
+    was cut from (`layers/exposure.frame_statistics`), where the model computes them from its
+    input. `precision` as in `build_cspsr`.
 
     Returns:
         (model, twin).
@@ -236,9 +272,14 @@ def build_cspsr_with_training_twin(config=None, name="cspsr", precision=None):
     vis_t = keras.Input(shape=(None, None, 3), name="vis_lr")
     nir_t = keras.Input(shape=(None, None, 1), name="nir_lr")
     stereo = keras.Input(shape=(1,), name="stereo")
+    twin_inputs = {"vis_lr": vis_t, "nir_lr": nir_t, "stereo": stereo}
+    frame_stats = None
+    if config.exposure_conditioning:
+        frame_stats = twin_inputs["frame_stats"] = keras.Input(
+            shape=(statistics_size(config.uses_nir),), name="frame_stats")
     twin = keras.Model(
-        inputs={"vis_lr": vis_t, "nir_lr": nir_t, "stereo": stereo},
-        outputs=_wire(layers, config, vis_t, nir_t, stereo if config.use_cvm else None),
+        inputs=twin_inputs,
+        outputs=_wire(layers, config, vis_t, nir_t, stereo if config.use_cvm else None, frame_stats),
         name=f"{name}_training",
     )
     return model, twin

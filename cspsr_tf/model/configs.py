@@ -15,7 +15,7 @@ SKIP_SOURCES = ("vis", "guided_filter")
 FUSIONS = ("dmf", "zero_conv")
 # Fields a saved config may lack, with the value the code had before the field existed.
 LEGACY_MODEL_FIELDS = {"nir_guided_filter_radius": 0, "skip_gain": False, "skip_source": "vis",
-                       "fusion": "dmf"}
+                       "fusion": "dmf", "exposure_conditioning": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,11 @@ class CSPSRConfig:
         skip_source: what the VIS output's bicubic skip upsamples: `vis` (the LR VIS input,
             the paper's choice) or `guided_filter` (the output of the NIR-guided filter, so the
             skip is the NIR-denoised VIS; not in the paper).
+        exposure_conditioning: statistics of the whole LR frame (mean levels, clipped share,
+            noise; with the NIR, the VIS brightness against the NIR's) set a gain per colour
+            on the LR VIS and a scale and shift of the VIS features (`layers/exposure.py`),
+            for one model serving frames of unknown exposure (the `blind` degradation). Not
+            in the paper.
         dynamic_conv_implementation: how the element-wise parts of each DMF module run:
             `fused` (default, fastest: the dynamic convolution's softmax and multiply-adds and
             CSFT's gates compiled by XLA, computed in float32), `shift` (plain TensorFlow
@@ -92,6 +97,7 @@ class CSPSRConfig:
     global_skip: bool = True
     skip_gain: bool = False
     skip_source: str = "vis"
+    exposure_conditioning: bool = False
     dynamic_conv_implementation: str = "fused"
     kernel_normalization: str = "softmax"
     cvm_base_channels: int = 16

@@ -361,6 +361,10 @@ def make_training_dataset(train, model_config, raw_train, start):
         synthetic_stereo_max_disparity=(
             synthetic_disparity_bound(train, model_config) * model_config.scale if cvm_stage else None
         ),
+        frame_statistics_of=(
+            ("vis_nir" if model_config.uses_nir else "vis")
+            if model_config.exposure_conditioning and not cvm_stage else None
+        ),
     ).with_options(options)
 
 
