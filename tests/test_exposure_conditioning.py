@@ -241,3 +241,32 @@ def test_two_blind_training_steps_with_conditioning(synthetic_data_dir, tmp_path
     assert config.exposure_conditioning
     head = final.get_layer("exposure_conditioning").gain_head
     assert np.abs(head.kernel.numpy()).max() > 0  # the heads were trained
+
+
+def test_savedmodel_and_litert_exports_compute_the_statistics_of_their_input(tmp_path):
+    from cspsr_tf.export import litert_export, savedmodel_export
+
+    config = get_config("tiny", "full_zero_conv", scale=2, geometry="aligned", exposure_conditioning=True)
+    model = perturb_weights(build_cspsr(config), seed=15)
+    vis, nir = (v.astype(np.float32) for v in random_pair(1, 16, 20, seed=16).values())
+    vis[:, :8] *= 0.3  # statistics away from the random frame's
+    want = model({"vis_lr": vis, "nir_lr": nir})["vis_sr"].numpy()
+    exported = tf.saved_model.load(savedmodel_export.export_savedmodel(model, config, str(tmp_path / "sm")))
+    got = exported.signatures["serving_float"](vis_lr=tf.constant(vis), nir_lr=tf.constant(nir))
+    np.testing.assert_allclose(got["vis_sr"].numpy(), want, atol=1e-5)
+    path = str(tmp_path / "model.tflite")
+    litert_export.export_litert(model, path, (16, 20))
+    np.testing.assert_allclose(litert_export.LiteRTRunner(path, num_threads=1)(vis, nir)["vis_sr"], want,
+                               atol=1e-4)
+
+
+def test_an_exported_conditioned_model_refuses_to_tile(tmp_path):
+    from cspsr_tf.export import savedmodel_export
+
+    config = get_config("tiny", "baseline", scale=2, exposure_conditioning=True)
+    out = savedmodel_export.export_savedmodel(build_cspsr(config), config, str(tmp_path / "sm"))
+    exported, loaded_config = model_io.load_model(out)
+    assert loaded_config.exposure_conditioning
+    vis, nir = random_pair(1, 40, 40, seed=17).values()
+    with pytest.raises(ValueError, match="exposure conditioning: its tiles"):
+        tiling.tiled_predict(exported, vis, nir, 2, tile=16)

@@ -638,6 +638,10 @@ def iter_tiled_rows(
     frame_matching = bool(frame_matching)
     if frame_matching and cvm is None:
         raise ValueError(f"frame_matching needs a model with a stereo CVM; {model.name!r} has none.")
+    if not splittable(model) and getattr(getattr(model, "config", None), "exposure_conditioning", False):
+        raise ValueError(f"{model.name!r} is an exported model with exposure conditioning: its tiles "
+                         "would each read their own exposure. Tile with its .keras file, or run "
+                         "whole frames.")
     if frame_matching and not splittable(model):
         raise ValueError(f"frame_matching needs a Keras model; {model.name!r} is one graph "
                          "(an exported SavedModel): its CVM runs tile by tile.")

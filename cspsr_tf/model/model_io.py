@@ -87,6 +87,11 @@ class SavedModelAdapter:
         self.precision = precision
         self.nir_side = nir_side  # `left`: the export mirrors both views inside its graph
 
+    @property
+    def config(self):
+        """The CSPSRConfig exported beside the model (None for exports without one)."""
+        return self._config
+
     def __call__(self, inputs, training=False):
         del training
         vis = tf.convert_to_tensor(inputs["vis_lr"], tf.float32)
