@@ -49,12 +49,18 @@ def _numpy_statistics(vis, nir):
     def mean_abs_dx(image):
         return np.mean([abs(image[y, x + 1] - image[y, x]) for y in range(h) for x in range(w - 1)])
 
+    def mean_abs_laplacian(image):
+        return np.mean([abs(image[y - 1, x] + image[y + 1, x] + image[y, x - 1] + image[y, x + 1]
+                            - 4 * image[y, x]) for y in range(1, h - 1) for x in range(1, w - 1)])
+
     clipped = sum(max(v[y, x]) >= 250 / 255 for y in range(h) for x in range(w)) / (h * w)
     black = sum(luma[y, x] < 2 / 255 for y in range(h) for x in range(w)) / (h * w)
+    shares = [sum(luma[y, x] >= level for y in range(h) for x in range(w)) / (h * w)
+              for level in (0.25, 0.5, 0.75)]
     vis_part = [*v.mean(axis=(0, 1)), luma.std(), log4(luma.mean()), clipped, black,
-                log4(mean_abs_dx(luma))]
+                log4(mean_abs_dx(luma)), *shares, log4(mean_abs_laplacian(luma))]
     nir_part = [n.mean(), n.std(), (n >= 250 / 255).mean(), log4(mean_abs_dx(n)),
-                log4(luma.mean()) - log4(n.mean())]
+                log4(luma.mean()) - log4(n.mean()), log4(mean_abs_laplacian(n))]
     return np.array(vis_part), np.array(vis_part + nir_part)
 
 
@@ -66,7 +72,7 @@ def test_frame_statistics_against_numpy():
     assert statistics_size(False) == want_vis.size and statistics_size(True) == want_both.size
     # Clipped: the 2x4 white block and 5 pixels of green 251; black: the 2x3 corner.
     assert want_both[5] == pytest.approx(13 / 180) and want_both[6] == pytest.approx(6 / 180)
-    assert want_both[10] == pytest.approx(6 / 180)
+    assert want_both[14] == pytest.approx(6 / 180)
 
 
 def test_statistics_follow_a_darkened_and_an_over_exposed_frame():
@@ -77,14 +83,17 @@ def test_statistics_follow_a_darkened_and_an_over_exposed_frame():
     bright = frame_statistics(np.minimum(vis * 2, 1.0), nir).numpy()[0]
     # The VIS log mean and the VIS / NIR log ratio drop by log(4) / 4 (up to the 1e-4 floor).
     np.testing.assert_allclose(dark[4] - base[4], np.log(0.25) / 4, atol=1e-3)
-    np.testing.assert_allclose(dark[12] - base[12], np.log(0.25) / 4, atol=1e-3)
+    np.testing.assert_allclose(dark[16] - base[16], np.log(0.25) / 4, atol=1e-3)
     assert base[5] == 0 and bright[5] > 0.3  # clipped share
-    np.testing.assert_array_equal(dark[8:12], base[8:12])  # the NIR's own statistics
+    assert dark[8] < 0.05 < base[8]  # share of the luma >= 0.25
+    assert bright[9] > base[9]  # share >= 0.5
+    np.testing.assert_array_equal(dark[12:16], base[12:16])  # the NIR's own statistics
+    assert dark[17] == base[17]
 
 
 def test_layers():
     vis, nir = _frame()
-    run_layer_checks(FrameStatistics, {"use_nir": True}, (vis, nir), expected_output_shapes=(1, 13))
+    run_layer_checks(FrameStatistics, {"use_nir": True}, (vis, nir), expected_output_shapes=(1, 18))
     stats = frame_statistics(vis, nir).numpy()
     conditioning = ExposureConditioning(8)
     log_gain, film = conditioning(stats)
@@ -96,6 +105,8 @@ def test_layers():
     np.testing.assert_allclose(conditioning(stats)[0].numpy()[0], want, rtol=1e-5)
     with pytest.raises(ValueError, match="must be > 0"):
         ExposureConditioning(8, rate=0.0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        ExposureConditioning(8, input_scale=0.0)
     image = np.random.default_rng(2).random((2, 4, 5, 3)).astype(np.float32)
     gains = np.log([[2.0, 1.0, 0.5], [1.0, 4.0, 1.0]]).astype(np.float32)
     np.testing.assert_allclose(ExposureGain()((image, gains)).numpy(),
