@@ -176,7 +176,8 @@ def test_pipeline_feeds_the_statistics_of_the_whole_frame():
     ds = pipeline.make_training_dataset(
         source, scale=2, hr_patch_size=16, batch_size=4, seed=0, random_downscale=None,
         vertical_flip=False, shuffle_buffer=0, frame_statistics_of="vis_nir")
-    inputs, _ = next(iter(ds))
+    inputs, targets = next(iter(ds))
+    np.testing.assert_array_equal(targets["exposure"].numpy(), np.ones(4))  # degradation none
     whole = frame_statistics(bicubic_downscale(vis[None] / 255.0, 2), bicubic_downscale(nir[None] / 255.0, 2))
     np.testing.assert_allclose(inputs["frame_stats"].numpy(), np.repeat(whole.numpy(), 4, axis=0), atol=1e-6)
     patches = frame_statistics(inputs["vis_lr"], inputs["nir_lr"]).numpy()
@@ -185,6 +186,10 @@ def test_pipeline_feeds_the_statistics_of_the_whole_frame():
         source, scale=2, hr_patch_size=16, batch_size=1, seed=0, random_downscale=None,
         frame_statistics_of="vis")
     assert next(iter(vis_only))[0]["frame_stats"].shape == (1, statistics_size(False))
+    dark = pipeline.make_training_dataset(
+        source, scale=2, hr_patch_size=16, batch_size=2, seed=0, random_downscale=None,
+        degradation="low_light", frame_statistics_of="vis")
+    np.testing.assert_allclose(next(iter(dark))[1]["exposure"].numpy(), [0.25, 0.25])
 
 
 def test_tiles_are_steered_by_the_whole_frame():
@@ -248,6 +253,7 @@ def test_two_blind_training_steps_with_conditioning(synthetic_data_dir, tmp_path
     )
     summary = loop.run_training(train, model)
     assert summary["step"] == 2 and all(np.isfinite(v) for v in summary["losses"].values())
+    assert summary["losses"]["exposure"] > 0  # the gain is supervised by the known exposure
     final, config = model_io.load_model(str(tmp_path / "run" / "final.keras"))
     assert config.exposure_conditioning
     head = final.get_layer("exposure_conditioning").gain_head
@@ -281,3 +287,37 @@ def test_an_exported_conditioned_model_refuses_to_tile(tmp_path):
     vis, nir = random_pair(1, 40, 40, seed=17).values()
     with pytest.raises(ValueError, match="exposure conditioning: its tiles"):
         tiling.tiled_predict(exported, vis, nir, 2, tile=16)
+
+
+def test_exposure_factor_is_the_blind_draws_gain():
+    from cspsr_tf.data.degradations import blind_degradation, exposure_factor
+
+    image = tf.fill([6, 7, 3], 0.3)
+    seen = set()
+    for i in range(40):
+        seed = tf.constant([i, 7], tf.int64)
+        degraded, condition, strength = blind_degradation(image, seed)
+        factor = float(exposure_factor("blind", seed))
+        condition = int(condition)
+        seen.add(condition)
+        if condition in (1, 2):  # low light, over-exposure: the drawn gain
+            assert factor == pytest.approx(float(strength))
+            if condition == 2:
+                np.testing.assert_allclose(degraded.numpy(), 0.3 * factor, rtol=1e-6)
+        else:  # clean, noise
+            assert factor == 1.0
+    assert seen == {0, 1, 2, 3}
+    assert float(exposure_factor("low_light", gain=0.1)) == pytest.approx(0.1)
+    assert float(exposure_factor("over_exposure")) == 2.0 and float(exposure_factor("noise")) == 1.0
+
+
+def test_exposure_loss_by_hand():
+    from cspsr_tf.train.losses import exposure_loss_per_example
+
+    log_gain = tf.constant([[np.log(4.0)] * 3, [0.0, 0.1, -0.1]])
+    got = exposure_loss_per_example(log_gain, tf.constant([0.25, 1.0])).numpy()
+    np.testing.assert_allclose(got, [0.0, (0.01 + 0.01) / 3], atol=1e-7)
+    # An over-exposed example (x2) wants log gain -log 2.
+    got = exposure_loss_per_example(log_gain, tf.constant([1.0, 2.0])).numpy()
+    want = [np.log(4.0) ** 2, np.mean(np.square(np.array([0.0, 0.1, -0.1]) + np.log(2.0)))]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
