@@ -49,18 +49,12 @@ def _numpy_statistics(vis, nir):
     def mean_abs_dx(image):
         return np.mean([abs(image[y, x + 1] - image[y, x]) for y in range(h) for x in range(w - 1)])
 
-    def mean_abs_laplacian(image):
-        return np.mean([abs(image[y - 1, x] + image[y + 1, x] + image[y, x - 1] + image[y, x + 1]
-                            - 4 * image[y, x]) for y in range(1, h - 1) for x in range(1, w - 1)])
-
     clipped = sum(max(v[y, x]) >= 250 / 255 for y in range(h) for x in range(w)) / (h * w)
     black = sum(luma[y, x] < 2 / 255 for y in range(h) for x in range(w)) / (h * w)
-    shares = [sum(luma[y, x] >= level for y in range(h) for x in range(w)) / (h * w)
-              for level in (0.25, 0.5, 0.75)]
     vis_part = [*v.mean(axis=(0, 1)), luma.std(), log4(luma.mean()), clipped, black,
-                log4(mean_abs_dx(luma)), *shares, log4(mean_abs_laplacian(luma))]
+                log4(mean_abs_dx(luma))]
     nir_part = [n.mean(), n.std(), (n >= 250 / 255).mean(), log4(mean_abs_dx(n)),
-                log4(luma.mean()) - log4(n.mean()), log4(mean_abs_laplacian(n))]
+                log4(luma.mean()) - log4(n.mean())]
     return np.array(vis_part), np.array(vis_part + nir_part)
 
 
@@ -72,7 +66,7 @@ def test_frame_statistics_against_numpy():
     assert statistics_size(False) == want_vis.size and statistics_size(True) == want_both.size
     # Clipped: the 2x4 white block and 5 pixels of green 251; black: the 2x3 corner.
     assert want_both[5] == pytest.approx(13 / 180) and want_both[6] == pytest.approx(6 / 180)
-    assert want_both[14] == pytest.approx(6 / 180)
+    assert want_both[10] == pytest.approx(6 / 180)
 
 
 def test_statistics_follow_a_darkened_and_an_over_exposed_frame():
@@ -83,17 +77,14 @@ def test_statistics_follow_a_darkened_and_an_over_exposed_frame():
     bright = frame_statistics(np.minimum(vis * 2, 1.0), nir).numpy()[0]
     # The VIS log mean and the VIS / NIR log ratio drop by log(4) / 4 (up to the 1e-4 floor).
     np.testing.assert_allclose(dark[4] - base[4], np.log(0.25) / 4, atol=1e-3)
-    np.testing.assert_allclose(dark[16] - base[16], np.log(0.25) / 4, atol=1e-3)
+    np.testing.assert_allclose(dark[12] - base[12], np.log(0.25) / 4, atol=1e-3)
     assert base[5] == 0 and bright[5] > 0.3  # clipped share
-    assert dark[8] < 0.05 < base[8]  # share of the luma >= 0.25
-    assert bright[9] > base[9]  # share >= 0.5
-    np.testing.assert_array_equal(dark[12:16], base[12:16])  # the NIR's own statistics
-    assert dark[17] == base[17]
+    np.testing.assert_array_equal(dark[8:12], base[8:12])  # the NIR's own statistics
 
 
 def test_layers():
     vis, nir = _frame()
-    run_layer_checks(FrameStatistics, {"use_nir": True}, (vis, nir), expected_output_shapes=(1, 18))
+    run_layer_checks(FrameStatistics, {"use_nir": True}, (vis, nir), expected_output_shapes=(1, 13))
     stats = frame_statistics(vis, nir).numpy()
     conditioning = ExposureConditioning(8)
     log_gain, film = conditioning(stats)
@@ -105,8 +96,6 @@ def test_layers():
     np.testing.assert_allclose(conditioning(stats)[0].numpy()[0], want, rtol=1e-5)
     with pytest.raises(ValueError, match="must be > 0"):
         ExposureConditioning(8, rate=0.0)
-    with pytest.raises(ValueError, match="must be > 0"):
-        ExposureConditioning(8, input_scale=0.0)
     image = np.random.default_rng(2).random((2, 4, 5, 3)).astype(np.float32)
     gains = np.log([[2.0, 1.0, 0.5], [1.0, 4.0, 1.0]]).astype(np.float32)
     np.testing.assert_allclose(ExposureGain()((image, gains)).numpy(),
@@ -176,8 +165,7 @@ def test_pipeline_feeds_the_statistics_of_the_whole_frame():
     ds = pipeline.make_training_dataset(
         source, scale=2, hr_patch_size=16, batch_size=4, seed=0, random_downscale=None,
         vertical_flip=False, shuffle_buffer=0, frame_statistics_of="vis_nir")
-    inputs, targets = next(iter(ds))
-    np.testing.assert_array_equal(targets["exposure"].numpy(), np.ones(4))  # degradation none
+    inputs, _ = next(iter(ds))
     whole = frame_statistics(bicubic_downscale(vis[None] / 255.0, 2), bicubic_downscale(nir[None] / 255.0, 2))
     np.testing.assert_allclose(inputs["frame_stats"].numpy(), np.repeat(whole.numpy(), 4, axis=0), atol=1e-6)
     patches = frame_statistics(inputs["vis_lr"], inputs["nir_lr"]).numpy()
@@ -186,10 +174,6 @@ def test_pipeline_feeds_the_statistics_of_the_whole_frame():
         source, scale=2, hr_patch_size=16, batch_size=1, seed=0, random_downscale=None,
         frame_statistics_of="vis")
     assert next(iter(vis_only))[0]["frame_stats"].shape == (1, statistics_size(False))
-    dark = pipeline.make_training_dataset(
-        source, scale=2, hr_patch_size=16, batch_size=2, seed=0, random_downscale=None,
-        degradation="low_light", frame_statistics_of="vis")
-    np.testing.assert_allclose(next(iter(dark))[1]["exposure"].numpy(), [0.25, 0.25])
 
 
 def test_tiles_are_steered_by_the_whole_frame():
@@ -253,7 +237,6 @@ def test_two_blind_training_steps_with_conditioning(synthetic_data_dir, tmp_path
     )
     summary = loop.run_training(train, model)
     assert summary["step"] == 2 and all(np.isfinite(v) for v in summary["losses"].values())
-    assert summary["losses"]["exposure"] > 0  # the gain is supervised by the known exposure
     final, config = model_io.load_model(str(tmp_path / "run" / "final.keras"))
     assert config.exposure_conditioning
     head = final.get_layer("exposure_conditioning").gain_head
@@ -287,37 +270,3 @@ def test_an_exported_conditioned_model_refuses_to_tile(tmp_path):
     vis, nir = random_pair(1, 40, 40, seed=17).values()
     with pytest.raises(ValueError, match="exposure conditioning: its tiles"):
         tiling.tiled_predict(exported, vis, nir, 2, tile=16)
-
-
-def test_exposure_factor_is_the_blind_draws_gain():
-    from cspsr_tf.data.degradations import blind_degradation, exposure_factor
-
-    image = tf.fill([6, 7, 3], 0.3)
-    seen = set()
-    for i in range(40):
-        seed = tf.constant([i, 7], tf.int64)
-        degraded, condition, strength = blind_degradation(image, seed)
-        factor = float(exposure_factor("blind", seed))
-        condition = int(condition)
-        seen.add(condition)
-        if condition in (1, 2):  # low light, over-exposure: the drawn gain
-            assert factor == pytest.approx(float(strength))
-            if condition == 2:
-                np.testing.assert_allclose(degraded.numpy(), 0.3 * factor, rtol=1e-6)
-        else:  # clean, noise
-            assert factor == 1.0
-    assert seen == {0, 1, 2, 3}
-    assert float(exposure_factor("low_light", gain=0.1)) == pytest.approx(0.1)
-    assert float(exposure_factor("over_exposure")) == 2.0 and float(exposure_factor("noise")) == 1.0
-
-
-def test_exposure_loss_by_hand():
-    from cspsr_tf.train.losses import exposure_loss_per_example
-
-    log_gain = tf.constant([[np.log(4.0)] * 3, [0.0, 0.1, -0.1]])
-    got = exposure_loss_per_example(log_gain, tf.constant([0.25, 1.0])).numpy()
-    np.testing.assert_allclose(got, [0.0, (0.01 + 0.01) / 3], atol=1e-7)
-    # An over-exposed example (x2) wants log gain -log 2.
-    got = exposure_loss_per_example(log_gain, tf.constant([1.0, 2.0])).numpy()
-    want = [np.log(4.0) ** 2, np.mean(np.square(np.array([0.0, 0.1, -0.1]) + np.log(2.0)))]
-    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 from absl import logging
 
-from cspsr_tf.data.degradations import apply_degradation, exposure_factor, resolve_degradation
+from cspsr_tf.data.degradations import apply_degradation, resolve_degradation
 from cspsr_tf.data.stereo_synthesis import synthesize_stereo
 from cspsr_tf.ops.frame_statistics import frame_statistics
 from cspsr_tf.ops.resize import bicubic_downscale
@@ -474,8 +474,6 @@ def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_
         targets["stereo"] = stereo
         if stats is not None:
             inputs["frame_stats"] = stats
-            name, params = resolve_degradation(degradation)
-            targets["exposure"] = exposure_factor(name, degrade_seed, **params)
         return inputs, targets
 
     return process
@@ -523,9 +521,7 @@ def make_training_dataset(
         drop_remainder: drop a last partial batch, so the batch dimension is static.
         frame_statistics_of: None, or `vis` / `vis_nir`: inputs also hold `frame_stats`, the
             `frame_statistics` of each example's whole degraded LR frame (of the VIS, or of
-            both views), and targets `exposure`, the factor the degradation multiplied its
-            exposure by (`degradations.exposure_factor`), for a model with exposure
-            conditioning.
+            both views), for a model with exposure conditioning.
 
     Returns:
         A dataset of `(inputs, targets)` batches (see the module docstring); targets also

@@ -126,17 +126,14 @@ def _exposure(layers, config, vis_lr, nir_lr, frame_stats):
     the FiLM parameters of the VIS features. `frame_stats` None: computed from the inputs
     (the served model); else the training twin's input (the statistics of the whole frame
     the patch was cut from)."""
-    given = frame_stats is not None
-    if not given:
+    if frame_stats is None:
         use_nir = config.uses_nir
         frame_stats = layers("frame_statistics", lambda n: FrameStatistics(
             use_nir=use_nir, name=n, dtype=FLOAT32))((vis_lr, nir_lr) if use_nir else vis_lr)
     log_gain, film = layers("exposure_conditioning", lambda n: ExposureConditioning(
         config.channels, name=n, dtype=FLOAT32))(frame_stats)
     vis_image = layers("exposure_gain", lambda n: ExposureGain(name=n, dtype=FLOAT32))((vis_lr, log_gain))
-    # The training twin also returns the log gain, which its loss pulls towards the known
-    # inverse exposure of each example (`losses.exposure_loss_per_example`).
-    return vis_image, film, (log_gain if given else None)
+    return vis_image, film
 
 
 def _modulate(layers, features, film):
@@ -154,9 +151,7 @@ def _wire(layers, config, vis_lr, nir_lr, stereo=None, frame_stats=None):
     # LR VIS at the corrected exposure (the CVM always matches the input as it is).
     vis_image, film = vis_lr, None
     if config.exposure_conditioning:
-        vis_image, film, log_gain = _exposure(layers, config, vis_lr, nir_lr, frame_stats)
-        if log_gain is not None:
-            outputs["exposure_log_gain"] = log_gain
+        vis_image, film = _exposure(layers, config, vis_lr, nir_lr, frame_stats)
     nir = nir_lr
     if config.use_cvm:
         # The CVM's convolutions run in the chosen precision; its cost volumes, disparity
@@ -259,8 +254,8 @@ def build_cspsr_with_training_twin(config=None, name="cspsr", precision=None):
     exported and served (which keeps the two plain inputs). Models without a CVM have no use
     for the flag: the twin then takes and ignores it. With `exposure_conditioning` the twin
     also takes `frame_stats` [B, K], the statistics of the whole frame each training patch
-    was cut from (`ops/frame_statistics.py`), where the model computes them from its input,
-    and returns one more output, `exposure_log_gain` [B, 3]. `precision` as in `build_cspsr`.
+    was cut from (`layers/exposure.frame_statistics`), where the model computes them from its
+    input. `precision` as in `build_cspsr`.
 
     Returns:
         (model, twin).

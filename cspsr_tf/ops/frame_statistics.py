@@ -13,14 +13,9 @@ CLIPPED_LEVEL = 250.0 / 255.0
 _LOG_FLOOR = 1e-4
 
 
-# Shares of the luma at or above these levels: a darkened frame has almost none above 0.25,
-# an over-exposed one most of its pixels above 0.5.
-LUMA_LEVELS = (0.25, 0.5, 0.75)
-
-
 def statistics_size(use_nir):
     """Length of the `frame_statistics` vector."""
-    return 18 if use_nir else 12
+    return 13 if use_nir else 8
 
 
 def _log(x):
@@ -31,15 +26,6 @@ def _log(x):
 def _mean_abs_dx(image):
     """Mean absolute difference of horizontal neighbours: texture plus noise."""
     return tf.reduce_mean(tf.abs(image[:, :, 1:, :] - image[:, :, :-1, :]), axis=[1, 2, 3])
-
-
-def _mean_abs_laplacian(image):
-    """Mean |4-neighbour Laplacian| over the interior: mostly noise on a smooth LR frame (a
-    bicubic downscale keeps little fine texture), so a noisy dark frame stands out."""
-    centre = image[:, 1:-1, 1:-1, :]
-    laplacian = (image[:, :-2, 1:-1, :] + image[:, 2:, 1:-1, :] + image[:, 1:-1, :-2, :]
-                 + image[:, 1:-1, 2:, :] - 4.0 * centre)
-    return tf.reduce_mean(tf.abs(laplacian), axis=[1, 2, 3])
 
 
 def frame_statistics(vis, nir=None):
@@ -53,10 +39,8 @@ def frame_statistics(vis, nir=None):
         float32 [B, statistics_size(nir is not None)]: the mean of each colour, the luma's
         standard deviation and log mean, the share of clipped pixels (any colour >= 250/255)
         and of black ones (luma < 2/255), and the log mean |horizontal difference| of the luma
-        (noise and texture), the shares of the luma at or above `LUMA_LEVELS` and the log mean
-        |Laplacian| of the luma (noise); with `nir`, the NIR's mean, standard deviation,
-        clipped share, log mean |difference|, the log ratio of the VIS luma's mean to the NIR's
-        and the NIR's log mean |Laplacian|.
+        (noise and texture); with `nir`, the NIR's mean, standard deviation, clipped share,
+        log mean |difference|, and the log ratio of the VIS luma's mean to the NIR's.
     """
     vis = tf.cast(vis, tf.float32)
     luma = tf.reduce_sum(vis * tf.constant(_LUMA, tf.float32), axis=-1, keepdims=True)
@@ -68,9 +52,6 @@ def frame_statistics(vis, nir=None):
         tf.reduce_mean(tf.cast(tf.reduce_max(vis, axis=-1) >= CLIPPED_LEVEL, tf.float32), axis=[1, 2])[:, None],
         tf.reduce_mean(tf.cast(luma < 2.0 / 255.0, tf.float32), axis=[1, 2, 3])[:, None],
         _log(_mean_abs_dx(luma))[:, None],
-        *(tf.reduce_mean(tf.cast(luma >= level, tf.float32), axis=[1, 2, 3])[:, None]
-          for level in LUMA_LEVELS),
-        _log(_mean_abs_laplacian(luma))[:, None],
     ]
     if nir is not None:
         nir = tf.cast(nir, tf.float32)
@@ -81,6 +62,5 @@ def frame_statistics(vis, nir=None):
             tf.reduce_mean(tf.cast(nir >= CLIPPED_LEVEL, tf.float32), axis=[1, 2, 3])[:, None],
             _log(_mean_abs_dx(nir))[:, None],
             (_log(luma_mean) - _log(nir_mean))[:, None],
-            _log(_mean_abs_laplacian(nir))[:, None],
         ]
     return tf.concat(columns, axis=-1)

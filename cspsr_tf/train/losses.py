@@ -82,19 +82,6 @@ def cspsr_loss_per_example(outputs, targets, scale, lambda_cssc=0.1):
     return {"total": vis_mse + lambda_cssc * cssc, "vis_mse": vis_mse, "cssc": cssc}
 
 
-# Weight of the exposure term: the SR loss alone left clean frames' gains at 0.8-1.35 where 1 was
-# right (docs/nir_benefit.md, "Exposure conditioning").
-EXPOSURE_LOSS_WEIGHT = 0.1
-
-
-def exposure_loss_per_example(log_gain, exposure):
-    """Squared error [B] of the predicted log gain [B, 3] against -log(exposure) [B], the log
-    of the gain that undoes each example's known exposure factor (1 for clean frames), the
-    mean over colours. Not in the paper: it supervises the exposure conditioning directly."""
-    target = -tf.math.log(tf.reshape(tf.cast(exposure, tf.float32), [-1, 1]))
-    return tf.reduce_mean(tf.square(tf.cast(log_gain, tf.float32) - target), axis=-1)
-
-
 def cspsr_loss(outputs, targets, scale, lambda_cssc=0.1):
     """Eq. (3) averaged over the batch: a dict of scalars `total`, `vis_mse`, `cssc`."""
     per_example = cspsr_loss_per_example(outputs, targets, scale, lambda_cssc)

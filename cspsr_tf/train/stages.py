@@ -6,11 +6,7 @@ import keras
 import tensorflow as tf
 
 from cspsr_tf.ops.warp import disparity_to_lr
-from cspsr_tf.train.losses import (
-    EXPOSURE_LOSS_WEIGHT,
-    cspsr_loss_per_example,
-    exposure_loss_per_example,
-)
+from cspsr_tf.train.losses import cspsr_loss_per_example
 from cspsr_tf.train.matching_losses import cvm_matching_loss_per_example
 from cspsr_tf.train.run_config import uses_loss_scaling
 
@@ -74,9 +70,6 @@ def select_stage(train, model_config, model, twin):
         # Registered pairs (stereo flag 0) go through with zero disparity.
         outputs = twin({**inputs, "stereo": tf.reshape(targets["stereo"], [-1, 1])}, training=True)
         losses = cspsr_loss_per_example(outputs, targets, scale, model_config.lambda_cssc)
-        if "exposure_log_gain" in outputs and "exposure" in targets:
-            losses["exposure"] = exposure_loss_per_example(outputs["exposure_log_gain"], targets["exposure"])
-            losses["total"] = losses["total"] + EXPOSURE_LOSS_WEIGHT * losses["exposure"]
         if match:
             gt, valid = ground_truth(targets)
 

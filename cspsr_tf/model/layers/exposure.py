@@ -58,35 +58,27 @@ class FrameStatistics(keras.layers.Layer):
 class ExposureConditioning(keras.layers.Layer):
     """MLP from frame statistics to a log gain per colour and FiLM parameters per channel.
 
-    The statistics are multiplied by `input_scale` first: what tells two conditions apart is
-    often a difference of 0.1 in one statistic (the VIS / NIR log ratio of clean frames spans
-    -0.13 to 0.10 on the test pairs, of frames darkened x0.25 -0.48 to -0.25), and Adam, whose
-    steps are about one learning rate, cannot grow first-layer weights large enough to switch
-    on such a difference within a training run; scaled up, it is an O(1) difference.
     `log_gain = max_log_gain * tanh(rate * u / max_log_gain)` with `u` a zero-initialised
     linear head: the gain starts at 1, stays within exp(+-max_log_gain), and `rate` lets Adam
-    reach a gain of 4 in a few hundred steps, as `SkipGain` does. The FiLM head (`scale`,
-    `shift`, zero-initialised) starts as identity.
+    (whose steps are about one learning rate) reach a gain of 4 in a few hundred steps, as
+    `SkipGain` does. The FiLM head (`scale`, `shift`, zero-initialised) starts as identity.
 
     Args:
         channels: C, the channels the FiLM parameters modulate.
         hidden: width of the MLP's hidden layer.
         rate: float > 0, the gain head's step multiplier.
         max_log_gain: float > 0, the bound of |log gain|.
-        input_scale: float > 0, the factor on the statistics.
 
     Returns:
         (log_gain [B, 3], film [B, 2C]) float32.
     """
 
-    def __init__(self, channels, hidden=64, rate=10.0, max_log_gain=3.0, input_scale=10.0, **kwargs):
+    def __init__(self, channels, hidden=32, rate=10.0, max_log_gain=3.0, **kwargs):
         super().__init__(**kwargs)
-        if not rate > 0 or not max_log_gain > 0 or not input_scale > 0:
-            raise ValueError("rate, max_log_gain and input_scale must be > 0. Received: "
-                             f"{rate}, {max_log_gain}, {input_scale}")
+        if not rate > 0 or not max_log_gain > 0:
+            raise ValueError(f"rate and max_log_gain must be > 0. Received: {rate}, {max_log_gain}")
         self.channels, self.hidden = int(channels), int(hidden)
         self.rate, self.max_log_gain = float(rate), float(max_log_gain)
-        self.input_scale = float(input_scale)
         self.hidden_dense = keras.layers.Dense(self.hidden, activation="relu", name="hidden", dtype="float32")
         self.gain_head = keras.layers.Dense(3, kernel_initializer="zeros", name="gain", dtype="float32")
         self.film_head = keras.layers.Dense(2 * self.channels, kernel_initializer="zeros", name="film",
@@ -98,7 +90,7 @@ class ExposureConditioning(keras.layers.Layer):
         self.film_head.build((input_shape[0], self.hidden))
 
     def call(self, stats):
-        h = self.hidden_dense(self.input_scale * tf.cast(stats, tf.float32))
+        h = self.hidden_dense(tf.cast(stats, tf.float32))
         u = self.gain_head(h)
         log_gain = self.max_log_gain * tf.tanh(self.rate * u / self.max_log_gain)
         return log_gain, self.film_head(h)
@@ -108,7 +100,7 @@ class ExposureConditioning(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "hidden": self.hidden,
-                "rate": self.rate, "max_log_gain": self.max_log_gain, "input_scale": self.input_scale}
+                "rate": self.rate, "max_log_gain": self.max_log_gain}
 
 
 @keras.saving.register_keras_serializable(package="cspsr_tf")
