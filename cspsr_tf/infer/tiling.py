@@ -738,7 +738,8 @@ class _TiledRun:
                 filled = chunk + [chunk[-1]] * (self.batch - len(chunk))
                 vis_tiles, nir_inputs = self._inputs(filled, in_h)
                 started = time.perf_counter()
-                outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys, self.frame_stats)
+                statistics = {} if self.frame_stats is None else {"frame_stats": self.frame_stats}
+                outputs = _run_model(self.runner, vis_tiles, nir_inputs, self.keys, **statistics)
                 self.stats["model_seconds"] += time.perf_counter() - started
                 self.stats["forward_passes"] += len(chunk)
                 for key, value in outputs.items():
