@@ -270,3 +270,15 @@ def test_an_exported_conditioned_model_refuses_to_tile(tmp_path):
     vis, nir = random_pair(1, 40, 40, seed=17).values()
     with pytest.raises(ValueError, match="exposure conditioning: its tiles"):
         tiling.tiled_predict(exported, vis, nir, 2, tile=16)
+
+
+def test_bfloat16_keeps_the_statistics_and_the_gain_in_float32():
+    config = get_config("tiny", "baseline", scale=2, exposure_conditioning=True)
+    model = perturb_weights(build_cspsr(config, precision="float32"), seed=18)
+    low = build_cspsr(config, precision="bfloat16")
+    low.set_weights(model.get_weights())
+    for name in ("frame_statistics", "exposure_conditioning", "exposure_gain"):
+        assert low.get_layer(name).compute_dtype == "float32", name
+    assert low.get_layer("vis_modulation").compute_dtype == "bfloat16"
+    inputs = random_pair(1, 10, 12, seed=19)
+    np.testing.assert_allclose(low(inputs)["vis_sr"].numpy(), model(inputs)["vis_sr"].numpy(), atol=0.02)

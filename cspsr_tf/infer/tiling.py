@@ -373,32 +373,30 @@ def with_statistics_input(model, after_matching):
     if after_matching not in cache:
         import keras
 
-        images = ["vis_lr", *(MATCHED_KEYS if after_matching else ("nir_lr",))]
-        tensors = [model.get_layer("vis_lr").output] + [
-            model.get_layer(key).input if after_matching else model.get_layer(key).output
-            for key in images[1:]]
-        cache[after_matching] = keras.Model(
-            [*tensors, model.get_layer("frame_statistics").output], model.output,
-            name=f"{model.name}_with_statistics")
+        if after_matching:  # the output layers named like the CVM outputs read them
+            nir = [model.get_layer(key).input for key in MATCHED_KEYS]
+        else:
+            nir = [model.get_layer("nir_lr").output]
+        inputs = [model.get_layer("vis_lr").output, *nir, model.get_layer("frame_statistics").output]
+        cache[after_matching] = keras.Model(inputs, model.output, name=f"{model.name}_with_statistics")
     return cache[after_matching]
+
+
+def _whole_frame(frame, flip=False):
+    """A whole [h, w, C] frame as a float32 batch of one (vertically flipped with `flip`)."""
+    return tf.constant(_tile_input(frame, slice(None), slice(None), flip)[np.newaxis])
 
 
 def whole_frame_statistics(layer, vis, nir):
     """The statistics `layer` computes on the whole [h, w, C] frame, float32 [1, K]."""
-    def whole(frame):
-        return tf.constant(_tile_input(frame, slice(None), slice(None), False)[np.newaxis])
-
-    inputs = (whole(vis), whole(nir)) if layer.use_nir else whole(vis)
+    inputs = (_whole_frame(vis), _whole_frame(nir)) if layer.use_nir else _whole_frame(vis)
     return np.asarray(layer(inputs), np.float32)
 
 
 def match_frame(cvm, vis, nir, flip=False):
     """The CVM on a whole [h, w, C] frame (vertically flipped with `flip`, the result flipped
     back): float32 [h, w, 3] of `MATCHED_KEYS`, in the frame's coordinates."""
-    def whole(frame):
-        return tf.constant(_tile_input(frame, slice(None), slice(None), flip)[np.newaxis])
-
-    outputs = cvm((whole(vis), whole(nir)), training=False)
+    outputs = cvm((_whole_frame(vis, flip), _whole_frame(nir, flip)), training=False)
     matched = np.concatenate([np.asarray(outputs[key], np.float32)[0] for key in MATCHED_KEYS], -1)
     return matched[::-1] if flip else matched
 

@@ -30,6 +30,9 @@ What runs in float32 whatever the precision (the float32 islands, set in `build.
   its window variances are differences of close moments, E[g^2] - E[g]^2.
 - the learned gain on the VIS skip (`vis_skip_gain`, `layers/skip_gain.py`): it scales the
   image, not the residual.
+- exposure conditioning (`frame_statistics`, `exposure_conditioning`, `exposure_gain`,
+  `layers/exposure.py`): whole-frame means and shares, a small MLP, and the gain that scales
+  the image.
 - every output (`vis_sr`, `nir_sr`, `disp_l`, `disp_r`, `nir_l`): a float32 linear
   activation at the end of the graph, so losses, metrics and callers always get float32.
 - batch-norm statistics (Keras's BatchNormalization computes them in float32 for float16 /
