@@ -412,7 +412,7 @@ def _check_training_arguments(scale, hr_patch_size, batch_size, seed, random_dow
     return scale, hr_patch_size, random_downscale
 
 
-def whole_frame_statistics(vis, nir, scale, degradation, seed, use_nir):
+def degraded_frame_statistics(vis, nir, scale, degradation, seed, use_nir):
     """`frame_statistics` of a whole HR frame's degraded LR version: what a model with
     exposure conditioning computes from its input when it serves that frame.
 
@@ -452,7 +452,7 @@ def _training_example_fn(scale, hr_patch_size, seed, random_downscale, vertical_
         frame_id = example["id"] if "id" in example else None
         stats = None
         if frame_statistics_of:
-            stats = whole_frame_statistics(frame["vis"], frame["nir"], scale, degradation,
+            stats = degraded_frame_statistics(frame["vis"], frame["nir"], scale, degradation,
                                            degrade_seed, use_nir=frame_statistics_of == "vis_nir")
         frame = random_crop_frame(frame, hr_patch_size, crop_seed, frame_id=frame_id)
         if vertical_flip:

@@ -282,13 +282,13 @@ def feather_weights(length, band, ramp_start, ramp_end):
 
 
 def _run_model(model, vis, nir, keys=None, frame_stats=None):
-    if frame_stats is not None:  # `with_statistics_input`: [vis_lr, nir..., frame_stats]
-        nir = nir if isinstance(nir, list) else [nir]
-        stats = np.repeat(frame_stats, len(vis), axis=0)
-        outputs = model([tf.constant(vis), *(tf.constant(x) for x in nir), tf.constant(stats)],
-                        training=False)
-    elif isinstance(nir, list):  # the model after the CVM: [vis_lr, nir_l, disp_l, disp_r]
-        outputs = model([tf.constant(vis), *(tf.constant(x) for x in nir)], training=False)
+    if isinstance(nir, list) or frame_stats is not None:
+        # A list input: after the CVM [vis_lr, nir_l, disp_l, disp_r], and with exposure
+        # conditioning (`with_statistics_input`) the frame statistics last.
+        images = [vis, *(nir if isinstance(nir, list) else [nir])]
+        if frame_stats is not None:
+            images.append(np.repeat(frame_stats, len(vis), axis=0))
+        outputs = model([tf.constant(x) for x in images], training=False)
     else:
         outputs = model({"vis_lr": tf.constant(vis), "nir_lr": tf.constant(nir)}, training=False)
     return {
